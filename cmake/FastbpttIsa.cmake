@@ -1,0 +1,28 @@
+# Chooses the instruction-set flags of the core: AVX2+FMA when the build machine runs them (tested by running a
+# probe, not assumed), the compiler's baseline otherwise or when FASTBPTT_PORTABLE is on.
+# Sets FASTBPTT_ISA_FLAGS (compile options) and FASTBPTT_ISA_DESCRIPTION. Never adds fast-math: NaN must propagate.
+
+include(CheckCXXSourceRuns)
+
+set(FASTBPTT_ISA_FLAGS "")
+set(FASTBPTT_ISA_DESCRIPTION "baseline")
+if(FASTBPTT_PORTABLE)
+  set(FASTBPTT_ISA_DESCRIPTION "baseline (FASTBPTT_PORTABLE)")
+elseif(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  set(CMAKE_REQUIRED_FLAGS "-mavx2 -mfma")
+  check_cxx_source_runs([=[
+    #include <immintrin.h>
+    int main() {
+      if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 1;
+      volatile float a = 1.5f;
+      __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(a), _mm256_set1_ps(2.0f), _mm256_set1_ps(1.0f));
+      return _mm256_cvtss_f32(v) == 4.0f ? 0 : 1;
+    }]=] FASTBPTT_HOST_HAS_AVX2_FMA)
+  unset(CMAKE_REQUIRED_FLAGS)
+  if(FASTBPTT_HOST_HAS_AVX2_FMA)
+    # Not -march=native: GCC 12 then also implies -mtune=znver3 on Zen 3, which slows Eigen's GEMM here.
+    set(FASTBPTT_ISA_FLAGS -mavx2 -mfma)
+    set(FASTBPTT_ISA_DESCRIPTION "avx2+fma (detected on the build machine)")
+  endif()
+endif()
+message(STATUS "fastbptt: instruction set ${FASTBPTT_ISA_DESCRIPTION}")

@@ -1,0 +1,65 @@
+// NumPy <-> Eigen plumbing shared by the binding files: views without copies and fresh output arrays.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "fastbptt/types.hpp"
+
+namespace fastbptt::bindings {
+
+namespace py = pybind11;
+
+/// A C-contiguous array of exactly Scalar; bound with .noconvert(), so nothing is copied or cast silently
+/// (the Python layer converts, visibly, before calling).
+template <class Scalar>
+using Array = py::array_t<Scalar, py::array::c_style>;
+
+template <class Scalar>
+using ConstMatrixMap = Eigen::Map<const RowMatrix<Scalar>>;
+template <class Scalar>
+using MutableMatrixMap = Eigen::Map<RowMatrix<Scalar>>;
+
+inline void check_ndim(const py::array& array, const char* name, py::ssize_t ndim) {
+  if (array.ndim() != ndim) {
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got " +
+                          std::to_string(array.ndim()));
+  }
+}
+
+/// Views an ndim-dimensional array as the matrix [product of the leading sides, last side].
+template <class Scalar>
+ConstMatrixMap<Scalar> as_matrix(const Array<Scalar>& array, const char* name, py::ssize_t ndim) {
+  check_ndim(array, name, ndim);
+  Index rows = 1;
+  for (py::ssize_t axis = 0; axis + 1 < ndim; ++axis) rows *= array.shape(axis);
+  return {array.data(), rows, array.shape(ndim - 1)};
+}
+
+template <class Scalar>
+Eigen::Map<const RowVector<Scalar>> as_vector(const Array<Scalar>& array, const char* name) {
+  check_ndim(array, name, 1);
+  return {array.data(), array.shape(0)};
+}
+
+template <class Scalar>
+MutableMatrixMap<Scalar> as_mutable_matrix(Array<Scalar>& array) {
+  const Index cols = array.ndim() == 0 ? 1 : array.shape(array.ndim() - 1);
+  return {array.mutable_data(), cols == 0 ? 0 : array.size() / cols, cols};
+}
+
+template <class Scalar>
+Eigen::Map<RowVector<Scalar>> as_mutable_vector(Array<Scalar>& array) {
+  return {array.mutable_data(), array.size()};
+}
+
+/// Sizes of a time-major sequence array x [T, B, D].
+inline Shape sequence_shape(const py::array& x, Index hidden) {
+  check_ndim(x, "x", 3);
+  return {x.shape(0), x.shape(1), x.shape(2), hidden};
+}
+
+}  // namespace fastbptt::bindings

@@ -1,0 +1,22 @@
+// The compiled module fastbptt._core: one registration call per kernel family, plus build information.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "fastbptt/build_info.hpp"
+
+namespace py = pybind11;
+
+namespace fastbptt::bindings {
+void bind_rnn(py::module_& m);
+void bind_lstm(py::module_& m);
+void bind_loss(py::module_& m);
+}  // namespace fastbptt::bindings
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastbptt's compiled kernels. Use the fastbptt package; these functions expect validated arrays.";
+  m.attr("__version__") = fastbptt::build_info().at("version");
+  m.def("build_info", &fastbptt::build_info, "Describes this build of the core.");
+  fastbptt::bindings::bind_rnn(m);
+  fastbptt::bindings::bind_lstm(m);
+  fastbptt::bindings::bind_loss(m);
+}

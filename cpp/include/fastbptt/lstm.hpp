@@ -1,0 +1,55 @@
+// LSTM forward and BPTT: the modern cell with a forget gate and the original cell without one.
+#pragma once
+
+#include "fastbptt/types.hpp"
+
+namespace fastbptt::lstm {
+
+/// Gate count G: 4 (blocks i, f, g, o) with a forget gate, 3 (blocks i, g, o) without.
+constexpr Index gate_count(bool forget_gate) { return forget_gate ? 4 : 3; }
+
+/// Runs the LSTM over all T steps and keeps what `backward` needs.
+///   z_t = x_t W_x + h_{t-1} W_h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+///   C_t = f_t * C_{t-1} + i_t * g_t   (without forget gate: C_t = C_{t-1} + i_t * g_t);  h_t = o_t * tanh(C_t)
+/// The input projection of all steps is one matrix product into `gates`; each step adds one product for the
+/// recurrence and then turns its block of `gates` into the activated gate values in one pass.
+/// shape        in   T, B, D, H (all >= 1)
+/// forget_gate  in   selects the cell; G = gate_count(forget_gate)
+/// x     [T*B, D]    in   step t is rows t*B .. t*B+B-1 (time-major)
+/// W_x   [D, G*H]    in   gate column blocks i, f, g, o (or i, g, o)
+/// W_h   [H, G*H]    in
+/// b     [G*H]       in
+/// h0    [B, H]      in
+/// c0    [B, H]      in
+/// gates [T*B, G*H]  out  activated gates i, f, g, o of every step (saved for backward)
+/// hs    [T*B, H]    out  h_1 .. h_T
+/// cs    [T*B, H]    out  C_1 .. C_T; the last B rows are the final cell state
+/// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
+template <class Scalar>
+void forward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
+             ConstMatrixRef<Scalar> W_h, ConstVectorRef<Scalar> b, ConstMatrixRef<Scalar> h0,
+             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs);
+
+/// Backpropagation through time for `forward`, from upstream gradients on every h_t and on the final C_T.
+/// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):
+///   dC_t += dh_t * o_t * (1 - tanh²C_t);  dz_o = dh_t * tanh C_t * o(1-o);  dz_i = dC_t * g * i(1-i);
+///   dz_g = dC_t * i * (1-g²);  dz_f = dC_t * C_{t-1} * f(1-f)
+/// then, for the whole sequence: dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ.
+/// shape, forget_gate, x, W_x, W_h, h0, c0, gates, hs, cs   in   as given to / returned by `forward`
+/// dhs   [T*B, H]    in   upstream gradient on every h_t
+/// dc_T  [B, H]      in   upstream gradient on the final cell state (zeros when the loss ignores it)
+/// dx    [T*B, D]    out
+/// dh0   [B, H]      out
+/// dc0   [B, H]      out
+/// dW_x  [D, G*H]    out
+/// dW_h  [H, G*H]    out
+/// db    [G*H]       out
+/// Allocates one [T*B, G*H] scratch matrix and three [B, H] ones per call, none inside the time loop.
+template <class Scalar>
+void backward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
+              ConstMatrixRef<Scalar> W_h, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> c0,
+              ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
+              ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
+              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db);
+
+}  // namespace fastbptt::lstm

@@ -1,0 +1,42 @@
+// The plain (Elman) RNN of the spec: forward over a whole batch of sequences and backpropagation through time.
+#pragma once
+
+#include "fastbptt/types.hpp"
+
+namespace fastbptt::rnn {
+
+/// Runs the RNN over all T steps:  h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h),  t = 1..T.
+/// The input projection of all steps is one matrix product; each step adds one product for the recurrence and
+/// applies phi in place. hs is all backward needs besides the inputs (phi' is computed from h = phi(z)).
+/// shape        in   T, B, D, H (all >= 1)
+/// activation   in   phi
+/// x    [T*B, D]  in   step t is rows t*B .. t*B+B-1 (time-major)
+/// W_xh [D, H]    in
+/// W_hh [H, H]    in
+/// b_h  [H]       in
+/// h0   [B, H]    in   the state before step 1
+/// hs   [T*B, H]  out  h_1 .. h_T; its last B rows are the final state
+/// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
+template <class Scalar>
+void forward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
+             ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0,
+             MatrixRef<Scalar> hs);
+
+/// Backpropagation through time for `forward`, given dL/dh_t for every step.
+///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
+///   dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ),  dx = dZ W_xhᵀ   (after the time loop, whole-sequence)
+/// shape, activation, x, W_xh, W_hh, h0, hs   in   as given to / returned by `forward`
+/// dhs    [T*B, H]  in   upstream gradient on every h_t
+/// dx     [T*B, D]  out
+/// dh0    [B, H]    out
+/// dW_xh  [D, H]    out
+/// dW_hh  [H, H]    out
+/// db_h   [H]       out
+/// Allocates one [T*B, H] scratch matrix per call, none inside the time loop.
+template <class Scalar>
+void backward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
+              ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
+              ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h);
+
+}  // namespace fastbptt::rnn

@@ -1,0 +1,91 @@
+// Plain RNN forward and BPTT (see rnn.hpp); explicit instantiations for float and double.
+#include "fastbptt/rnn.hpp"
+
+#include "fastbptt/activations.hpp"
+
+namespace fastbptt::rnn {
+namespace {
+
+template <class Scalar>
+void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
+                  const Eigen::Ref<const RowMatrix<Scalar>>& W_xh, const Eigen::Ref<const RowMatrix<Scalar>>& W_hh,
+                  const Eigen::Ref<const RowMatrix<Scalar>>& h0) {
+  detail::check_sizes(s);
+  detail::check_shape("x", x, s.T * s.B, s.D);
+  detail::check_shape("W_xh", W_xh, s.D, s.H);
+  detail::check_shape("W_hh", W_hh, s.H, s.H);
+  detail::check_shape("h0", h0, s.B, s.H);
+}
+
+}  // namespace
+
+template <class Scalar>
+void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
+             ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0,
+             MatrixRef<Scalar> hs) {
+  check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
+  detail::check_shape("b_h", b_h, 1, s.H);
+  detail::check_shape("hs", hs, s.T * s.B, s.H);
+
+  // hs first holds the input projections of every step; each step then turns its block into h_t in place.
+  hs.noalias() = x * W_xh;
+  for (Index t = 0; t < s.T; ++t) {
+    auto z_t = hs.middleRows(t * s.B, s.B);
+    z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, s.B) * W_hh;
+    auto h_t = z_t.array();
+    detail::apply_activation(activation, h_t, (z_t.rowwise() + b_h).array());
+  }
+}
+
+template <class Scalar>
+void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
+              ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
+              ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h) {
+  check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
+  const Index N = s.T * s.B;
+  detail::check_shape("hs", hs, N, s.H);
+  detail::check_shape("dhs", dhs, N, s.H);
+  detail::check_shape("dx", dx, N, s.D);
+  detail::check_shape("dh0", dh0, s.B, s.H);
+  detail::check_shape("dW_xh", dW_xh, s.D, s.H);
+  detail::check_shape("dW_hh", dW_hh, s.H, s.H);
+  detail::check_shape("db_h", db_h, 1, s.H);
+
+  RowMatrix<Scalar> dZ(N, s.H);
+  // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
+  // dh0 doubles as its storage: after the loop it holds dL/dh_0.
+  dh0 = dhs.bottomRows(s.B);
+  for (Index t = s.T - 1; t >= 0; --t) {
+    auto dz_t = dZ.middleRows(t * s.B, s.B);
+    auto dz_t_array = dz_t.array();
+    detail::activation_backward(activation, dz_t_array, dh0.array(), hs.middleRows(t * s.B, s.B).array());
+    if (t > 0) {
+      dh0 = dhs.middleRows((t - 1) * s.B, s.B);
+      dh0.noalias() += dz_t * W_hh.transpose();
+    } else {
+      dh0.noalias() = dz_t * W_hh.transpose();
+    }
+  }
+
+  dW_xh.noalias() = x.transpose() * dZ;
+  // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
+  dW_hh.noalias() = h0.transpose() * dZ.topRows(s.B);
+  if (s.T > 1) dW_hh.noalias() += hs.topRows(N - s.B).transpose() * dZ.bottomRows(N - s.B);
+  db_h = dZ.colwise().sum();
+  dx.noalias() = dZ * W_xh.transpose();
+}
+
+#define FASTBPTT_INSTANTIATE(Scalar)                                                                          \
+  template void forward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,     \
+                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,       \
+                                MatrixRef<Scalar>);                                                           \
+  template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,    \
+                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
+                                 ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                \
+                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>);
+FASTBPTT_INSTANTIATE(float)
+FASTBPTT_INSTANTIATE(double)
+#undef FASTBPTT_INSTANTIATE
+
+}  // namespace fastbptt::rnn

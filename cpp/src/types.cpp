@@ -1,0 +1,50 @@
+// Activation names and the shape checks shared by every kernel.
+#include "fastbptt/types.hpp"
+
+#include <sstream>
+
+namespace fastbptt {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "tanh") return Activation::tanh;
+  if (name == "relu") return Activation::relu;
+  if (name == "sigmoid") return Activation::sigmoid;
+  throw std::invalid_argument("activation: expected one of 'tanh', 'relu', 'sigmoid', got '" + name + "'");
+}
+
+const char* activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::tanh: return "tanh";
+    case Activation::relu: return "relu";
+    case Activation::sigmoid: return "sigmoid";
+  }
+  return "?";
+}
+
+namespace detail {
+
+void check_sizes(const Shape& shape) {
+  const struct {
+    const char* name;
+    Index value;
+  } sizes[] = {{"T (time steps)", shape.T}, {"B (batch)", shape.B}, {"D (input features)", shape.D},
+               {"H (hidden units)", shape.H}};
+  for (const auto& size : sizes) {
+    if (size.value < 1) {
+      std::ostringstream message;
+      message << size.name << " must be >= 1, got " << size.value;
+      throw std::invalid_argument(message.str());
+    }
+  }
+}
+
+void check_shape(const char* name, Index rows, Index cols, Index expected_rows, Index expected_cols) {
+  if (rows == expected_rows && cols == expected_cols) return;
+  std::ostringstream message;
+  message << name << ": expected shape [" << expected_rows << ", " << expected_cols << "], got [" << rows << ", "
+          << cols << "]";
+  throw std::invalid_argument(message.str());
+}
+
+}  // namespace detail
+}  // namespace fastbptt

@@ -1,0 +1,169 @@
+"""Argument checks shared by the fast path and the reference: one place decides what is valid input.
+
+Errors follow DESIGN.md section 5: ``TypeError`` for a dtype problem, ``ValueError`` for a shape or value problem,
+each naming the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+ACTIVATIONS = ("tanh", "relu", "sigmoid")
+REDUCTIONS = ("sum", "mean")
+
+
+def float_array(name: str, value, dtype: np.dtype | None = None, like: str = "x") -> np.ndarray:
+    """``value`` as a C-contiguous float32/float64 array; with ``dtype`` given (the dtype of the argument named
+    ``like``), it must have exactly that dtype.
+
+    Non-contiguous, Fortran-order and strided inputs are copied here, once; contiguous ones are returned as they are.
+    """
+    array = np.asarray(value)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected a float32 or float64 array, got dtype {array.dtype}; "
+            f"convert it first, e.g. np.asarray({name}, dtype=np.float32)"
+        )
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(
+            f"{name}: has dtype {array.dtype} but {like} has dtype {dtype}; all arrays of one call must share one "
+            f"dtype: convert with {name}.astype(np.{dtype})"
+        )
+    return np.ascontiguousarray(array)
+
+
+def check_shape(name: str, array: np.ndarray, expected: Sequence[int], symbols: str) -> None:
+    """Raises ValueError unless ``array.shape == expected``; ``symbols`` spells the shape, e.g. ``"[H, H]"``."""
+    if array.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {symbols} = {tuple(expected)}, got {array.shape}")
+
+
+def sequence(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
+    """A time-major sequence ``[T, B, D]`` with T, B, D >= 1."""
+    array = float_array(name, value, dtype)
+    if array.ndim != 3:
+        raise ValueError(f"{name}: expected a 3-D array [T, B, D] (time-major), got shape {array.shape}")
+    for axis, what in enumerate(("T (time steps)", "B (batch)", "D (features)")):
+        if array.shape[axis] < 1:
+            raise ValueError(f"{name}: {what} must be >= 1, got shape {array.shape}")
+    return array
+
+
+def matrix(name: str, value, dtype: np.dtype, like: str = "x") -> np.ndarray:
+    array = float_array(name, value, dtype, like)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {array.shape}")
+    return array
+
+
+def hidden_size(name: str, W: np.ndarray, gates: int, cell: str) -> int:
+    """H from a recurrent weight ``W [H, gates*H]``; ValueError when its shape is not of that form."""
+    H = W.shape[0]
+    if H < 1 or W.shape[1] != gates * H:
+        symbols = "[H, H]" if gates == 1 else f"[H, {gates}H]"
+        raise ValueError(f"{name}: expected shape {symbols} for {cell}, got {W.shape}")
+    return H
+
+
+def initial_state(name: str, value, dtype: np.dtype, B: int, H: int) -> np.ndarray:
+    """An initial state ``[B, H]``; zeros when ``value`` is None."""
+    if value is None:
+        return np.zeros((B, H), dtype=dtype)
+    array = float_array(name, value, dtype)
+    check_shape(name, array, (B, H), "[B, H]")
+    return array
+
+
+def choice(name: str, value, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def targets_array(value, T: int, B: int, K: int) -> np.ndarray:
+    """Class indices ``[T, B]`` in ``0 .. K-1`` as C-contiguous int64."""
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        raise TypeError(
+            f"targets: expected an integer array of class indices, got dtype {array.dtype}; "
+            "convert it first, e.g. targets.astype(np.int64)"
+        )
+    check_shape("targets", array, (T, B), "[T, B]")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= K:
+        bad = low if low < 0 else high
+        raise ValueError(f"targets: class indices must lie in 0 .. {K - 1} (K = {K}), got {bad}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def cache_of(kind: type, cache):
+    if not isinstance(cache, kind):
+        raise TypeError(f"cache: expected the {kind.__name__} returned by the forward function, got {type(cache).__name__}")
+    return cache
+
+
+def upstream(name: str, value, dtype: np.dtype, shape: Sequence[int], symbols: str) -> np.ndarray:
+    """An upstream gradient of the given shape, in the dtype of the forward pass."""
+    array = float_array(name, value, dtype, like="the forward pass")
+    check_shape(name, array, shape, symbols)
+    return array
+
+
+def rnn_args(x, W_xh, W_hh, b_h, h0, activation):
+    """Validated ``(x, W_xh, W_hh, b_h, h0, activation)`` of ``rnn_forward``; h0 None becomes zeros."""
+    x = sequence("x", x)
+    dtype = x.dtype
+    T, B, D = x.shape
+    W_hh = matrix("W_hh", W_hh, dtype)
+    H = hidden_size("W_hh", W_hh, 1, "the RNN")
+    W_xh = matrix("W_xh", W_xh, dtype)
+    check_shape("W_xh", W_xh, (D, H), "[D, H]")
+    b_h = float_array("b_h", b_h, dtype)
+    check_shape("b_h", b_h, (H,), "[H]")
+    h0 = initial_state("h0", h0, dtype, B, H)
+    return x, W_xh, W_hh, b_h, h0, choice("activation", activation, ACTIVATIONS)
+
+
+def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
+    """Validated ``(x, W_x, W_h, b, h0, c0, forget_gate)`` of ``lstm_forward``; None states become zeros."""
+    if not isinstance(forget_gate, (bool, np.bool_)):
+        raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
+    forget_gate = bool(forget_gate)
+    G = 4 if forget_gate else 3
+    cell = "the LSTM with forget gate (blocks i, f, g, o)" if forget_gate else (
+        "the LSTM without forget gate (blocks i, g, o)")
+    x = sequence("x", x)
+    dtype = x.dtype
+    T, B, D = x.shape
+    W_h = matrix("W_h", W_h, dtype)
+    H = W_h.shape[0]
+    if H < 1 or W_h.shape[1] != G * H:
+        hint = ""
+        if H >= 1 and W_h.shape[1] == (7 - G) * H:
+            hint = f"; it has {7 - G} gate blocks: pass forget_gate={not forget_gate}"
+        raise ValueError(f"W_h: expected shape [H, {G}H] for {cell}, got {W_h.shape}{hint}")
+    W_x = matrix("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, G * H), f"[D, {G}H]")
+    b = float_array("b", b, dtype)
+    check_shape("b", b, (G * H,), f"[{G}H]")
+    h0 = initial_state("h0", h0, dtype, B, H)
+    c0 = initial_state("c0", c0, dtype, B, H)
+    return x, W_x, W_h, b, h0, c0, forget_gate
+
+
+def output_args(hs, W_yh, b_y, targets, reduction):
+    """Validated ``(hs, W_yh, b_y, targets, reduction)`` of ``softmax_cross_entropy``."""
+    hs = sequence("hs", hs)
+    dtype = hs.dtype
+    T, B, H = hs.shape
+    W_yh = matrix("W_yh", W_yh, dtype, like="hs")
+    if W_yh.shape[0] != H or W_yh.shape[1] < 1:
+        raise ValueError(f"W_yh: expected shape [H, K] = ({H}, K) with K >= 1, got {W_yh.shape}")
+    K = W_yh.shape[1]
+    b_y = float_array("b_y", b_y, dtype, like="hs")
+    check_shape("b_y", b_y, (K,), "[K]")
+    targets = targets_array(targets, T, B, K)
+    return hs, W_yh, b_y, targets, choice("reduction", reduction, REDUCTIONS)

@@ -1,0 +1,67 @@
+# Type stub of the compiled module fastbptt._core. Arrays must be C-contiguous and of exactly the overload's dtype
+# (float32 or float64 throughout one call); fastbptt.functional validates and converts before calling.
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def build_info() -> dict[str, str]: ...
+def rnn_forward(
+    x: npt.NDArray[np.floating],
+    W_xh: npt.NDArray[np.floating],
+    W_hh: npt.NDArray[np.floating],
+    b_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    activation: str,
+) -> npt.NDArray[np.floating]: ...
+def rnn_backward(
+    x: npt.NDArray[np.floating],
+    W_xh: npt.NDArray[np.floating],
+    W_hh: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    hs: npt.NDArray[np.floating],
+    dhs: npt.NDArray[np.floating],
+    activation: str,
+) -> tuple[
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+]: ...
+def lstm_forward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    c0: npt.NDArray[np.floating],
+    forget_gate: bool,
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def lstm_backward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    c0: npt.NDArray[np.floating],
+    gates: npt.NDArray[np.floating],
+    hs: npt.NDArray[np.floating],
+    cs: npt.NDArray[np.floating],
+    dhs: npt.NDArray[np.floating],
+    dc_T: npt.NDArray[np.floating],
+    forget_gate: bool,
+) -> tuple[
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+]: ...
+def softmax_cross_entropy(
+    hs: npt.NDArray[np.floating],
+    W_yh: npt.NDArray[np.floating],
+    b_y: npt.NDArray[np.floating],
+    targets: npt.NDArray[np.int64],
+    reduction: str,
+) -> tuple[float, npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...

@@ -1,0 +1,67 @@
+"""Result and cache types shared by the fast path and the reference, so either can consume the other's output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+
+class RNNGrads(NamedTuple):
+    """Gradients of the loss with respect to the RNN's inputs and parameters (shapes as the inputs)."""
+
+    dx: np.ndarray  #: [T, B, D]
+    dh0: np.ndarray  #: [B, H]
+    dW_xh: np.ndarray  #: [D, H]
+    dW_hh: np.ndarray  #: [H, H]
+    db_h: np.ndarray  #: [H]
+
+
+class LSTMGrads(NamedTuple):
+    """Gradients of the loss with respect to the LSTM's inputs, initial states and parameters."""
+
+    dx: np.ndarray  #: [T, B, D]
+    dh0: np.ndarray  #: [B, H]
+    dc0: np.ndarray  #: [B, H]
+    dW_x: np.ndarray  #: [D, G*H]
+    dW_h: np.ndarray  #: [H, G*H]
+    db: np.ndarray  #: [G*H]
+
+
+class OutputGrads(NamedTuple):
+    """Gradients of the softmax / cross-entropy loss with respect to the hidden states and the output layer."""
+
+    dhs: np.ndarray  #: [T, B, H]
+    dW_yh: np.ndarray  #: [H, K]
+    db_y: np.ndarray  #: [K]
+
+
+@dataclass(frozen=True)
+class RNNCache:
+    """What ``rnn_backward`` needs from ``rnn_forward``.
+
+    It holds references to the (validated) inputs, not copies: do not modify them between forward and backward.
+    """
+
+    x: np.ndarray  #: [T, B, D]
+    W_xh: np.ndarray  #: [D, H]
+    W_hh: np.ndarray  #: [H, H]
+    h0: np.ndarray  #: [B, H]
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    activation: str
+
+
+@dataclass(frozen=True)
+class LSTMCache:
+    """What ``lstm_backward`` needs from ``lstm_forward``; inputs are held by reference, as in :class:`RNNCache`."""
+
+    x: np.ndarray  #: [T, B, D]
+    W_x: np.ndarray  #: [D, G*H]
+    W_h: np.ndarray  #: [H, G*H]
+    h0: np.ndarray  #: [B, H]
+    c0: np.ndarray  #: [B, H]
+    gates: np.ndarray  #: [T, B, G*H], activated gates i, f, g, o (i, g, o without forget gate)
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    cs: np.ndarray  #: [T, B, H], C_1 .. C_T
+    forget_gate: bool

@@ -1,0 +1,51 @@
+"""How much memory one training call (forward + backward) of a cell allocates, as a formula."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+
+CELLS = ("rnn", "lstm")
+
+
+def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32, *, forget_gate: bool = True) -> int:
+    """Bytes that one forward + backward of ``cell`` allocates beyond its inputs.
+
+    Counted: what forward keeps for backward (RNN: ``hs [T,B,H]``; LSTM: ``gates [T,B,G*H]``, ``hs`` and ``cs``
+    ``[T,B,H]``, i.e. ``T*B*(G*H + 2H)``), the backward scratch (``dZ [T,B,G*H]`` and a few ``[B,H]`` buffers),
+    default zero states, and the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``, ``db``).
+    Not counted: Eigen's matrix-product packing buffers, which are bounded by its cache-blocking sizes and do not
+    grow with T.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm"}
+    T, B, D, H : int
+        Time steps, batch, input features, hidden units (each >= 1).
+    dtype : float32 or float64
+    forget_gate : bool
+        For ``cell="lstm"``: the modern cell (4 gates) or the original one (3 gates).
+    """
+    cell = _checks.choice("cell", cell, CELLS)
+    for name, value in (("T", T), ("B", B), ("D", D), ("H", H)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1, got {value}")
+    itemsize = np.dtype(dtype).itemsize
+    if np.dtype(dtype) not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+    T, B, D, H = int(T), int(B), int(D), int(H)
+    if cell == "rnn":
+        saved = T * B * H  # hs
+        scratch = T * B * H  # dZ
+        states = B * H  # default h0
+        grads = T * B * D + B * H + D * H + H * H + H
+    else:
+        GH = (4 if forget_gate else 3) * H
+        saved = T * B * (GH + 2 * H)  # gates, hs, cs
+        scratch = T * B * GH + 2 * B * H  # dZ, dh, tanh(C_t)
+        states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
+        grads = T * B * D + 2 * B * H + D * GH + H * GH + GH
+    return (saved + scratch + states + grads) * itemsize

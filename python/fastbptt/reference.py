@@ -1,0 +1,195 @@
+"""The executable specification: every kernel in plain NumPy, one loop over time, written from the equations.
+
+Each function has the name, arguments and result type of its fast twin in :mod:`fastbptt`, so the two can be
+swapped in tests and in user code; caches are interchangeable too. It computes in the dtype it is given, so the
+float64 reference is the yardstick for both float32 and float64 fast results. It never calls the compiled core:
+besides NumPy it uses only the package's pure-Python argument checks and result types.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+from ._types import LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from .conversions import lstm_weights_from_torch, lstm_weights_to_torch
+from .memory import workspace_bytes
+
+__all__ = [
+    "lstm_backward",
+    "lstm_forward",
+    "lstm_weights_from_torch",
+    "lstm_weights_to_torch",
+    "rnn_backward",
+    "rnn_forward",
+    "softmax_cross_entropy",
+    "workspace_bytes",
+]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # exp(-z) overflows to inf for z < -709 (float64), and 1 / (1 + inf) = 0 is the right limit.
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _phi(activation: str, z: np.ndarray) -> np.ndarray:
+    if activation == "tanh":
+        return np.tanh(z)
+    if activation == "relu":
+        return np.where(z < 0, np.zeros_like(z), z)  # keeps NaN, unlike a max that might drop it
+    return _sigmoid(z)
+
+
+def _phi_prime_from_output(activation: str, h: np.ndarray) -> np.ndarray:
+    """phi'(z) written through h = phi(z): tanh' = 1 - h^2, sigmoid' = h (1 - h), relu' = [z > 0] = [h > 0]."""
+    if activation == "tanh":
+        return 1 - h * h
+    if activation == "relu":
+        return (h > 0).astype(h.dtype)
+    return h * (1 - h)
+
+
+def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh") -> tuple[np.ndarray, RNNCache]:
+    """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``."""
+    x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
+    T, B, _ = x.shape
+    hs = np.empty((T, B, W_hh.shape[0]), dtype=x.dtype)
+    h = h0
+    for t in range(T):
+        h = _phi(activation, x[t] @ W_xh + h @ W_hh + b_h)
+        hs[t] = h
+    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation)
+
+
+def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
+    """Reference of :func:`fastbptt.rnn_backward`, accumulating each step's contribution as the chain rule gives it:
+
+    ``dz_t = (dL/dh_t) * phi'(z_t)``, ``dL/dh_{t-1} += dz_t W_hhᵀ``, ``dW_xh += x_tᵀ dz_t``, ``dW_hh += h_{t-1}ᵀ dz_t``.
+    """
+    c = _checks.cache_of(RNNCache, cache)
+    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    T = c.x.shape[0]
+    dx = np.empty_like(c.x)
+    dW_xh = np.zeros_like(c.W_xh)
+    dW_hh = np.zeros_like(c.W_hh)
+    db_h = np.zeros(c.W_hh.shape[0], dtype=c.x.dtype)
+    dh_from_later = np.zeros_like(c.h0)
+    for t in reversed(range(T)):
+        h_prev = c.hs[t - 1] if t > 0 else c.h0
+        dz = (dhs[t] + dh_from_later) * _phi_prime_from_output(c.activation, c.hs[t])
+        dW_xh += c.x[t].T @ dz
+        dW_hh += h_prev.T @ dz
+        db_h += dz.sum(axis=0)
+        dx[t] = dz @ c.W_xh.T
+        dh_from_later = dz @ c.W_hh.T
+    return RNNGrads(dx, dh_from_later, dW_xh, dW_hh, db_h)
+
+
+def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
+    names = "ifgo" if forget_gate else "igo"
+    return {name: slice(k * H, (k + 1) * H) for k, name in enumerate(names)}
+
+
+def lstm_forward(
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True
+) -> tuple[np.ndarray, np.ndarray, LSTMCache]:
+    """Reference of :func:`fastbptt.lstm_forward`."""
+    x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
+    T, B, _ = x.shape
+    H = W_h.shape[0]
+    blocks = _gate_blocks(forget_gate, H)
+    gates = np.empty((T, B, W_h.shape[1]), dtype=x.dtype)
+    hs = np.empty((T, B, H), dtype=x.dtype)
+    cs = np.empty((T, B, H), dtype=x.dtype)
+    h, c = h0, c0
+    for t in range(T):
+        z = x[t] @ W_x + h @ W_h + b
+        i = _sigmoid(z[:, blocks["i"]])
+        g = np.tanh(z[:, blocks["g"]])
+        o = _sigmoid(z[:, blocks["o"]])
+        if forget_gate:
+            f = _sigmoid(z[:, blocks["f"]])
+            c = f * c + i * g
+            gates[t, :, blocks["f"]] = f
+        else:
+            c = c + i * g
+        h = o * np.tanh(c)
+        gates[t, :, blocks["i"]] = i
+        gates[t, :, blocks["g"]] = g
+        gates[t, :, blocks["o"]] = o
+        hs[t] = h
+        cs[t] = c
+    return hs, cs[-1].copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate)
+
+
+def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
+    """Reference of :func:`fastbptt.lstm_backward`.
+
+    With ``dh = dL/dh_t`` and ``dc = dL/dC_t`` (both including what flows back from step t+1):
+    ``dc += dh * o * (1 - tanh²C_t)``, ``dz_o = dh * tanh(C_t) * o(1-o)``, ``dz_i = dc * g * i(1-i)``,
+    ``dz_g = dc * i * (1-g²)``, ``dz_f = dc * C_{t-1} * f(1-f)``; then ``dL/dC_{t-1} = dc * f`` (``dc`` without
+    forget gate) and ``dL/dh_{t-1} = dz W_hᵀ``.
+    """
+    c = _checks.cache_of(LSTMCache, cache)
+    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
+    T = c.x.shape[0]
+    H = c.W_h.shape[0]
+    blocks = _gate_blocks(c.forget_gate, H)
+    dx = np.empty_like(c.x)
+    dW_x = np.zeros_like(c.W_x)
+    dW_h = np.zeros_like(c.W_h)
+    db = np.zeros(c.W_h.shape[1], dtype=c.x.dtype)
+    dh_from_later = np.zeros_like(c.h0)
+    dz = np.empty((c.x.shape[1], c.W_h.shape[1]), dtype=c.x.dtype)
+    for t in reversed(range(T)):
+        h_prev = c.hs[t - 1] if t > 0 else c.h0
+        c_prev = c.cs[t - 1] if t > 0 else c.c0
+        i = c.gates[t, :, blocks["i"]]
+        g = c.gates[t, :, blocks["g"]]
+        o = c.gates[t, :, blocks["o"]]
+        tanh_c = np.tanh(c.cs[t])
+        dh = dhs[t] + dh_from_later
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        dz[:, blocks["o"]] = dh * tanh_c * o * (1 - o)
+        dz[:, blocks["i"]] = dc * g * i * (1 - i)
+        dz[:, blocks["g"]] = dc * i * (1 - g * g)
+        if c.forget_gate:
+            f = c.gates[t, :, blocks["f"]]
+            dz[:, blocks["f"]] = dc * c_prev * f * (1 - f)
+            dc = dc * f
+        dW_x += c.x[t].T @ dz
+        dW_h += h_prev.T @ dz
+        db += dz.sum(axis=0)
+        dx[t] = dz @ c.W_x.T
+        dh_from_later = dz @ c.W_h.T
+    return LSTMGrads(dx, dh_from_later, dc, dW_x, dW_h, db)
+
+
+def softmax_cross_entropy(hs, W_yh, b_y, targets, *, reduction: str = "sum") -> tuple[float, OutputGrads]:
+    """Reference of :func:`fastbptt.softmax_cross_entropy`.
+
+    Per step: ``o_t = h_t W_yh + b_y``, ``log p = o - max(o) - log(sum exp(o - max(o)))``, ``L_t = -log p[y_t]``,
+    and ``dL_t/do_t = p - onehot(y_t)`` (the spec's ``ŷ_t - y_t``).
+    """
+    hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction)
+    T, B, _ = hs.shape
+    scale = 1.0 / (T * B) if reduction == "mean" else 1.0
+    rows = np.arange(B)
+    loss = 0.0
+    dhs = np.empty_like(hs)
+    dW_yh = np.zeros_like(W_yh)
+    db_y = np.zeros_like(b_y)
+    for t in range(T):
+        o = hs[t] @ W_yh + b_y
+        shifted = o - o.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss -= float(log_p[rows, targets[t]].astype(np.float64).sum())
+        do = np.exp(log_p)
+        do[rows, targets[t]] -= 1
+        do *= scale
+        dW_yh += hs[t].T @ do
+        db_y += do.sum(axis=0)
+        dhs[t] = do @ W_yh.T
+    return loss * scale, OutputGrads(dhs, dW_yh, db_y)
