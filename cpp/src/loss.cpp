@@ -51,7 +51,7 @@ double softmax_cross_entropy(ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> W
     row(targets[n]) -= scale;
   }
   dW_yh.noalias() = hs.transpose() * dO;
-  db_y = dO.colwise().sum();
+  detail::column_sums<Scalar>(dO, db_y);
   dhs.noalias() = dO * W_yh.transpose();
   return reduction == Reduction::mean ? loss / static_cast<double>(N) : loss;
 }

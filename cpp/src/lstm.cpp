@@ -1,10 +1,12 @@
 // LSTM forward and BPTT (see lstm.hpp); explicit instantiations for float and double.
 #include "fastbptt/lstm.hpp"
 
-#include "fastbptt/activations.hpp"
+#include "pointwise.hpp"
 
 namespace fastbptt::lstm {
 namespace {
+
+namespace ei = Eigen::internal;
 
 /// Column offsets of the gate blocks inside a row of G*H pre-activations; f is absent without a forget gate.
 struct GateColumns {
@@ -40,28 +42,40 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
   detail::check_shape("cs", cs, N, H);
   const GateColumns col(forget_gate, H);
 
-  gates.noalias() = x * W_x;
   for (Index t = 0; t < s.T; ++t) {
-    auto z = gates.middleRows(t * B, B);
-    const auto h_prev = detail::previous_state<Scalar>(h0, hs, t, B);
-    const auto c_prev = detail::previous_state<Scalar>(c0, cs, t, B);
-    z.noalias() += h_prev * W_h;
-    z.rowwise() += b;
-    auto i = z.middleCols(col.i, H).array();
-    auto g = z.middleCols(col.g, H).array();
-    auto o = z.middleCols(col.o, H).array();
-    i = detail::sigmoid(i);
-    g = g.tanh();
-    o = detail::sigmoid(o);
-    auto c = cs.middleRows(t * B, B).array();
-    if (forget_gate) {
-      auto f = z.middleCols(col.f, H).array();
-      f = detail::sigmoid(f);
-      c = f * c_prev.array() + i * g;
-    } else {
-      c = c_prev.array() + i * g;
+    // The input projection is a product per step, not one for all steps: Eigen's product kernel picks its code
+    // path for a row by the row's position in the whole matrix, so a hoisted product would round step t
+    // differently when the sequence is split into chunks, and chunked runs would not equal one run bit for bit.
+    auto z_t = gates.middleRows(t * B, B);
+    const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
+    z_t.noalias() = x.middleRows(t * B, B) * W_x;
+    z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, B) * W_h;
+    // One pass per row: pre-activations in, activated gates back in place, C_t and h_t out.
+    for (Index r = 0; r < B; ++r) {
+      Scalar* z = z_t.row(r).data();
+      const Scalar* c_prev = c_prev_t.row(r).data();
+      Scalar* c = cs.row(t * B + r).data();
+      Scalar* h = hs.row(t * B + r).data();
+      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
+        const auto gate = [&](Index column) { return ei::padd(lanes.load(z + column), lanes.load(b.data() + column)); };
+        const auto i = detail::sigmoid<Scalar>(gate(col.i));
+        const auto g = detail::tanh<Scalar>(gate(col.g));
+        const auto o = detail::sigmoid<Scalar>(gate(col.o));
+        auto c_new = ei::pmul(i, g);
+        if (forget_gate) {
+          const auto f = detail::sigmoid<Scalar>(gate(col.f));
+          c_new = ei::padd(ei::pmul(f, lanes.load(c_prev)), c_new);
+          lanes.store(z + col.f, f);
+        } else {
+          c_new = ei::padd(lanes.load(c_prev), c_new);
+        }
+        lanes.store(z + col.i, i);
+        lanes.store(z + col.g, g);
+        lanes.store(z + col.o, o);
+        lanes.store(c, c_new);
+        lanes.store(h, ei::pmul(o, detail::tanh<Scalar>(c_new)));
+      });
     }
-    hs.middleRows(t * B, B).array() = o * c.tanh();
   }
 }
 
@@ -87,35 +101,46 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   const GateColumns col(forget_gate, H);
 
   RowMatrix<Scalar> dZ(N, GH);
-  RowMatrix<Scalar> dh(B, H);
-  RowMatrix<Scalar> tanh_c(B, H);
+  RowMatrix<Scalar> dh_matrix = dhs.bottomRows(B);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end.
   dc0 = dc_T;
-  dh = dhs.bottomRows(B);
   for (Index t = s.T - 1; t >= 0; --t) {
-    const auto z = gates.middleRows(t * B, B);
-    const auto i = z.middleCols(col.i, H).array();
-    const auto g = z.middleCols(col.g, H).array();
-    const auto o = z.middleCols(col.o, H).array();
-    const auto c_prev = detail::previous_state<Scalar>(c0, cs, t, B);
-    auto dz = dZ.middleRows(t * B, B);
-    auto dc = dc0.array();
-
-    tanh_c.array() = cs.middleRows(t * B, B).array().tanh();
-    dc += dh.array() * o * (Scalar(1) - tanh_c.array().square());
-    dz.middleCols(col.o, H).array() = dh.array() * tanh_c.array() * o * (Scalar(1) - o);
-    dz.middleCols(col.i, H).array() = dc * g * i * (Scalar(1) - i);
-    dz.middleCols(col.g, H).array() = dc * i * (Scalar(1) - g.square());
-    if (forget_gate) {
-      const auto f = z.middleCols(col.f, H).array();
-      dz.middleCols(col.f, H).array() = dc * c_prev.array() * f * (Scalar(1) - f);
-      dc *= f;
+    const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
+    auto dz_t = dZ.middleRows(t * B, B);
+    for (Index r = 0; r < B; ++r) {
+      const Scalar* z = gates.row(t * B + r).data();
+      const Scalar* c = cs.row(t * B + r).data();
+      const Scalar* c_prev = c_prev_t.row(r).data();
+      const Scalar* dh_row = dh_matrix.row(r).data();
+      Scalar* dc_row = dc0.row(r).data();
+      Scalar* dz = dz_t.row(r).data();
+      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
+        const auto one = detail::constant<Scalar>(1);
+        const auto i = lanes.load(z + col.i);
+        const auto g = lanes.load(z + col.g);
+        const auto o = lanes.load(z + col.o);
+        const auto dh = lanes.load(dh_row);
+        const auto tanh_c = detail::tanh<Scalar>(lanes.load(c));
+        // dC_t = dC_t (from step t+1) + dh_t * o * (1 - tanh^2 C_t)
+        const auto dc = ei::padd(lanes.load(dc_row),
+                                 ei::pmul(ei::pmul(dh, o), ei::psub(one, ei::pmul(tanh_c, tanh_c))));
+        lanes.store(dz + col.o, ei::pmul(ei::pmul(dh, tanh_c), ei::pmul(o, ei::psub(one, o))));
+        lanes.store(dz + col.i, ei::pmul(ei::pmul(dc, g), ei::pmul(i, ei::psub(one, i))));
+        lanes.store(dz + col.g, ei::pmul(ei::pmul(dc, i), ei::psub(one, ei::pmul(g, g))));
+        if (forget_gate) {
+          const auto f = lanes.load(z + col.f);
+          lanes.store(dz + col.f, ei::pmul(ei::pmul(dc, lanes.load(c_prev)), ei::pmul(f, ei::psub(one, f))));
+          lanes.store(dc_row, ei::pmul(dc, f));
+        } else {
+          lanes.store(dc_row, dc);
+        }
+      });
     }
     if (t > 0) {
-      dh = dhs.middleRows((t - 1) * B, B);
-      dh.noalias() += dz * W_h.transpose();
+      dh_matrix = dhs.middleRows((t - 1) * B, B);
+      dh_matrix.noalias() += dz_t * W_h.transpose();
     } else {
-      dh0.noalias() = dz * W_h.transpose();
+      dh0.noalias() = dz_t * W_h.transpose();
     }
   }
 
@@ -123,7 +148,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
   dW_h.noalias() = h0.transpose() * dZ.topRows(B);
   if (s.T > 1) dW_h.noalias() += hs.topRows(N - B).transpose() * dZ.bottomRows(N - B);
-  db = dZ.colwise().sum();
+  detail::column_sums<Scalar>(dZ, db);
   dx.noalias() = dZ * W_x.transpose();
 }
 

@@ -1,10 +1,12 @@
 // Plain RNN forward and BPTT (see rnn.hpp); explicit instantiations for float and double.
 #include "fastbptt/rnn.hpp"
 
-#include "fastbptt/activations.hpp"
+#include "pointwise.hpp"
 
 namespace fastbptt::rnn {
 namespace {
+
+namespace ei = Eigen::internal;
 
 template <class Scalar>
 void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
@@ -27,14 +29,22 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
   detail::check_shape("b_h", b_h, 1, s.H);
   detail::check_shape("hs", hs, s.T * s.B, s.H);
 
-  // hs first holds the input projections of every step; each step then turns its block into h_t in place.
-  hs.noalias() = x * W_xh;
-  for (Index t = 0; t < s.T; ++t) {
-    auto z_t = hs.middleRows(t * s.B, s.B);
-    z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, s.B) * W_hh;
-    auto h_t = z_t.array();
-    detail::apply_activation(activation, h_t, (z_t.rowwise() + b_h).array());
-  }
+  detail::with_activation(activation, [&](auto phi) {
+    using Phi = decltype(phi);
+    for (Index t = 0; t < s.T; ++t) {
+      // Block t of hs holds z_t until the pointwise pass turns it into h_t. The input projection is a product
+      // per step so that chunked runs equal one run bit for bit (see lstm.cpp).
+      auto z_t = hs.middleRows(t * s.B, s.B);
+      z_t.noalias() = x.middleRows(t * s.B, s.B) * W_xh;
+      z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, s.B) * W_hh;
+      for (Index r = 0; r < s.B; ++r) {
+        Scalar* z = z_t.row(r).data();
+        detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
+          lanes.store(z, Phi::template value<Scalar>(ei::padd(lanes.load(z), lanes.load(b_h.data()))));
+        });
+      }
+    }
+  });
 }
 
 template <class Scalar>
@@ -56,23 +66,32 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
   // dh0 doubles as its storage: after the loop it holds dL/dh_0.
   dh0 = dhs.bottomRows(s.B);
-  for (Index t = s.T - 1; t >= 0; --t) {
-    auto dz_t = dZ.middleRows(t * s.B, s.B);
-    auto dz_t_array = dz_t.array();
-    detail::activation_backward(activation, dz_t_array, dh0.array(), hs.middleRows(t * s.B, s.B).array());
-    if (t > 0) {
-      dh0 = dhs.middleRows((t - 1) * s.B, s.B);
-      dh0.noalias() += dz_t * W_hh.transpose();
-    } else {
-      dh0.noalias() = dz_t * W_hh.transpose();
+  detail::with_activation(activation, [&](auto phi) {
+    using Phi = decltype(phi);
+    for (Index t = s.T - 1; t >= 0; --t) {
+      auto dz_t = dZ.middleRows(t * s.B, s.B);
+      for (Index r = 0; r < s.B; ++r) {
+        Scalar* dz = dz_t.row(r).data();
+        const Scalar* dh = dh0.row(r).data();
+        const Scalar* h = hs.row(t * s.B + r).data();
+        detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
+          lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
+        });
+      }
+      if (t > 0) {
+        dh0 = dhs.middleRows((t - 1) * s.B, s.B);
+        dh0.noalias() += dz_t * W_hh.transpose();
+      } else {
+        dh0.noalias() = dz_t * W_hh.transpose();
+      }
     }
-  }
+  });
 
   dW_xh.noalias() = x.transpose() * dZ;
   // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
   dW_hh.noalias() = h0.transpose() * dZ.topRows(s.B);
   if (s.T > 1) dW_hh.noalias() += hs.topRows(N - s.B).transpose() * dZ.bottomRows(N - s.B);
-  db_h = dZ.colwise().sum();
+  detail::column_sums<Scalar>(dZ, db_h);
   dx.noalias() = dZ * W_xh.transpose();
 }
 

@@ -45,7 +45,7 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
     else:
         GH = (4 if forget_gate else 3) * H
         saved = T * B * (GH + 2 * H)  # gates, hs, cs
-        scratch = T * B * GH + 2 * B * H  # dZ, dh, tanh(C_t)
+        scratch = T * B * GH + B * H  # dZ, dh
         states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
         grads = T * B * D + 2 * B * H + D * GH + H * GH + GH
     return (saved + scratch + states + grads) * itemsize

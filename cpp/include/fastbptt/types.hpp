@@ -61,6 +61,14 @@ Eigen::Map<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>> previous_state(
   return {source, B, states.cols(), Eigen::OuterStride<>(stride)};
 }
 
+/// sums = column sums of m, each added up row after row. Unlike Eigen's colwise().sum(), whose grouping of the
+/// terms depends on the memory alignment of `sums`, the result does not change with where NumPy put the arrays.
+template <class Scalar>
+void column_sums(const Eigen::Ref<const RowMatrix<Scalar>>& m, Eigen::Ref<RowVector<Scalar>> sums) {
+  sums.setZero();
+  for (Index r = 0; r < m.rows(); ++r) sums += m.row(r);
+}
+
 template <class Derived>
 void check_shape(const char* name, const Eigen::DenseBase<Derived>& m, Index expected_rows, Index expected_cols) {
   check_shape(name, m.rows(), m.cols(), expected_rows, expected_cols);
