@@ -134,7 +134,7 @@ OUTPUT_ERRORS = [
     ({"targets": np.zeros((T, B), np.float64)}, TypeError, r"targets: expected an integer array.*float64"),
     ({"targets": np.zeros((T, B), bool)}, TypeError, r"targets: expected an integer array.*bool"),
     ({"targets": np.zeros((T, B + 1), np.int64)}, ValueError, r"targets: expected shape \[T, B\] = \(4, 3\)"),
-    ({"targets": np.full((T, B), K)}, ValueError, r"targets: class indices must lie in 0 \.\. 6 \(K = 7\), got 7"),
+    ({"targets": np.full((T, B), K)}, ValueError, r"targets: class indices must lie in 0 \.\. 6 \(K = 7\) or equal ignore_index \(-100\), got 7"),
     ({"targets": np.full((T, B), -1)}, ValueError, r"targets: class indices must lie in 0 \.\. 6.*got -1"),
     ({"W_yh": np.zeros((H + 1, K))}, ValueError, r"W_yh: expected shape \[H, K\] = \(6, K\)"),
     ({"W_yh": np.zeros((H, K), np.float32)}, TypeError, r"W_yh: has dtype float32 but hs has dtype float64"),

@@ -98,3 +98,56 @@ def test_matches_torch_cross_entropy(rng):
         expected.backward()
         assert loss == pytest.approx(expected.item(), rel=1e-12)
         np.testing.assert_allclose(grads.dhs, hs.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ignored_targets_add_nothing(rng, dtype, reduction):
+    p = output_problem(rng, T=7, B=5, H=6, K=4)
+    targets = p.pop("targets")
+    targets[rng.random(targets.shape) < 0.4] = -1
+    low, exact = rounded(p, dtype)
+    loss, grads = fb.softmax_cross_entropy(**low, targets=targets, reduction=reduction, ignore_index=-1)
+    loss_ref, grads_ref = ref.softmax_cross_entropy(**exact, targets=targets, reduction=reduction, ignore_index=-1)
+    assert loss == pytest.approx(loss_ref, rel=TOL[dtype]["outputs"])
+    for name in grads._fields:
+        assert_close(getattr(grads, name), getattr(grads_ref, name), dtype, "grads", name)
+    assert np.all(grads.dhs[targets == -1] == 0)
+    # The same as the loss over the counted rows alone.
+    kept = targets != -1
+    only = ref.softmax_cross_entropy(exact["hs"][kept][None], exact["W_yh"], exact["b_y"], targets[kept][None],
+                                     reduction=reduction)[0]
+    assert loss_ref == pytest.approx(only, rel=1e-12)
+
+
+@pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])
+def test_mean_over_nothing_is_nan_with_zero_gradients(rng, module):
+    p = output_problem(rng, T=2, B=3, H=4, K=5)
+    p["targets"][:] = -100
+    loss, grads = module.softmax_cross_entropy(**p, reduction="mean")
+    assert np.isnan(loss)
+    assert all(np.all(g == 0) for g in grads)
+    assert module.softmax_cross_entropy(**p, reduction="sum")[0] == 0.0
+
+
+@pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])
+def test_ignore_index_must_not_be_a_class(rng, module):
+    p = output_problem(rng, T=2, B=3, H=4, K=5)
+    with pytest.raises(ValueError, match=r"ignore_index: must lie outside the class indices 0 \.\. 4, got 2"):
+        module.softmax_cross_entropy(**p, ignore_index=2)
+
+
+def test_ignore_index_matches_torch(rng):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    p = output_problem(rng, T=5, B=3, H=4, K=7)
+    p["targets"][1:3] = -100
+    for reduction in ("sum", "mean"):
+        loss, grads = fb.softmax_cross_entropy(**p, reduction=reduction)
+        hs = torch.tensor(p["hs"], requires_grad=True)
+        logits = hs @ torch.tensor(p["W_yh"]) + torch.tensor(p["b_y"])
+        expected = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 7), torch.tensor(p["targets"]).reshape(-1), reduction=reduction
+        )
+        expected.backward()
+        assert loss == pytest.approx(expected.item(), rel=1e-12)
+        np.testing.assert_allclose(grads.dhs, hs.grad.numpy(), rtol=1e-10, atol=1e-14)

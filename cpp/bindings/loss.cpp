@@ -8,7 +8,8 @@ namespace {
 
 template <class Scalar>
 py::tuple softmax_cross_entropy(const Array<Scalar>& hs, const Array<Scalar>& W_yh, const Array<Scalar>& b_y,
-                                const Array<std::int64_t>& targets, const std::string& reduction) {
+                                const Array<std::int64_t>& targets, std::int64_t ignore_index,
+                                const std::string& reduction) {
   const loss::Reduction how = loss::parse_reduction(reduction);
   const auto hs_m = as_matrix(hs, "hs", 3);
   const auto W_yh_m = as_matrix(W_yh, "W_yh", 2);
@@ -27,7 +28,8 @@ py::tuple softmax_cross_entropy(const Array<Scalar>& hs, const Array<Scalar>& W_
   double value = 0.0;
   {
     py::gil_scoped_release release;
-    value = loss::softmax_cross_entropy<Scalar>(hs_m, W_yh_m, b_y_v, targets.data(), how, dhs_m, dW_yh_m, db_y_v);
+    value = loss::softmax_cross_entropy<Scalar>(hs_m, W_yh_m, b_y_v, targets.data(), ignore_index, how, dhs_m,
+                                                dW_yh_m, db_y_v);
   }
   return py::make_tuple(value, dhs, dW_yh, db_y);
 }
@@ -36,7 +38,7 @@ template <class Scalar>
 void define(py::module_& m) {
   m.def("softmax_cross_entropy", &softmax_cross_entropy<Scalar>, py::arg("hs").noconvert(),
         py::arg("W_yh").noconvert(), py::arg("b_y").noconvert(), py::arg("targets").noconvert(),
-        py::arg("reduction"),
+        py::arg("ignore_index"), py::arg("reduction"),
         "(loss, dhs, dW_yh, db_y) of the softmax / cross-entropy output layer; see "
         "fastbptt.softmax_cross_entropy.");
 }

@@ -2,6 +2,7 @@
 #include "fastbptt/loss.hpp"
 
 #include <sstream>
+#include <string>
 
 namespace fastbptt::loss {
 
@@ -13,8 +14,8 @@ Reduction parse_reduction(const std::string& name) {
 
 template <class Scalar>
 double softmax_cross_entropy(ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> W_yh, ConstVectorRef<Scalar> b_y,
-                             const std::int64_t* targets, Reduction reduction, MatrixRef<Scalar> dhs,
-                             MatrixRef<Scalar> dW_yh, VectorRef<Scalar> db_y) {
+                             const std::int64_t* targets, std::int64_t ignore_index, Reduction reduction,
+                             MatrixRef<Scalar> dhs, MatrixRef<Scalar> dW_yh, VectorRef<Scalar> db_y) {
   const Index N = hs.rows();
   const Index H = hs.cols();
   const Index K = W_yh.cols();
@@ -25,7 +26,14 @@ double softmax_cross_entropy(ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> W
   detail::check_shape("dhs", dhs, N, H);
   detail::check_shape("dW_yh", dW_yh, H, K);
   detail::check_shape("db_y", db_y, 1, K);
+  if (ignore_index >= 0 && ignore_index < K) {
+    throw std::invalid_argument("ignore_index: must lie outside the class indices 0 .. " + std::to_string(K - 1) +
+                                ", got " + std::to_string(ignore_index));
+  }
+  Index counted = 0;
   for (Index n = 0; n < N; ++n) {
+    if (targets[n] == ignore_index) continue;
+    ++counted;
     if (targets[n] < 0 || targets[n] >= K) {
       std::ostringstream message;
       message << "targets: class indices must lie in 0 .. " << K - 1 << ", got " << targets[n] << " at flat index "
@@ -38,10 +46,17 @@ double softmax_cross_entropy(ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> W
   RowMatrix<Scalar> dO(N, K);
   dO.noalias() = hs * W_yh;
   dO.rowwise() += b_y;
-  const Scalar scale = reduction == Reduction::mean ? Scalar(1) / static_cast<Scalar>(N) : Scalar(1);
+  // "mean" over no counted row: the loss is 0/0 = NaN (as PyTorch) and every gradient is zero.
+  const Scalar scale = reduction == Reduction::sum ? Scalar(1)
+                       : counted > 0               ? Scalar(1) / static_cast<Scalar>(counted)
+                                                   : Scalar(0);
   double loss = 0.0;
   for (Index n = 0; n < N; ++n) {
     auto row = dO.row(n).array();
+    if (targets[n] == ignore_index) {
+      row.setZero();
+      continue;
+    }
     const Scalar row_max = row.maxCoeff();
     const Scalar target_shifted_logit = row(targets[n]) - row_max;
     row = (row - row_max).exp();
@@ -53,14 +68,14 @@ double softmax_cross_entropy(ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> W
   dW_yh.noalias() = hs.transpose() * dO;
   detail::column_sums<Scalar>(dO, db_y);
   dhs.noalias() = dO * W_yh.transpose();
-  return reduction == Reduction::mean ? loss / static_cast<double>(N) : loss;
+  return reduction == Reduction::mean ? loss / static_cast<double>(counted) : loss;
 }
 
 template double softmax_cross_entropy<float>(ConstMatrixRef<float>, ConstMatrixRef<float>, ConstVectorRef<float>,
-                                             const std::int64_t*, Reduction, MatrixRef<float>, MatrixRef<float>,
-                                             VectorRef<float>);
+                                             const std::int64_t*, std::int64_t, Reduction, MatrixRef<float>,
+                                             MatrixRef<float>, VectorRef<float>);
 template double softmax_cross_entropy<double>(ConstMatrixRef<double>, ConstMatrixRef<double>,
-                                              ConstVectorRef<double>, const std::int64_t*, Reduction,
+                                              ConstVectorRef<double>, const std::int64_t*, std::int64_t, Reduction,
                                               MatrixRef<double>, MatrixRef<double>, VectorRef<double>);
 
 }  // namespace fastbptt::loss

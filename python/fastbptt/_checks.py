@@ -83,8 +83,8 @@ def choice(name: str, value, allowed: Sequence[str]) -> str:
     return value
 
 
-def targets_array(value, T: int, B: int, K: int) -> np.ndarray:
-    """Class indices ``[T, B]`` in ``0 .. K-1`` as C-contiguous int64."""
+def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarray:
+    """Class indices ``[T, B]`` in ``0 .. K-1`` (or ``ignore_index``) as C-contiguous int64."""
     array = np.asarray(value)
     if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         raise TypeError(
@@ -92,10 +92,19 @@ def targets_array(value, T: int, B: int, K: int) -> np.ndarray:
             "convert it first, e.g. targets.astype(np.int64)"
         )
     check_shape("targets", array, (T, B), "[T, B]")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= K:
-        bad = low if low < 0 else high
-        raise ValueError(f"targets: class indices must lie in 0 .. {K - 1} (K = {K}), got {bad}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    if 0 <= ignore_index < K:
+        raise ValueError(f"ignore_index: must lie outside the class indices 0 .. {K - 1}, got {ignore_index}")
+    counted = array[array != ignore_index]
+    if counted.size:
+        low, high = int(counted.min()), int(counted.max())
+        if low < 0 or high >= K:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"targets: class indices must lie in 0 .. {K - 1} (K = {K}) or equal ignore_index "
+                f"({ignore_index}), got {bad}"
+            )
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
@@ -154,7 +163,7 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
     return x, W_x, W_h, b, h0, c0, forget_gate
 
 
-def output_args(hs, W_yh, b_y, targets, reduction):
+def output_args(hs, W_yh, b_y, targets, reduction, ignore_index):
     """Validated ``(hs, W_yh, b_y, targets, reduction)`` of ``softmax_cross_entropy``."""
     hs = sequence("hs", hs)
     dtype = hs.dtype
@@ -165,5 +174,5 @@ def output_args(hs, W_yh, b_y, targets, reduction):
     K = W_yh.shape[1]
     b_y = float_array("b_y", b_y, dtype, like="hs")
     check_shape("b_y", b_y, (K,), "[K]")
-    targets = targets_array(targets, T, B, K)
+    targets = targets_array(targets, T, B, K, ignore_index)
     return hs, W_yh, b_y, targets, choice("reduction", reduction, REDUCTIONS)

@@ -63,5 +63,6 @@ def softmax_cross_entropy(
     W_yh: npt.NDArray[np.floating],
     b_y: npt.NDArray[np.floating],
     targets: npt.NDArray[np.int64],
+    ignore_index: int,
     reduction: str,
 ) -> tuple[float, npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...

@@ -122,7 +122,9 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     return LSTMGrads(*grads)
 
 
-def softmax_cross_entropy(hs, W_yh, b_y, targets, *, reduction: str = "sum") -> tuple[float, OutputGrads]:
+def softmax_cross_entropy(
+    hs, W_yh, b_y, targets, *, reduction: str = "sum", ignore_index: int = -100
+) -> tuple[float, OutputGrads]:
     """The spec's output layer and loss: ``o_t = h_t W_yh + b_y``, softmax, cross-entropy.
 
     ``L = sum_t sum_b -log softmax(o_t)[b, y_tb]``, computed with a log-sum-exp that cannot overflow.
@@ -133,9 +135,12 @@ def softmax_cross_entropy(hs, W_yh, b_y, targets, *, reduction: str = "sum") -> 
     W_yh : ndarray [H, K]
     b_y : ndarray [K]
     targets : integer ndarray [T, B]
-        Class indices in ``0 .. K-1``.
+        Class indices in ``0 .. K-1``; entries equal to ``ignore_index`` add no loss and no gradient (for steps
+        without a target, e.g. all but the last in a sequence-classification task).
     reduction : {"sum", "mean"}
-        "sum" over all steps and sequences (the spec), or "mean" over the T*B terms.
+        "sum" over all steps and sequences (the spec), or "mean" over the counted terms (NaN if none, as PyTorch).
+    ignore_index : int
+        A value outside ``0 .. K-1`` that marks steps without a target; -100 as in PyTorch.
 
     Returns
     -------
@@ -143,6 +148,6 @@ def softmax_cross_entropy(hs, W_yh, b_y, targets, *, reduction: str = "sum") -> 
     grads : OutputGrads
         ``dhs [T,B,H], dW_yh [H,K], db_y [K]``.
     """
-    hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction)
-    loss, dhs, dW_yh, db_y = _core.softmax_cross_entropy(hs, W_yh, b_y, targets, reduction)
+    hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction, ignore_index)
+    loss, dhs, dW_yh, db_y = _core.softmax_cross_entropy(hs, W_yh, b_y, targets, int(ignore_index), reduction)
     return loss, OutputGrads(dhs, dW_yh, db_y)

@@ -167,29 +167,39 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     return LSTMGrads(dx, dh_from_later, dc, dW_x, dW_h, db)
 
 
-def softmax_cross_entropy(hs, W_yh, b_y, targets, *, reduction: str = "sum") -> tuple[float, OutputGrads]:
+def softmax_cross_entropy(
+    hs, W_yh, b_y, targets, *, reduction: str = "sum", ignore_index: int = -100
+) -> tuple[float, OutputGrads]:
     """Reference of :func:`fastbptt.softmax_cross_entropy`.
 
     Per step: ``o_t = h_t W_yh + b_y``, ``log p = o - max(o) - log(sum exp(o - max(o)))``, ``L_t = -log p[y_t]``,
-    and ``dL_t/do_t = p - onehot(y_t)`` (the spec's ``ŷ_t - y_t``).
+    and ``dL_t/do_t = p - onehot(y_t)`` (the spec's ``ŷ_t - y_t``); zero for rows whose target is ignore_index.
     """
-    hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction)
-    T, B, _ = hs.shape
-    scale = 1.0 / (T * B) if reduction == "mean" else 1.0
-    rows = np.arange(B)
+    hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction, ignore_index)
+    T, _, _ = hs.shape
+    counted = int(np.count_nonzero(targets != ignore_index))
+    if reduction == "sum":
+        scale = 1.0
+    else:  # "mean" over no counted row: NaN loss and zero gradients, as the fast path
+        scale = 1.0 / counted if counted else 0.0
     loss = 0.0
     dhs = np.empty_like(hs)
     dW_yh = np.zeros_like(W_yh)
     db_y = np.zeros_like(b_y)
     for t in range(T):
+        rows = np.flatnonzero(targets[t] != ignore_index)
+        y = targets[t, rows]
         o = hs[t] @ W_yh + b_y
         shifted = o - o.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss -= float(log_p[rows, targets[t]].astype(np.float64).sum())
-        do = np.exp(log_p)
-        do[rows, targets[t]] -= 1
+        loss -= float(log_p[rows, y].astype(np.float64).sum())
+        do = np.zeros_like(o)
+        do[rows] = np.exp(log_p[rows])
+        do[rows, y] -= 1
         do *= scale
         dW_yh += hs[t].T @ do
         db_y += do.sum(axis=0)
         dhs[t] = do @ W_yh.T
-    return loss * scale, OutputGrads(dhs, dW_yh, db_y)
+    if reduction == "mean":
+        return (loss / counted if counted else float("nan")), OutputGrads(dhs, dW_yh, db_y)
+    return loss, OutputGrads(dhs, dW_yh, db_y)
