@@ -1,6 +1,8 @@
 """fastbptt: fast, exact backpropagation through time for recurrent networks on the CPU.
 
-The functions here run the compiled core; :mod:`fastbptt.reference` has the same functions in plain NumPy.
+The kernel functions here run the compiled core; :mod:`fastbptt.reference` has the same functions in plain NumPy.
+The layers, the sequence model, the optimisers and truncated BPTT build on them (``backend="fast"`` or
+``"reference"``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from ._core import build_info as _core_build_info
 from ._types import LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
 from .conversions import lstm_weights_from_torch, lstm_weights_to_torch
 from .functional import lstm_backward, lstm_forward, rnn_backward, rnn_forward, softmax_cross_entropy
+from .layers import LSTM, RNN
 from .memory import workspace_bytes
+from .model import SequenceModel
+from .optim import SGD, Adam, clip_grad_norm
+from .tbptt import TrainResult, Window, tbptt_windows, train_tbptt
 
 
 def build_info() -> dict[str, str]:
@@ -20,13 +26,21 @@ def build_info() -> dict[str, str]:
 
 
 __all__ = [
+    "LSTM",
+    "RNN",
+    "SGD",
+    "Adam",
     "LSTMCache",
     "LSTMGrads",
     "OutputGrads",
     "RNNCache",
     "RNNGrads",
+    "SequenceModel",
+    "TrainResult",
+    "Window",
     "__version__",
     "build_info",
+    "clip_grad_norm",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",
@@ -34,5 +48,7 @@ __all__ = [
     "rnn_backward",
     "rnn_forward",
     "softmax_cross_entropy",
+    "tbptt_windows",
+    "train_tbptt",
     "workspace_bytes",
 ]

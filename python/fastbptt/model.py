@@ -1,0 +1,197 @@
+"""The spec's sequence model: token input (one-hot or embedding), a recurrent layer, a softmax output layer,
+and the cross-entropy loss summed over time steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+from .layers import LSTM, RNN, _float_dtype, _positive_int, backend_module, load_arrays, save_arrays
+
+CELLS = ("rnn", "lstm")
+
+
+class SequenceModel:
+    """Tokens ``[T, B]`` -> recurrent layer -> ``o_t = h_t W_yh + b_y`` -> softmax, trained with cross-entropy.
+
+    Parameters
+    ----------
+    vocab_size : int
+        V, the number of input tokens.
+    hidden_size : int
+        H.
+    num_classes : int, optional
+        K, the number of output classes; ``vocab_size`` when omitted (a character model predicts tokens).
+    cell : {"lstm", "rnn"}
+    embedding_dim : int, optional
+        Input as a learned embedding ``[V, E]`` (initialised ``N(0, 1)`` as PyTorch's); one-hot vectors (the
+        spec's model) when omitted.
+    activation, init : str
+        Passed to :class:`fastbptt.RNN` (``activation`` "tanh", "relu", "sigmoid"; ``init`` "uniform",
+        "orthogonal", "identity") or :class:`fastbptt.LSTM` (``init`` "uniform", "orthogonal").
+    forget_gate, forget_bias
+        Passed to :class:`fastbptt.LSTM`.
+    seed : int or None
+        Seeds every initialisation.
+    batch_first : bool
+        Tokens and targets as ``[B, T]`` instead of ``[T, B]``.
+    dtype : float32 (default) or float64
+    backend : {"fast", "reference"}
+
+    Attributes
+    ----------
+    params : dict of ndarray
+        ``"embedding"`` (when used), ``"rnn.<name>"`` (the layer's own arrays), ``"W_yh" [H,K]``, ``"b_y" [K]``.
+        Optimisers update them in place.
+    """
+
+    kind = "SequenceModel"
+
+    def __init__(self, vocab_size: int, hidden_size: int, *, num_classes: int | None = None, cell: str = "lstm",
+                 embedding_dim: int | None = None, activation: str = "tanh", init: str = "uniform",
+                 forget_gate: bool = True, forget_bias: float = 0.0, seed=None, batch_first: bool = False,
+                 dtype=np.float32, backend: str = "fast"):
+        self.vocab_size = _positive_int("vocab_size", vocab_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_classes = self.vocab_size if num_classes is None else _positive_int("num_classes", num_classes)
+        self.cell = _checks.choice("cell", cell, CELLS)
+        self.embedding_dim = None if embedding_dim is None else _positive_int("embedding_dim", embedding_dim)
+        self.batch_first = bool(batch_first)
+        self.dtype = _float_dtype(dtype)
+        self.backend = backend
+        self._kernels = backend_module(backend)
+        layer_seed, embedding_seed, output_seed = np.random.SeedSequence(seed).spawn(3)
+        input_size = self.embedding_dim or self.vocab_size
+        if self.cell == "rnn":
+            self.rnn = RNN(input_size, hidden_size, activation=activation, init=init, seed=layer_seed,
+                           dtype=dtype, backend=backend)
+        else:
+            self.rnn = LSTM(input_size, hidden_size, forget_gate=forget_gate, forget_bias=forget_bias, init=init,
+                            seed=layer_seed, dtype=dtype, backend=backend)
+        self.params: dict[str, np.ndarray] = {}
+        if self.embedding_dim is not None:
+            embedding = np.random.default_rng(embedding_seed).standard_normal((self.vocab_size, self.embedding_dim))
+            self.params["embedding"] = embedding.astype(self.dtype)
+        self.params.update({f"rnn.{name}": value for name, value in self.rnn.params.items()})
+        bound = 1.0 / np.sqrt(self.hidden_size)  # PyTorch's nn.Linear initialisation
+        rng = np.random.default_rng(output_seed)
+        self.params["W_yh"] = rng.uniform(-bound, bound, (self.hidden_size, self.num_classes)).astype(self.dtype)
+        self.params["b_y"] = rng.uniform(-bound, bound, self.num_classes).astype(self.dtype)
+
+    def _time_major_tokens(self, name: str, tokens) -> np.ndarray:
+        array = np.asarray(tokens)
+        if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+            raise TypeError(f"{name}: expected an integer array of token ids, got dtype {array.dtype}")
+        layout = "[B, T]" if self.batch_first else "[T, B]"
+        if array.ndim != 2 or 0 in array.shape:
+            raise ValueError(f"{name}: expected a non-empty 2-D array {layout}, got shape {array.shape}")
+        return np.swapaxes(array, 0, 1) if self.batch_first else array
+
+    def _embed(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+        tokens = self._time_major_tokens("tokens", tokens)
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.vocab_size:
+            raise ValueError(f"tokens: ids must lie in 0 .. {self.vocab_size - 1} (vocab_size), got "
+                             f"{low if low < 0 else high}")
+        if self.embedding_dim is not None:
+            return tokens, self.params["embedding"][tokens]
+        one_hot = np.zeros((*tokens.shape, self.vocab_size), dtype=self.dtype)
+        np.put_along_axis(one_hot, tokens[..., None], 1, axis=-1)
+        return tokens, one_hot
+
+    def loss_and_grad(self, tokens, targets, state=None, *, reduction: str = "sum", ignore_index: int = -100):
+        """Loss over every step and its gradients with respect to every parameter (full BPTT over the input).
+
+        Parameters
+        ----------
+        tokens : int ndarray [T, B]
+        targets : int ndarray [T, B]
+            Classes in ``0 .. K-1``, or ``ignore_index`` for steps without a target.
+        state : optional
+            Initial state (``h0 [B,H]`` for the RNN, ``(h0, c0)`` for the LSTM); zeros when None. No gradient
+            flows into it: that is where truncated BPTT cuts.
+        reduction, ignore_index
+            As in :func:`fastbptt.softmax_cross_entropy`.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of ndarray
+            The same keys as :attr:`params`.
+        state : the final state, to carry into the next chunk.
+        """
+        tokens, x = self._embed(tokens)
+        targets = self._time_major_tokens("targets", targets)
+        hs, final_state = self.rnn.forward(x, state)
+        loss, og = self._kernels.softmax_cross_entropy(
+            hs, self.params["W_yh"], self.params["b_y"], targets, reduction=reduction, ignore_index=ignore_index
+        )
+        self.rnn.zero_grad()
+        dx, _ = self.rnn.backward(og.dhs)
+        grads = {f"rnn.{name}": grad.copy() for name, grad in self.rnn.grads.items()}
+        grads["W_yh"], grads["b_y"] = og.dW_yh, og.db_y
+        if self.embedding_dim is not None:
+            d_embedding = np.zeros_like(self.params["embedding"])
+            np.add.at(d_embedding, tokens, dx)
+            grads["embedding"] = d_embedding
+        return loss, {name: grads[name] for name in self.params}, final_state
+
+    def state_at(self, step: int):
+        """The recurrent state after ``step`` steps of the last forward pass (0: its initial state)."""
+        return self.rnn.state_at(step)
+
+    def predict(self, tokens, state=None):
+        """Class probabilities ``[T, B, K]`` (``[B, T, K]`` if batch_first) and the final state."""
+        _, x = self._embed(tokens)
+        hs, final_state = self.rnn.forward(x, state)
+        logits = hs @ self.params["W_yh"] + self.params["b_y"]
+        logits -= logits.max(axis=-1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        return (np.ascontiguousarray(np.swapaxes(probs, 0, 1)) if self.batch_first else probs), final_state
+
+    def sample(self, length: int, *, prime, temperature: float = 1.0, seed=None, state=None) -> np.ndarray:
+        """Generates ``length`` tokens one step at a time, each drawn from the model's softmax at
+        ``temperature``, after feeding the ``prime`` tokens (an int or a sequence of ints).
+
+        For a character model, where classes are tokens; returns an int64 array of the generated ids only.
+        """
+        length = _positive_int("length", length)
+        if self.num_classes != self.vocab_size:
+            raise ValueError("sample: needs num_classes == vocab_size (the model's outputs are its next inputs)")
+        if not temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature}")
+        rng = np.random.default_rng(seed)
+        prime = np.atleast_1d(np.asarray(prime))
+        if prime.ndim != 1 or prime.size == 0:
+            raise ValueError(f"prime: expected one token id or a non-empty 1-D sequence, got shape {prime.shape}")
+        primer = prime[:, None] if not self.batch_first else prime[None, :]
+        probs, state = self.predict(primer, state)
+        last = probs[-1, 0] if not self.batch_first else probs[0, -1]
+        generated = np.empty(length, dtype=np.int64)
+        for k in range(length):
+            logits = np.log(np.maximum(last.astype(np.float64), 1e-300)) / temperature
+            p = np.exp(logits - logits.max())
+            generated[k] = rng.choice(self.num_classes, p=p / p.sum())
+            probs, state = self.predict(np.array([[generated[k]]]), state)
+            last = probs[0, 0]
+        return generated
+
+    def _config(self) -> dict:
+        config = {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size, "num_classes": self.num_classes,
+                  "cell": self.cell, "embedding_dim": self.embedding_dim}
+        if self.cell == "rnn":
+            config["activation"] = self.rnn.activation
+        else:
+            config["forget_gate"] = self.rnn.forget_gate
+        return config
+
+    def save(self, path) -> None:
+        """Writes every parameter and the model's configuration to one ``.npz`` file."""
+        save_arrays(path, self.kind, self._config(), self.params)
+
+    def load(self, path) -> None:
+        """Reads parameters written by :meth:`save`; raises ValueError, changing nothing, on a mismatch."""
+        loaded = load_arrays(path, self.kind, self._config(), self.params)
+        for name, value in loaded.items():
+            self.params[name][...] = value
