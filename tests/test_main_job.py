@@ -1,0 +1,42 @@
+"""The main job, ``python -m fastbptt demo``, and the command line around it."""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+
+import numpy as np
+
+from fastbptt.demo import load_corpus, remember_first_batch, run_demo
+
+
+def test_quick_demo_trains_and_reports(tmp_path):
+    out = io.StringIO()
+    summary = run_demo(quick=True, out_dir=tmp_path, out=out)
+    text = out.getvalue()
+    losses = summary["char_valid_loss"]
+    assert losses[-1] < losses[0] < math.log(len(set(load_corpus()))) + 0.5, "the character model learns"
+    assert summary["sample"].startswith("The ") and len(summary["sample"]) > 100
+    assert set(summary["long_range"]) >= {"tanh RNN", "IRNN (ReLU, W_hh = I)", "LSTM, PyTorch init"}
+    for result in summary["long_range"].values():
+        assert 0.0 <= result["accuracy"] <= 1.0
+    assert "summary" in text and "nats/char" in text and "held-out accuracy" in text
+    assert (tmp_path / "char_lstm.npz").exists()
+
+
+def test_remember_first_batch_has_one_target_per_sequence():
+    tokens, targets = remember_first_batch(np.random.default_rng(0), 100, 8, classes=4)
+    assert tokens.shape == targets.shape == (100, 8)
+    np.testing.assert_array_equal(targets[-1], tokens[0])
+    assert np.all(targets[:-1] == -100) and np.all(tokens[1:] == 4)
+
+
+def test_command_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fastbptt", "demo", "--quick", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "nats/char" in done.stdout and "total" in done.stdout
+    bare = subprocess.run([sys.executable, "-m", "fastbptt"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "demo" in bare.stderr
