@@ -11,10 +11,13 @@ else()
   foreach(_prefix IN LISTS CMAKE_PREFIX_PATH)
     list(APPEND _fastbptt_cmeel_prefixes "${_prefix}/cmeel.prefix")
   endforeach()
-  if(Python_EXECUTABLE OR Python3_EXECUTABLE)
-    # Also the running interpreter's own site-packages, for builds outside scikit-build-core.
+  # Also the site-packages of a Python interpreter (-DPython_EXECUTABLE=... picks one), for plain CMake builds.
+  if(NOT Python_EXECUTABLE)
+    find_package(Python 3 QUIET COMPONENTS Interpreter)
+  endif()
+  if(Python_EXECUTABLE)
     execute_process(
-      COMMAND "${Python_EXECUTABLE}${Python3_EXECUTABLE}" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+      COMMAND "${Python_EXECUTABLE}" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
       OUTPUT_VARIABLE _fastbptt_purelib OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
     if(_fastbptt_purelib)
       list(APPEND _fastbptt_cmeel_prefixes "${_fastbptt_purelib}/cmeel.prefix")
