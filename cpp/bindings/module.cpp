@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "fastbptt/build_info.hpp"
+#include "fastbptt/threads.hpp"
 
 namespace py = pybind11;
 
@@ -16,6 +17,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fastbptt's compiled kernels. Use the fastbptt package; these functions expect validated arrays.";
   m.attr("__version__") = fastbptt::build_info().at("version");
   m.def("build_info", &fastbptt::build_info, "Describes this build of the core.");
+  m.def("set_num_threads", &fastbptt::set_num_threads, py::arg("n"), "Threads of every later call (n >= 1).");
+  m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);
   fastbptt::bindings::bind_loss(m);

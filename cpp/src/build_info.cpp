@@ -52,7 +52,7 @@ std::map<std::string, std::string> build_info() {
       {"eigen_simd", Eigen::SimdInstructionSetsInUse()},
       {"compiler", compiler},
       {"build_type", FASTBPTT_BUILD_TYPE},
-      {"threading", "single-threaded"},
+      {"threading", FASTBPTT_THREADING},
   };
 }
 

@@ -17,6 +17,7 @@ from .memory import workspace_bytes
 from .model import SequenceModel
 from .optim import SGD, Adam, clip_grad_norm
 from .tbptt import TrainResult, Window, tbptt_windows, train_tbptt
+from .threads import get_num_threads, set_num_threads
 
 
 def build_info() -> dict[str, str]:
@@ -41,12 +42,14 @@ __all__ = [
     "__version__",
     "build_info",
     "clip_grad_norm",
+    "get_num_threads",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",
     "lstm_weights_to_torch",
     "rnn_backward",
     "rnn_forward",
+    "set_num_threads",
     "softmax_cross_entropy",
     "tbptt_windows",
     "train_tbptt",

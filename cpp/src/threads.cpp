@@ -1,0 +1,25 @@
+// Thread count of the core: Eigen parallelises its matrix products with OpenMP when the build has it.
+#include "fastbptt/threads.hpp"
+
+#include <Eigen/Core>
+
+#include <stdexcept>
+#include <string>
+
+namespace fastbptt {
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("n: the number of threads must be >= 1, got " + std::to_string(n));
+#if defined(_OPENMP)
+  Eigen::setNbThreads(n);
+#else
+  if (n != 1) {
+    throw std::invalid_argument("n: this build of fastbptt has no OpenMP, so it runs on 1 thread; got " +
+                                std::to_string(n));
+  }
+#endif
+}
+
+int get_num_threads() { return Eigen::nbThreads(); }
+
+}  // namespace fastbptt
