@@ -14,6 +14,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastbptt", description="Fast, exact BPTT for RNNs and LSTMs on the CPU.")
     commands = parser.add_subparsers(dest="command")
@@ -27,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="fastbptt-demo", help="where the model and figures go")
     demo.set_defaults(run=_demo)
+    bench = commands.add_parser("bench", help="time fastbptt against torch.nn and the NumPy reference",
+                                description="Times forward + backward side by side; prints one Markdown table.")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 

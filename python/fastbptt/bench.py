@@ -1,0 +1,257 @@
+"""``python -m fastbptt bench``: fastbptt against torch.nn and the NumPy reference, side by side in one run.
+
+Every row times forward + backward to all parameters and the input (loss = sum of the outputs) for the same
+shapes, dtype and thread count, and reports medians of repeated runs, the ratios, fastbptt's GFLOP/s and the
+fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
+FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 4 for the LSTM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+
+from . import functional as fast
+from . import reference
+from .threads import get_num_threads, set_num_threads
+
+SHAPES = {  # T, B, D, H
+    "S": (50, 16, 32, 32),
+    "M": (100, 32, 128, 128),
+    "L": (100, 64, 256, 256),
+    "XL": (50, 128, 512, 512),
+    "LONG": (1000, 8, 64, 64),
+}
+GATES = {"rnn": 1, "lstm": 4}
+REFERENCE_FLOP_LIMIT = 3e9  # the NumPy reference loops in Python; beyond this it only costs minutes
+
+
+def median_ms(run, repeats: int) -> tuple[float, list[float]]:
+    run()  # warm-up: first-touch allocations, lazy initialisation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times), times
+
+
+def blas_limits(threads: int):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(limits=threads)
+
+
+def matmul_rate(dtype, threads: int, repeats: int) -> float:
+    """GFLOP/s of NumPy's BLAS on a 2048 x 2048 product: the machine's matrix-product rate in this run."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+    with blas_limits(threads):
+        ms, _ = median_ms(lambda: a @ b, repeats)
+    return 2 * n**3 / ms / 1e6
+
+
+def problem(cell: str, shape, dtype):
+    T, B, D, H = shape
+    G = GATES[cell]
+    rng = np.random.default_rng(0)
+    bound = 1 / np.sqrt(H)
+    return {
+        "x": rng.standard_normal((T, B, D)).astype(dtype),
+        "W_x": rng.uniform(-bound, bound, (D, G * H)).astype(dtype),
+        "W_h": rng.uniform(-bound, bound, (H, G * H)).astype(dtype),
+        "b": rng.uniform(-bound, bound, G * H).astype(dtype),
+        "dhs": np.ones((T, B, H), dtype=dtype),
+    }
+
+
+def numpy_runner(module, cell: str, p):
+    """forward + backward of ``module`` (fastbptt or its reference) on problem ``p``."""
+    if cell == "lstm":
+        def run():
+            _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
+            module.lstm_backward(cache, p["dhs"])
+    else:
+        def run():
+            _, cache = module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])
+            module.rnn_backward(cache, p["dhs"])
+    return run
+
+
+def torch_runner(torch, module_class, cell: str, p):
+    """forward + backward of a torch module (torch.nn or fastbptt.torch) with the problem's weights."""
+    T, B, D = p["x"].shape
+    H = p["W_h"].shape[0]
+    dtype = torch.float32 if p["x"].dtype == np.float32 else torch.float64
+    module = module_class(D, H, dtype=dtype)
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(torch.from_numpy(p["W_x"].T))
+        module.weight_hh_l0.copy_(torch.from_numpy(p["W_h"].T))
+        module.bias_ih_l0.copy_(torch.from_numpy(p["b"]))
+        module.bias_hh_l0.zero_()
+    x = torch.from_numpy(p["x"]).requires_grad_(True)
+
+    def run():
+        for parameter in (x, *module.parameters()):
+            parameter.grad = None
+        output, _ = module(x)
+        output.sum().backward()
+
+    return run, module, x
+
+
+def check_agreement(torch) -> None:
+    """The benchmark never times a wrong computation: fastbptt, its torch module and torch.nn agree first."""
+    import fastbptt.torch as fbt
+
+    for cell, (ours, theirs) in {"lstm": (fbt.LSTM, torch.nn.LSTM), "rnn": (fbt.RNN, torch.nn.RNN)}.items():
+        p = problem(cell, (7, 3, 5, 6), np.float64)
+        _, module, x = torch_runner(torch, theirs, cell, p)
+        expected = module(x)[0].detach().numpy()
+        _, dropin, x2 = torch_runner(torch, ours, cell, p)
+        np.testing.assert_allclose(dropin(x2)[0].detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def header(torch, out) -> None:
+    from . import build_info
+
+    print(f"fastbptt {build_info()['version']} ({build_info()['isa_compiled']}, {build_info()['threading']}), "
+          f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}, "
+          f"Python {platform.python_version()}", file=out)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    except OSError:
+        model = platform.processor() or "?"
+    print(f"CPU: {model}, {os.cpu_count()} cores", file=out)
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            print(f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture', '?')}, "
+                  f"{pool.get('num_threads')} threads)", file=out)
+    except ImportError:
+        print("BLAS: threadpoolctl not installed, thread limits of NumPy's BLAS not applied", file=out)
+    slowed = [name for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]
+    if slowed:
+        print(f"warning: {', '.join(slowed)} set; they slow NumPy's OpenBLAS (the reference and the matrix-product "
+              "rate). For fair NumPy figures run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastbptt "
+              "bench", file=out)
+
+
+def fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference: bool, out=sys.stdout) -> list:
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    header(torch, out)
+    if torch is not None:
+        check_agreement(torch)
+        import fastbptt.torch as fbt
+    rows = []
+    columns = ["cell", "dtype", "threads", "shape", "T,B,D,H", "fastbptt ms", "torch ms", "fb.torch ms",
+               "reference ms", "torch/fb", "ref/fb", "fb GFLOP/s", "% of matmul"]
+    print("| " + " | ".join(columns) + " |", file=out)
+    print("|" + "---|" * len(columns), file=out, flush=True)
+    saved_threads = get_num_threads()
+    try:
+        for threads in threads_list:
+            set_num_threads(threads)
+            if torch is not None:
+                torch.set_num_threads(threads)
+            rates = {dtype: matmul_rate(dtype, threads, max(3, repeats)) for dtype in dtypes}
+            for dtype in dtypes:
+                print(f"| matmul 2048 | {np.dtype(dtype).name} | {threads} | | | | | | | | | "
+                      f"{rates[dtype]:.1f} | 100 |", file=out, flush=True)
+            for cell in cells:
+                for dtype in dtypes:
+                    for name in shapes:
+                        row = measure(cell, dtype, name, threads, repeats, with_reference, torch,
+                                      fbt if torch is not None else None, rates[dtype])
+                        rows.append(row)
+                        print("| " + " | ".join([cell, np.dtype(dtype).name, str(threads), name,
+                                                 ",".join(map(str, SHAPES[name])), fmt(row["fastbptt_ms"], 2),
+                                                 fmt(row["torch_ms"], 2), fmt(row["dropin_ms"], 2),
+                                                 fmt(row["reference_ms"], 1), fmt(row["torch_over_fb"], 2),
+                                                 fmt(row["ref_over_fb"], 1), fmt(row["gflops"]),
+                                                 fmt(row["percent_of_matmul"], 0)]) + " |", file=out, flush=True)
+    finally:
+        set_num_threads(saved_threads)
+    return rows
+
+
+def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, matmul_gflops) -> dict:
+    shape = SHAPES[name]
+    T, B, D, H = shape
+    flops = 3 * T * 2 * B * (D + H) * GATES[cell] * H
+    p = problem(cell, shape, dtype)
+    row = {"cell": cell, "dtype": np.dtype(dtype).name, "threads": threads, "shape": name, "TBDH": shape,
+           "flops": flops, "matmul_gflops": matmul_gflops}
+    row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p), repeats)
+    row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
+    if torch is not None:
+        torch_class = torch.nn.LSTM if cell == "lstm" else torch.nn.RNN
+        dropin_class = fbt.LSTM if cell == "lstm" else fbt.RNN
+        row["torch_ms"], row["torch_times"] = median_ms(torch_runner(torch, torch_class, cell, p)[0], repeats)
+        row["dropin_ms"], row["dropin_times"] = median_ms(torch_runner(torch, dropin_class, cell, p)[0], repeats)
+    if with_reference and threads == 1 and flops <= REFERENCE_FLOP_LIMIT:
+        with blas_limits(threads):
+            row["reference_ms"], row["reference_times"] = median_ms(numpy_runner(reference, cell, p),
+                                                                    max(1, repeats // 2))
+    fb_ms = row["fastbptt_ms"]
+    row["torch_over_fb"] = None if row["torch_ms"] is None else row["torch_ms"] / fb_ms
+    row["ref_over_fb"] = None if row["reference_ms"] is None else row["reference_ms"] / fb_ms
+    row["gflops"] = flops / fb_ms / 1e6
+    row["percent_of_matmul"] = 100 * row["gflops"] / matmul_gflops
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastbptt bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cells", default="rnn,lstm", help="comma list of rnn, lstm")
+    parser.add_argument("--dtypes", default="float32,float64", help="comma list of float32, float64")
+    parser.add_argument("--shapes", default="S,M,L,XL,LONG", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--threads", default=None, help="comma list of thread counts (default: 1 and all cores)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
+    parser.add_argument("--quick", action="store_true", help="shapes S and LONG, 3 repeats, one thread")
+    parser.add_argument("--json", help="also write every measurement to this JSON file")
+
+
+def run_from_args(args) -> int:
+    cells = [c for c in args.cells.split(",") if c]
+    dtypes = [np.dtype(d).type for d in args.dtypes.split(",") if d]
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES] + [c for c in cells if c not in GATES]
+    if unknown:
+        raise SystemExit(f"fastbptt bench: unknown shape or cell {unknown}")
+    threads = [1, os.cpu_count() or 1] if args.threads is None else [int(t) for t in args.threads.split(",")]
+    threads = sorted(set(threads))
+    repeats = args.repeats
+    if args.quick:
+        shapes, threads, repeats = ["S", "LONG"], [1], 3
+    rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(rows, file, indent=1, default=str)
+    return 0
