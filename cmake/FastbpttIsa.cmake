@@ -9,6 +9,16 @@ set(FASTBPTT_ISA_DESCRIPTION "baseline")
 if(FASTBPTT_PORTABLE)
   set(FASTBPTT_ISA_DESCRIPTION "baseline (FASTBPTT_PORTABLE)")
 elseif(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  set(CMAKE_REQUIRED_FLAGS "-mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma")
+  check_cxx_source_runs([=[
+    #include <immintrin.h>
+    int main() {
+      if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512dq") ||
+          !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512bw")) return 1;
+      volatile float a = 1.5f;
+      __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(a), _mm512_set1_ps(2.0f), _mm512_set1_ps(1.0f));
+      return _mm512_reduce_add_ps(v) == 64.0f ? 0 : 1;
+    }]=] FASTBPTT_HOST_HAS_AVX512)
   set(CMAKE_REQUIRED_FLAGS "-mavx2 -mfma")
   check_cxx_source_runs([=[
     #include <immintrin.h>
@@ -19,7 +29,10 @@ elseif(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_PROCESSOR MATC
       return _mm256_cvtss_f32(v) == 4.0f ? 0 : 1;
     }]=] FASTBPTT_HOST_HAS_AVX2_FMA)
   unset(CMAKE_REQUIRED_FLAGS)
-  if(FASTBPTT_HOST_HAS_AVX2_FMA)
+  if(FASTBPTT_HOST_HAS_AVX512 AND FASTBPTT_AVX512)
+    set(FASTBPTT_ISA_FLAGS -mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma)
+    set(FASTBPTT_ISA_DESCRIPTION "avx512+fma (detected on the build machine)")
+  elseif(FASTBPTT_HOST_HAS_AVX2_FMA)
     # Not -march=native: GCC 12 then also implies -mtune=znver3 on Zen 3, which slows Eigen's GEMM here.
     set(FASTBPTT_ISA_FLAGS -mavx2 -mfma)
     set(FASTBPTT_ISA_DESCRIPTION "avx2+fma (detected on the build machine)")
