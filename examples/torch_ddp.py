@@ -12,13 +12,12 @@ import os
 import socket
 from pathlib import Path
 
+import fastbptt.torch as fbt
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
-
-import fastbptt.torch as fbt
 
 T, B, D, H = 12, 8, 5, 16
 
@@ -42,8 +41,13 @@ def gradients(module) -> dict:
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         torch.set_num_threads(1)
         x, target, model = make_problem()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import lstm_problem, rnn_problem
-
-import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
 
@@ -135,24 +134,56 @@ def test_the_gil_is_released_while_the_core_computes(rng):
 def test_core_rejects_misuse_with_python_exceptions():
     x = np.zeros((2, 3, 4), np.float32)
     with pytest.raises(ValueError, match=r"W_xh: expected shape \[4, 5\], got \[3, 5\]"):
-        _core.rnn_forward(x, np.zeros((3, 5), np.float32), np.zeros((5, 5), np.float32),
-                          np.zeros(5, np.float32), np.zeros((3, 5), np.float32), "tanh")
+        _core.rnn_forward(
+            x,
+            np.zeros((3, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "tanh",
+        )
     with pytest.raises(ValueError, match=r"x: expected 3 dimensions, got 2"):
-        _core.rnn_forward(np.zeros((2, 3), np.float32), np.zeros((3, 5), np.float32),
-                          np.zeros((5, 5), np.float32), np.zeros(5, np.float32), np.zeros((3, 5), np.float32), "tanh")
+        _core.rnn_forward(
+            np.zeros((2, 3), np.float32),
+            np.zeros((3, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "tanh",
+        )
     with pytest.raises(TypeError):  # the binding never converts: float64 with float32 weights matches no overload
-        _core.rnn_forward(x.astype(np.float64), np.zeros((4, 5), np.float32), np.zeros((5, 5), np.float32),
-                          np.zeros(5, np.float32), np.zeros((3, 5), np.float32), "tanh")
+        _core.rnn_forward(
+            x.astype(np.float64),
+            np.zeros((4, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "tanh",
+        )
     with pytest.raises(ValueError, match="activation"):
-        _core.rnn_forward(x, np.zeros((4, 5), np.float32), np.zeros((5, 5), np.float32),
-                          np.zeros(5, np.float32), np.zeros((3, 5), np.float32), "gelu")
+        _core.rnn_forward(
+            x,
+            np.zeros((4, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "gelu",
+        )
 
 
 def test_version_and_build_info():
     info = fb.build_info()
     assert fb.__version__ == info["version"]
     assert info["eigen_version"].startswith("3.")
-    for key in ("eigen_source", "isa_requested", "isa_compiled", "eigen_simd", "compiler", "build_type", "threading"):
+    for key in (
+        "eigen_source",
+        "isa_requested",
+        "isa_compiled",
+        "eigen_simd",
+        "compiler",
+        "build_type",
+        "threading",
+    ):
         assert info[key], key
     assert info["build_type"] == "Release"
 
@@ -160,8 +191,16 @@ def test_version_and_build_info():
 def test_functions_exist_in_both_paths_with_the_same_signatures():
     import inspect
 
-    for name in ("rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "softmax_cross_entropy",
-                 "lstm_weights_from_torch", "lstm_weights_to_torch", "workspace_bytes"):
+    for name in (
+        "rnn_forward",
+        "rnn_backward",
+        "lstm_forward",
+        "lstm_backward",
+        "softmax_cross_entropy",
+        "lstm_weights_from_torch",
+        "lstm_weights_to_torch",
+        "workspace_bytes",
+    ):
         assert inspect.signature(getattr(fb, name)) == inspect.signature(getattr(ref, name)), name
 
 
@@ -184,8 +223,14 @@ def test_rnn_matches_torch(rng, nonlinearity, shape):
 
     hs, cache = fb.rnn_forward(*(p[k] for k in RNN_INPUTS), activation=nonlinearity)
     grads = fb.rnn_backward(cache, p["dhs"])
-    pairs = [(hs, out), (grads.dx, x.grad), (grads.dh0, h0.grad[0]), (grads.dW_xh.T, module.weight_ih_l0.grad),
-             (grads.dW_hh.T, module.weight_hh_l0.grad), (grads.db_h, module.bias_ih_l0.grad),
-             (grads.db_h, module.bias_hh_l0.grad)]
+    pairs = [
+        (hs, out),
+        (grads.dx, x.grad),
+        (grads.dh0, h0.grad[0]),
+        (grads.dW_xh.T, module.weight_ih_l0.grad),
+        (grads.dW_hh.T, module.weight_hh_l0.grad),
+        (grads.db_h, module.bias_ih_l0.grad),
+        (grads.db_h, module.bias_hh_l0.grad),
+    ]
     for mine, theirs in pairs:
         np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)

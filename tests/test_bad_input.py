@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import fastbptt as fb
 import numpy as np
 import pytest
-
-import fastbptt as fb
 from fastbptt import reference as ref
 
 MODULES = pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])
@@ -101,8 +100,12 @@ def test_backward_checks_upstream_gradient_and_cache(module):
 
 
 LSTM_VALUE_ERRORS = [
-    ({"W_h": np.zeros((H, 3 * H))}, True, r"W_h: expected shape \[H, 4H\] for the LSTM with forget gate.*"
-     r"it has 3 gate blocks: pass forget_gate=False"),
+    (
+        {"W_h": np.zeros((H, 3 * H))},
+        True,
+        r"W_h: expected shape \[H, 4H\] for the LSTM with forget gate.*"
+        r"it has 3 gate blocks: pass forget_gate=False",
+    ),
     ({}, False, r"W_h: expected shape \[H, 3H\] for the LSTM without forget gate.*pass forget_gate=True"),
     ({"W_h": np.zeros((H, 4 * H + 1))}, True, r"W_h: expected shape \[H, 4H\].*got \(6, 25\)$"),
     ({"W_x": np.zeros((D, 3 * H))}, True, r"W_x: expected shape \[D, 4H\] = \(5, 24\), got \(5, 18\)"),
@@ -134,7 +137,11 @@ OUTPUT_ERRORS = [
     ({"targets": np.zeros((T, B), np.float64)}, TypeError, r"targets: expected an integer array.*float64"),
     ({"targets": np.zeros((T, B), bool)}, TypeError, r"targets: expected an integer array.*bool"),
     ({"targets": np.zeros((T, B + 1), np.int64)}, ValueError, r"targets: expected shape \[T, B\] = \(4, 3\)"),
-    ({"targets": np.full((T, B), K)}, ValueError, r"targets: class indices must lie in 0 \.\. 6 \(K = 7\) or equal ignore_index \(-100\), got 7"),
+    (
+        {"targets": np.full((T, B), K)},
+        ValueError,
+        r"targets: class indices must lie in 0 \.\. 6 \(K = 7\) or equal ignore_index \(-100\), got 7",
+    ),
     ({"targets": np.full((T, B), -1)}, ValueError, r"targets: class indices must lie in 0 \.\. 6.*got -1"),
     ({"W_yh": np.zeros((H + 1, K))}, ValueError, r"W_yh: expected shape \[H, K\] = \(6, K\)"),
     ({"W_yh": np.zeros((H, K), np.float32)}, TypeError, r"W_yh: has dtype float32 but hs has dtype float64"),
@@ -168,14 +175,26 @@ def test_workspace_bytes_errors():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: fb.lstm_weights_from_torch(np.zeros((8, 3)), np.zeros((8, 3))), ValueError,
-         r"weight_hh: expected shape \[4H, H\] = \(12, 3\), got \(8, 3\)"),
-        (lambda: fb.lstm_weights_from_torch(np.zeros((7, 3)), np.zeros((8, 2))), ValueError,
-         r"weight_ih: expected shape \[4H, D\] = \(8, D\), got \(7, 3\)"),
-        (lambda: fb.lstm_weights_to_torch(np.zeros((3, 6)), np.zeros((2, 6)), np.zeros(6)), ValueError,
-         r"W_h: expected shape \[H, 4H\] \(torch has only the cell with forget gate\)"),
-        (lambda: fb.lstm_weights_to_torch(np.zeros((3, 8)), np.zeros((2, 8)), np.zeros(8, np.float32)),
-         TypeError, r"b: has dtype float32 but W_h has dtype float64"),
+        (
+            lambda: fb.lstm_weights_from_torch(np.zeros((8, 3)), np.zeros((8, 3))),
+            ValueError,
+            r"weight_hh: expected shape \[4H, H\] = \(12, 3\), got \(8, 3\)",
+        ),
+        (
+            lambda: fb.lstm_weights_from_torch(np.zeros((7, 3)), np.zeros((8, 2))),
+            ValueError,
+            r"weight_ih: expected shape \[4H, D\] = \(8, D\), got \(7, 3\)",
+        ),
+        (
+            lambda: fb.lstm_weights_to_torch(np.zeros((3, 6)), np.zeros((2, 6)), np.zeros(6)),
+            ValueError,
+            r"W_h: expected shape \[H, 4H\] \(torch has only the cell with forget gate\)",
+        ),
+        (
+            lambda: fb.lstm_weights_to_torch(np.zeros((3, 8)), np.zeros((2, 8)), np.zeros(8, np.float32)),
+            TypeError,
+            r"b: has dtype float32 but W_h has dtype float64",
+        ),
     ],
 )
 def test_converter_errors(call, error, message):

@@ -28,8 +28,16 @@ def test_installed_package_builds_and_trains_an_example(tmp_path):
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     prefix = tmp_path / "prefix"
     # Python_EXECUTABLE lets the build find Eigen in this interpreter's cmeel-eigen when no system Eigen exists.
-    configure = [cmake, "-S", str(ROOT), "-B", str(tmp_path / "build"), *generator,
-                 f"-DCMAKE_INSTALL_PREFIX={prefix}", f"-DPython_EXECUTABLE={sys.executable}"]
+    configure = [
+        cmake,
+        "-S",
+        str(ROOT),
+        "-B",
+        str(tmp_path / "build"),
+        *generator,
+        f"-DCMAKE_INSTALL_PREFIX={prefix}",
+        f"-DPython_EXECUTABLE={sys.executable}",
+    ]
     done = subprocess.run(configure, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and "found none" in done.stderr:
         pytest.skip("no Eigen >= 3.4 for a plain CMake build: pip install cmeel-eigen (the test extra has it)")
@@ -39,8 +47,19 @@ def test_installed_package_builds_and_trains_an_example(tmp_path):
     assert (prefix / "include" / "fastbptt" / "lstm.hpp").exists()
     assert list(prefix.glob("lib*/cmake/fastbptt/fastbptt-config.cmake"))
 
-    run([cmake, "-S", str(ROOT / "examples" / "cpp"), "-B", str(tmp_path / "example"), *generator,
-         f"-DCMAKE_PREFIX_PATH={prefix}", f"-DPython_EXECUTABLE={sys.executable}"], tmp_path)
+    run(
+        [
+            cmake,
+            "-S",
+            str(ROOT / "examples" / "cpp"),
+            "-B",
+            str(tmp_path / "example"),
+            *generator,
+            f"-DCMAKE_PREFIX_PATH={prefix}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ],
+        tmp_path,
+    )
     run([cmake, "--build", str(tmp_path / "example")], tmp_path)
     program = tmp_path / "example" / "train_lstm"
     done = run([str(program)], tmp_path)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import DTYPES, SHAPES, TOL, assert_close, central_difference, max_relative_error, rounded
-
-import fastbptt as fb
 from fastbptt import reference as ref
 
 K_CLASSES = [1, 2, 11]
@@ -115,8 +114,9 @@ def test_ignored_targets_add_nothing(rng, dtype, reduction):
     assert np.all(grads.dhs[targets == -1] == 0)
     # The same as the loss over the counted rows alone.
     kept = targets != -1
-    only = ref.softmax_cross_entropy(exact["hs"][kept][None], exact["W_yh"], exact["b_y"], targets[kept][None],
-                                     reduction=reduction)[0]
+    only = ref.softmax_cross_entropy(
+        exact["hs"][kept][None], exact["W_yh"], exact["b_y"], targets[kept][None], reduction=reduction
+    )[0]
     assert loss_ref == pytest.approx(only, rel=1e-12)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import (
@@ -14,8 +15,6 @@ from conftest import (
     max_relative_error,
     rounded,
 )
-
-import fastbptt as fb
 from fastbptt import reference as ref
 
 INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
@@ -135,7 +134,10 @@ def test_matches_torch_lstm(rng, shape):
         for parameter in module.parameters():
             parameter.copy_(torch.from_numpy(rng.uniform(-0.5, 0.5, parameter.shape)))
     W_x, W_h, b = fb.lstm_weights_from_torch(
-        *(getattr(module, name).detach().numpy() for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
+        *(
+            getattr(module, name).detach().numpy()
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+        )
     )
     p = lstm_problem(rng, T, B, D, H)
     x = torch.tensor(p["x"], requires_grad=True)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from fastbptt.demo import load_corpus, remember_first_batch, run_demo
 
 
@@ -34,8 +33,12 @@ def test_remember_first_batch_has_one_target_per_sequence():
 
 
 def test_command_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fastbptt", "demo", "--quick", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fastbptt", "demo", "--quick", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "nats/char" in done.stdout and "total" in done.stdout
     bare = subprocess.run([sys.executable, "-m", "fastbptt"], capture_output=True, text=True, timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import (
@@ -14,8 +15,6 @@ from conftest import (
     rnn_problem,
     rounded,
 )
-
-import fastbptt as fb
 from fastbptt import reference as ref
 
 ACTIVATIONS = ["tanh", "relu", "sigmoid"]
@@ -34,8 +33,10 @@ def test_reference_gradients_match_central_differences(rng, activation):
 
     hs, cache = ref.rnn_forward(**inputs, activation=activation)
     if activation == "relu":  # finite differences are meaningless across a kink of relu
-        pre = [inputs["x"][t] @ inputs["W_xh"] + (hs[t - 1] if t else inputs["h0"]) @ inputs["W_hh"]
-               + inputs["b_h"] for t in range(hs.shape[0])]
+        pre = [
+            inputs["x"][t] @ inputs["W_xh"] + (hs[t - 1] if t else inputs["h0"]) @ inputs["W_hh"] + inputs["b_h"]
+            for t in range(hs.shape[0])
+        ]
         assert np.min(np.abs(pre)) > 1e-4, "a pre-activation lies within eps of the relu kink"
     grads = ref.rnn_backward(cache, p["dhs"])
     for name in PARAMS:

@@ -13,8 +13,11 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 fbt = pytest.importorskip("fastbptt.torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = {"lstm": (fbt.LSTM, torch.nn.LSTM, {}), "rnn-tanh": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
-         "rnn-relu": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "relu"})}
+PAIRS = {
+    "lstm": (fbt.LSTM, torch.nn.LSTM, {}),
+    "rnn-tanh": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn-relu": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+}
 
 
 def twins(kind, D, H, dtype, **options):
@@ -60,8 +63,9 @@ def test_matches_torch_nn(kind, dtype, bias, batch_first, with_state):
     out_tol, grad_tol = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
     for mine, theirs_value in zip(outputs, expected_outputs):
         assert mine.dtype == dtype
-        np.testing.assert_allclose(mine.detach().double().numpy(), theirs_value.detach().numpy(), rtol=out_tol,
-                                   atol=out_tol)
+        np.testing.assert_allclose(
+            mine.detach().double().numpy(), theirs_value.detach().numpy(), rtol=out_tol, atol=out_tol
+        )
     for mine, theirs_value in zip(grads, expected_grads):
         np.testing.assert_allclose(mine.double().numpy(), theirs_value.numpy(), rtol=grad_tol, atol=grad_tol)
 
@@ -192,8 +196,9 @@ def test_distributed_data_parallel_matches_one_process(tmp_path):
         pytest.skip("needs examples/torch_ddp.py from the source tree")
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     rank0, rank1, single = (np.load(tmp_path / f"{name}.npz") for name in ("rank0", "rank1", "single"))
     for name in single.files:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import central_difference, max_relative_error
-
-import fastbptt as fb
 
 BACKENDS = ["fast", "reference"]
 
@@ -126,8 +125,9 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 @pytest.mark.parametrize("embedding_dim", [None, 3])
 def test_model_gradients_match_central_differences(rng, cell, embedding_dim):
-    model = fb.SequenceModel(5, 4, cell=cell, embedding_dim=embedding_dim, seed=0, dtype=np.float64,
-                             backend="reference")
+    model = fb.SequenceModel(
+        5, 4, cell=cell, embedding_dim=embedding_dim, seed=0, dtype=np.float64, backend="reference"
+    )
     tokens, targets = tokens_and_targets(rng, 4, 2, 5)
     _, grads, _ = model.loss_and_grad(tokens, targets)
 
@@ -250,7 +250,12 @@ def test_tbptt_k2_reaches_back_k2_steps(rng):
     tokens, targets = tokens_and_targets(rng, 12, 2, 4)
     model = fb.SequenceModel(4, 6, seed=9, dtype=np.float64)
     windows = list(fb.tbptt_windows(model, tokens, targets, k1=3, k2=12))
-    assert [(w.start, w.stop, w.backprop_start) for w in windows] == [(0, 3, 0), (3, 6, 0), (6, 9, 0), (9, 12, 0)]
+    assert [(w.start, w.stop, w.backprop_start) for w in windows] == [
+        (0, 3, 0),
+        (3, 6, 0),
+        (6, 9, 0),
+        (9, 12, 0),
+    ]
     # Without updates and with k2 >= T every window sees the true history: the losses add up to the full loss,
     # and each window's gradient is that of the full sequence with only its own steps' targets kept.
     full_loss, _, _ = model.loss_and_grad(tokens, targets)
@@ -262,7 +267,12 @@ def test_tbptt_k2_reaches_back_k2_steps(rng):
         np.testing.assert_allclose(windows[-1].grads[name], expected[name], rtol=1e-12, atol=1e-14)
 
     windows = list(fb.tbptt_windows(model, tokens, targets, k1=3, k2=5))
-    assert [(w.start, w.stop, w.backprop_start) for w in windows] == [(0, 3, 0), (3, 6, 1), (6, 9, 4), (9, 12, 7)]
+    assert [(w.start, w.stop, w.backprop_start) for w in windows] == [
+        (0, 3, 0),
+        (3, 6, 1),
+        (6, 9, 4),
+        (9, 12, 7),
+    ]
     # The state carried into window (6, 9) is the true state after step 4: recomputing gives the same loss.
     _, _, state_4 = model.loss_and_grad(tokens[:4], targets[:4])
     masked = np.array(targets[4:9])

@@ -12,20 +12,80 @@ import random
 from pathlib import Path
 
 SUBJECTS = {
-    "singular": ["the network", "a small cell", "the gradient", "the forget gate", "an old recurrence",
-                 "the hidden state", "a careful student", "the long sequence", "the teacher", "a tired robot"],
-    "plural": ["the networks", "many cells", "the gradients", "the gates", "two students", "the sequences",
-               "some robots", "the teachers"],
+    "singular": [
+        "the network",
+        "a small cell",
+        "the gradient",
+        "the forget gate",
+        "an old recurrence",
+        "the hidden state",
+        "a careful student",
+        "the long sequence",
+        "the teacher",
+        "a tired robot",
+    ],
+    "plural": [
+        "the networks",
+        "many cells",
+        "the gradients",
+        "the gates",
+        "two students",
+        "the sequences",
+        "some robots",
+        "the teachers",
+    ],
 }
 VERBS = {
-    "singular": ["remembers", "forgets", "carries", "learns", "multiplies", "follows", "explodes", "vanishes",
-                 "keeps", "reads"],
-    "plural": ["remember", "forget", "carry", "learn", "multiply", "follow", "explode", "vanish", "keep", "read"],
+    "singular": [
+        "remembers",
+        "forgets",
+        "carries",
+        "learns",
+        "multiplies",
+        "follows",
+        "explodes",
+        "vanishes",
+        "keeps",
+        "reads",
+    ],
+    "plural": [
+        "remember",
+        "forget",
+        "carry",
+        "learn",
+        "multiply",
+        "follow",
+        "explode",
+        "vanish",
+        "keep",
+        "read",
+    ],
 }
-OBJECTS = ["the past", "every step", "a long memory", "the last word", "its own state", "the error signal",
-           "a product of jacobians", "the next letter", "the first symbol", "a small number", "the whole story"]
-ADVERBIALS = ["through time", "step by step", "without a doubt", "in the morning", "at every step",
-              "slowly", "again and again", "for a hundred steps", "when the weights are large", "by design"]
+OBJECTS = [
+    "the past",
+    "every step",
+    "a long memory",
+    "the last word",
+    "its own state",
+    "the error signal",
+    "a product of jacobians",
+    "the next letter",
+    "the first symbol",
+    "a small number",
+    "the whole story",
+]
+ADVERBIALS = [
+    "through time",
+    "step by step",
+    "without a doubt",
+    "in the morning",
+    "at every step",
+    "slowly",
+    "again and again",
+    "for a hundred steps",
+    "when the weights are large",
+    "by design",
+]
 CONNECTIVES = ["and then", "but", "because", "so", "while"]
 
 

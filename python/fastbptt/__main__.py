@@ -9,8 +9,15 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(quick=args.quick, epochs=args.epochs, hidden=args.hidden, length=args.length, updates=args.updates,
-             seed=args.seed, out_dir=args.out_dir)
+    run_demo(
+        quick=args.quick,
+        epochs=args.epochs,
+        hidden=args.hidden,
+        length=args.length,
+        updates=args.updates,
+        seed=args.seed,
+        out_dir=args.out_dir,
+    )
     return 0
 
 
@@ -23,8 +30,11 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastbptt", description="Fast, exact BPTT for RNNs and LSTMs on the CPU.")
     commands = parser.add_subparsers(dest="command")
-    demo = commands.add_parser("demo", help="train a character LSTM and compare RNNs on a long-range task",
-                               description="Trains the spec's models end to end on data that ships with fastbptt.")
+    demo = commands.add_parser(
+        "demo",
+        help="train a character LSTM and compare RNNs on a long-range task",
+        description="Trains the spec's models end to end on data that ships with fastbptt.",
+    )
     demo.add_argument("--quick", action="store_true", help="a smoke run, well under 30 seconds")
     demo.add_argument("--epochs", type=int, help="epochs of the character model (default 30; 2 with --quick)")
     demo.add_argument("--hidden", type=int, help="hidden units of the character model (default 128)")
@@ -33,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="fastbptt-demo", help="where the model and figures go")
     demo.set_defaults(run=_demo)
-    bench = commands.add_parser("bench", help="time fastbptt against torch.nn and the NumPy reference",
-                                description="Times forward + backward side by side; prints one Markdown table.")
+    bench = commands.add_parser(
+        "bench",
+        help="time fastbptt against torch.nn and the NumPy reference",
+        description="Times forward + backward side by side; prints one Markdown table.",
+    )
     from .bench import add_arguments
 
     add_arguments(bench)

@@ -110,7 +110,9 @@ def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarra
 
 def cache_of(kind: type, cache):
     if not isinstance(cache, kind):
-        raise TypeError(f"cache: expected the {kind.__name__} returned by the forward function, got {type(cache).__name__}")
+        raise TypeError(
+            f"cache: expected the {kind.__name__} returned by the forward function, got {type(cache).__name__}"
+        )
     return cache
 
 
@@ -142,8 +144,11 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
         raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
     forget_gate = bool(forget_gate)
     G = 4 if forget_gate else 3
-    cell = "the LSTM with forget gate (blocks i, f, g, o)" if forget_gate else (
-        "the LSTM without forget gate (blocks i, g, o)")
+    cell = (
+        "the LSTM with forget gate (blocks i, f, g, o)"
+        if forget_gate
+        else ("the LSTM without forget gate (blocks i, g, o)")
+    )
     x = sequence("x", x)
     dtype = x.dtype
     T, B, D = x.shape

@@ -79,13 +79,16 @@ def problem(cell: str, shape, dtype):
 def numpy_runner(module, cell: str, p):
     """forward + backward of ``module`` (fastbptt or its reference) on problem ``p``."""
     if cell == "lstm":
+
         def run():
             _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
             module.lstm_backward(cache, p["dhs"])
     else:
+
         def run():
             _, cache = module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])
             module.rnn_backward(cache, p["dhs"])
+
     return run
 
 
@@ -126,9 +129,12 @@ def check_agreement(torch) -> None:
 def header(torch, out) -> None:
     from . import build_info
 
-    print(f"fastbptt {build_info()['version']} ({build_info()['isa_compiled']}, {build_info()['threading']}), "
-          f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}, "
-          f"Python {platform.python_version()}", file=out)
+    print(
+        f"fastbptt {build_info()['version']} ({build_info()['isa_compiled']}, {build_info()['threading']}), "
+        f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}, "
+        f"Python {platform.python_version()}",
+        file=out,
+    )
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
@@ -139,15 +145,21 @@ def header(torch, out) -> None:
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():
-            print(f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture', '?')}, "
-                  f"{pool.get('num_threads')} threads)", file=out)
+            print(
+                f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture', '?')}, "
+                f"{pool.get('num_threads')} threads)",
+                file=out,
+            )
     except ImportError:
         print("BLAS: threadpoolctl not installed, thread limits of NumPy's BLAS not applied", file=out)
     slowed = [name for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]
     if slowed:
-        print(f"warning: {', '.join(slowed)} set; they slow NumPy's OpenBLAS (the reference and the matrix-product "
-              "rate). For fair NumPy figures run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastbptt "
-              "bench", file=out)
+        print(
+            f"warning: {', '.join(slowed)} set; they slow NumPy's OpenBLAS (the reference and the matrix-product "
+            "rate). For fair NumPy figures run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastbptt "
+            "bench",
+            file=out,
+        )
 
 
 def fmt(value, digits=1):
@@ -164,8 +176,21 @@ def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference:
         check_agreement(torch)
         import fastbptt.torch as fbt
     rows = []
-    columns = ["cell", "dtype", "threads", "shape", "T,B,D,H", "fastbptt ms", "torch ms", "fb.torch ms",
-               "reference ms", "torch/fb", "ref/fb", "fb GFLOP/s", "% of matmul"]
+    columns = [
+        "cell",
+        "dtype",
+        "threads",
+        "shape",
+        "T,B,D,H",
+        "fastbptt ms",
+        "torch ms",
+        "fb.torch ms",
+        "reference ms",
+        "torch/fb",
+        "ref/fb",
+        "fb GFLOP/s",
+        "% of matmul",
+    ]
     print("| " + " | ".join(columns) + " |", file=out)
     print("|" + "---|" * len(columns), file=out, flush=True)
     saved_threads = get_num_threads()
@@ -176,20 +201,49 @@ def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference:
                 torch.set_num_threads(threads)
             rates = {dtype: matmul_rate(dtype, threads, max(3, repeats)) for dtype in dtypes}
             for dtype in dtypes:
-                print(f"| matmul 2048 | {np.dtype(dtype).name} | {threads} | | | | | | | | | "
-                      f"{rates[dtype]:.1f} | 100 |", file=out, flush=True)
+                print(
+                    f"| matmul 2048 | {np.dtype(dtype).name} | {threads} | | | | | | | | | {rates[dtype]:.1f} | 100 |",
+                    file=out,
+                    flush=True,
+                )
             for cell in cells:
                 for dtype in dtypes:
                     for name in shapes:
-                        row = measure(cell, dtype, name, threads, repeats, with_reference, torch,
-                                      fbt if torch is not None else None, rates[dtype])
+                        row = measure(
+                            cell,
+                            dtype,
+                            name,
+                            threads,
+                            repeats,
+                            with_reference,
+                            torch,
+                            fbt if torch is not None else None,
+                            rates[dtype],
+                        )
                         rows.append(row)
-                        print("| " + " | ".join([cell, np.dtype(dtype).name, str(threads), name,
-                                                 ",".join(map(str, SHAPES[name])), fmt(row["fastbptt_ms"], 2),
-                                                 fmt(row["torch_ms"], 2), fmt(row["dropin_ms"], 2),
-                                                 fmt(row["reference_ms"], 1), fmt(row["torch_over_fb"], 2),
-                                                 fmt(row["ref_over_fb"], 1), fmt(row["gflops"]),
-                                                 fmt(row["percent_of_matmul"], 0)]) + " |", file=out, flush=True)
+                        print(
+                            "| "
+                            + " | ".join(
+                                [
+                                    cell,
+                                    np.dtype(dtype).name,
+                                    str(threads),
+                                    name,
+                                    ",".join(map(str, SHAPES[name])),
+                                    fmt(row["fastbptt_ms"], 2),
+                                    fmt(row["torch_ms"], 2),
+                                    fmt(row["dropin_ms"], 2),
+                                    fmt(row["reference_ms"], 1),
+                                    fmt(row["torch_over_fb"], 2),
+                                    fmt(row["ref_over_fb"], 1),
+                                    fmt(row["gflops"]),
+                                    fmt(row["percent_of_matmul"], 0),
+                                ]
+                            )
+                            + " |",
+                            file=out,
+                            flush=True,
+                        )
     finally:
         set_num_threads(saved_threads)
     return rows
@@ -200,8 +254,15 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     T, B, D, H = shape
     flops = 3 * T * 2 * B * (D + H) * GATES[cell] * H
     p = problem(cell, shape, dtype)
-    row = {"cell": cell, "dtype": np.dtype(dtype).name, "threads": threads, "shape": name, "TBDH": shape,
-           "flops": flops, "matmul_gflops": matmul_gflops}
+    row = {
+        "cell": cell,
+        "dtype": np.dtype(dtype).name,
+        "threads": threads,
+        "shape": name,
+        "TBDH": shape,
+        "flops": flops,
+        "matmul_gflops": matmul_gflops,
+    }
     row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p), repeats)
     row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
     if torch is not None:
@@ -211,8 +272,9 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
         row["dropin_ms"], row["dropin_times"] = median_ms(torch_runner(torch, dropin_class, cell, p)[0], repeats)
     if with_reference and threads == 1 and flops <= REFERENCE_FLOP_LIMIT:
         with blas_limits(threads):
-            row["reference_ms"], row["reference_times"] = median_ms(numpy_runner(reference, cell, p),
-                                                                    max(1, repeats // 2))
+            row["reference_ms"], row["reference_times"] = median_ms(
+                numpy_runner(reference, cell, p), max(1, repeats // 2)
+            )
     fb_ms = row["fastbptt_ms"]
     row["torch_over_fb"] = None if row["torch_ms"] is None else row["torch_ms"] / fb_ms
     row["ref_over_fb"] = None if row["reference_ms"] is None else row["reference_ms"] / fb_ms

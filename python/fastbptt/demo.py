@@ -74,8 +74,16 @@ def _mean_cross_entropy(model: SequenceModel, tokens: np.ndarray, targets: np.nd
     return float(-np.mean(np.log(np.maximum(picked, 1e-30))))
 
 
-def train_character_model(*, epochs: int, hidden: int, seed: int, window: int = 50, batch: int = 16,
-                          lr: float = 3e-3, out: TextIO = sys.stdout) -> tuple[CharResult, SequenceModel]:
+def train_character_model(
+    *,
+    epochs: int,
+    hidden: int,
+    seed: int,
+    window: int = 50,
+    batch: int = 16,
+    lr: float = 3e-3,
+    out: TextIO = sys.stdout,
+) -> tuple[CharResult, SequenceModel]:
     """Trains a one-hot LSTM language model on the packaged corpus with truncated BPTT (k1 = k2 = ``window``)."""
     text = load_corpus()
     alphabet = sorted(set(text))
@@ -87,8 +95,11 @@ def train_character_model(*, epochs: int, hidden: int, seed: int, window: int = 
     model = SequenceModel(len(alphabet), hidden, cell="lstm", forget_bias=1.0, seed=seed)
     optimizer = Adam(model.params, lr=lr)
     result = CharResult(vocab_size=len(alphabet), train_chars=split)
-    print(f"[1] character LSTM: {len(text)} characters, {len(alphabet)} symbols, H={hidden}, {batch} streams, "
-          f"truncated BPTT over windows of {window} steps, Adam lr={lr}, clip 5", file=out)
+    print(
+        f"[1] character LSTM: {len(text)} characters, {len(alphabet)} symbols, H={hidden}, {batch} streams, "
+        f"truncated BPTT over windows of {window} steps, Adam lr={lr}, clip 5",
+        file=out,
+    )
     start = time.perf_counter()
     for epoch in _progress(range(1, epochs + 1), desc="char LSTM", unit="epoch"):
         # Mean over characters: the spec's summed loss divided by a constant, which Adam does not feel and which
@@ -96,9 +107,11 @@ def train_character_model(*, epochs: int, hidden: int, seed: int, window: int = 
         run = train_tbptt(model, tokens, targets, optimizer, k1=window, max_norm=5.0, reduction="mean")
         result.train_loss.append(float(np.mean(run.losses)))
         result.valid_loss.append(_mean_cross_entropy(model, valid_tokens, valid_targets))
-        print(f"    epoch {epoch:3d}  train {result.train_loss[-1]:.3f} nats/char "
-              f"({result.train_loss[-1] / math.log(2):.2f} bits)  held-out {result.valid_loss[-1]:.3f} nats/char",
-              file=out)
+        print(
+            f"    epoch {epoch:3d}  train {result.train_loss[-1]:.3f} nats/char "
+            f"({result.train_loss[-1] / math.log(2):.2f} bits)  held-out {result.valid_loss[-1]:.3f} nats/char",
+            file=out,
+        )
     result.seconds = time.perf_counter() - start
     generated = model.sample(240, prime=[index[ch] for ch in "The "], temperature=0.7, seed=seed)
     result.sample = "The " + "".join(alphabet[k] for k in generated)
@@ -127,12 +140,16 @@ LONG_RANGE_MODELS = [
 ]
 
 
-def long_range_comparison(*, length: int, updates: int, hidden: int, seed: int, batch: int = 32,
-                          out: TextIO = sys.stdout) -> list[LongRangeResult]:
+def long_range_comparison(
+    *, length: int, updates: int, hidden: int, seed: int, batch: int = 32, out: TextIO = sys.stdout
+) -> list[LongRangeResult]:
     """Trains each of :data:`LONG_RANGE_MODELS` on the remember-the-first-symbol task for ``updates`` steps."""
     classes = 4
-    print(f"[2] remember the first of {length} symbols: {classes} classes (chance: {math.log(classes):.3f} nats, "
-          f"25% accuracy), H={hidden}, {updates} updates of {batch} sequences, Adam, clip 1", file=out)
+    print(
+        f"[2] remember the first of {length} symbols: {classes} classes (chance: {math.log(classes):.3f} nats, "
+        f"25% accuracy), H={hidden}, {updates} updates of {batch} sequences, Adam, clip 1",
+        file=out,
+    )
     held_out = remember_first_batch(np.random.default_rng(seed + 1000), length, 512, classes)
     results = []
     for name, options, lr in LONG_RANGE_MODELS:
@@ -150,8 +167,10 @@ def long_range_comparison(*, length: int, updates: int, hidden: int, seed: int, 
         accuracy = float(np.mean(probs[-1].argmax(axis=-1) == held_out[1][-1]))
         results.append(LongRangeResult(name, losses, accuracy, time.perf_counter() - start))
         tail = float(np.mean(losses[-max(1, updates // 10) :]))
-        print(f"    {name:27s} final loss {tail:.3f}  held-out accuracy {accuracy:6.1%}  "
-              f"({results[-1].seconds:.1f} s)", file=out)
+        print(
+            f"    {name:27s} final loss {tail:.3f}  held-out accuracy {accuracy:6.1%}  ({results[-1].seconds:.1f} s)",
+            file=out,
+        )
     return results
 
 
@@ -162,7 +181,7 @@ def _save_figures(out_dir: Path, char: CharResult, long_range: list[LongRangeRes
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("    (no figures: install matplotlib, e.g. pip install \"fastbptt[plots]\", to get them)", file=out)
+        print('    (no figures: install matplotlib, e.g. pip install "fastbptt[plots]", to get them)', file=out)
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(char.train_loss) + 1)
@@ -184,9 +203,17 @@ def _save_figures(out_dir: Path, char: CharResult, long_range: list[LongRangeRes
     print(f"    figure: {path}", file=out)
 
 
-def run_demo(*, quick: bool = False, epochs: int | None = None, hidden: int | None = None,
-             length: int = 100, updates: int | None = None, seed: int = 0, out_dir: str | Path = "fastbptt-demo",
-             out: TextIO = sys.stdout) -> dict:
+def run_demo(
+    *,
+    quick: bool = False,
+    epochs: int | None = None,
+    hidden: int | None = None,
+    length: int = 100,
+    updates: int | None = None,
+    seed: int = 0,
+    out_dir: str | Path = "fastbptt-demo",
+    out: TextIO = sys.stdout,
+) -> dict:
     """Runs both parts, prints a summary table, saves the character model and the figures into ``out_dir``.
 
     ``quick`` shrinks everything to a smoke run (well under 30 seconds); explicit arguments override it.
@@ -210,12 +237,18 @@ def run_demo(*, quick: bool = False, epochs: int | None = None, hidden: int | No
     print("\nsummary", file=out)
     print("| task | model | result | time |", file=out)
     print("|---|---|---|---|", file=out)
-    print(f"| characters | LSTM H={hidden} | held-out {char.valid_loss[0]:.3f} -> {char.valid_loss[-1]:.3f} "
-          f"nats/char ({char.valid_loss[-1] / math.log(2):.2f} bits) | {char.seconds:.1f} s |", file=out)
+    print(
+        f"| characters | LSTM H={hidden} | held-out {char.valid_loss[0]:.3f} -> {char.valid_loss[-1]:.3f} "
+        f"nats/char ({char.valid_loss[-1] / math.log(2):.2f} bits) | {char.seconds:.1f} s |",
+        file=out,
+    )
     for result in long_range:
         verdict = "learns it" if result.accuracy > 0.9 else "does not learn it"
-        print(f"| first of {length} | {result.name} | {result.accuracy:.1%} held-out, {verdict} | "
-              f"{result.seconds:.1f} s |", file=out)
+        print(
+            f"| first of {length} | {result.name} | {result.accuracy:.1%} held-out, {verdict} | "
+            f"{result.seconds:.1f} s |",
+            file=out,
+        )
     print(f"total {total:.1f} s", file=out)
     return {
         "char_train_loss": char.train_loss,

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import _checks
-from . import init as initializers
 from . import functional as _functional
+from . import init as initializers
 from . import reference as _reference
 
 BACKENDS = {"fast": _functional, "reference": _reference}
@@ -164,20 +164,41 @@ class RNN(_RecurrentLayer):
 
     kind = "RNN"
 
-    def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", init: str = "uniform",
-                 seed=None, batch_first: bool = False, dtype=np.float32, backend: str = "fast"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        activation: str = "tanh",
+        init: str = "uniform",
+        seed=None,
+        batch_first: bool = False,
+        dtype=np.float32,
+        backend: str = "fast",
+    ):
         super().__init__(input_size, hidden_size, batch_first=batch_first, dtype=dtype, backend=backend)
         self.activation = _checks.choice("activation", activation, _checks.ACTIVATIONS)
         self.init = _checks.choice("init", init, initializers.SCHEMES)
         rng = np.random.default_rng(seed)
         D, H = self.input_size, self.hidden_size
         if self.init == "uniform":
-            params = {"W_xh": initializers.uniform(rng, (D, H), H), "W_hh": initializers.uniform(rng, (H, H), H),
-                      "b_h": initializers.uniform(rng, (H,), H)}
+            params = {
+                "W_xh": initializers.uniform(rng, (D, H), H),
+                "W_hh": initializers.uniform(rng, (H, H), H),
+                "b_h": initializers.uniform(rng, (H,), H),
+            }
         elif self.init == "orthogonal":
-            params = {"W_xh": initializers.uniform(rng, (D, H), H), "W_hh": initializers.orthogonal(rng, H), "b_h": np.zeros(H)}
+            params = {
+                "W_xh": initializers.uniform(rng, (D, H), H),
+                "W_hh": initializers.orthogonal(rng, H),
+                "b_h": np.zeros(H),
+            }
         else:
-            params = {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
+            params = {
+                "W_xh": rng.normal(0.0, 1e-3, (D, H)),
+                "W_hh": initializers.identity(H),
+                "b_h": np.zeros(H),
+            }
         self._set_params(params)
 
     def _config(self) -> dict:
@@ -188,7 +209,11 @@ class RNN(_RecurrentLayer):
         when None). Returns ``(hs, h_T)`` with ``hs [T,B,H]`` (``[B,T,H]`` if batch_first), and keeps the
         cache for :meth:`backward`."""
         hs, self.cache = self._kernels.rnn_forward(
-            self._time_major("x", x), self.params["W_xh"], self.params["W_hh"], self.params["b_h"], state,
+            self._time_major("x", x),
+            self.params["W_xh"],
+            self.params["W_hh"],
+            self.params["b_h"],
+            state,
             activation=self.activation,
         )
         return self._user_layout(hs), hs[-1].copy()
@@ -247,16 +272,27 @@ class LSTM(_RecurrentLayer):
 
     kind = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, *, forget_gate: bool = True, forget_bias: float = 0.0,
-                 init: str = "uniform", seed=None, batch_first: bool = False, dtype=np.float32,
-                 backend: str = "fast"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        forget_gate: bool = True,
+        forget_bias: float = 0.0,
+        init: str = "uniform",
+        seed=None,
+        batch_first: bool = False,
+        dtype=np.float32,
+        backend: str = "fast",
+    ):
         super().__init__(input_size, hidden_size, batch_first=batch_first, dtype=dtype, backend=backend)
         if not isinstance(forget_gate, (bool, np.bool_)):
             raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
         self.forget_gate = bool(forget_gate)
         if init == "identity":
-            raise ValueError("init: 'identity' is the IRNN scheme of the plain ReLU RNN; use 'uniform' or "
-                             "'orthogonal' for the LSTM")
+            raise ValueError(
+                "init: 'identity' is the IRNN scheme of the plain ReLU RNN; use 'uniform' or 'orthogonal' for the LSTM"
+            )
         self.init = _checks.choice("init", init, ("uniform", "orthogonal"))
         if forget_bias and not self.forget_gate:
             raise ValueError("forget_bias: the cell without forget gate has no forget-gate bias")
@@ -281,7 +317,12 @@ class LSTM(_RecurrentLayer):
         and keeps the cache for :meth:`backward`."""
         h0, c0 = (None, None) if state is None else self._state_pair("state", state)
         hs, c_T, self.cache = self._kernels.lstm_forward(
-            self._time_major("x", x), self.params["W_x"], self.params["W_h"], self.params["b"], h0, c0,
+            self._time_major("x", x),
+            self.params["W_x"],
+            self.params["W_h"],
+            self.params["b"],
+            h0,
+            c0,
             forget_gate=self.forget_gate,
         )
         return self._user_layout(hs), (hs[-1].copy(), c_T)
@@ -310,4 +351,3 @@ class LSTM(_RecurrentLayer):
         if step == 0:
             return cache.h0.copy(), cache.c0.copy()
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
-

@@ -47,10 +47,23 @@ class SequenceModel:
 
     kind = "SequenceModel"
 
-    def __init__(self, vocab_size: int, hidden_size: int, *, num_classes: int | None = None, cell: str = "lstm",
-                 embedding_dim: int | None = None, activation: str = "tanh", init: str = "uniform",
-                 forget_gate: bool = True, forget_bias: float = 0.0, seed=None, batch_first: bool = False,
-                 dtype=np.float32, backend: str = "fast"):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        *,
+        num_classes: int | None = None,
+        cell: str = "lstm",
+        embedding_dim: int | None = None,
+        activation: str = "tanh",
+        init: str = "uniform",
+        forget_gate: bool = True,
+        forget_bias: float = 0.0,
+        seed=None,
+        batch_first: bool = False,
+        dtype=np.float32,
+        backend: str = "fast",
+    ):
         self.vocab_size = _positive_int("vocab_size", vocab_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_classes = self.vocab_size if num_classes is None else _positive_int("num_classes", num_classes)
@@ -63,11 +76,26 @@ class SequenceModel:
         layer_seed, embedding_seed, output_seed = np.random.SeedSequence(seed).spawn(3)
         input_size = self.embedding_dim or self.vocab_size
         if self.cell == "rnn":
-            self.rnn = RNN(input_size, hidden_size, activation=activation, init=init, seed=layer_seed,
-                           dtype=dtype, backend=backend)
+            self.rnn = RNN(
+                input_size,
+                hidden_size,
+                activation=activation,
+                init=init,
+                seed=layer_seed,
+                dtype=dtype,
+                backend=backend,
+            )
         else:
-            self.rnn = LSTM(input_size, hidden_size, forget_gate=forget_gate, forget_bias=forget_bias, init=init,
-                            seed=layer_seed, dtype=dtype, backend=backend)
+            self.rnn = LSTM(
+                input_size,
+                hidden_size,
+                forget_gate=forget_gate,
+                forget_bias=forget_bias,
+                init=init,
+                seed=layer_seed,
+                dtype=dtype,
+                backend=backend,
+            )
         self.params: dict[str, np.ndarray] = {}
         if self.embedding_dim is not None:
             embedding = np.random.default_rng(embedding_seed).standard_normal((self.vocab_size, self.embedding_dim))
@@ -91,8 +119,9 @@ class SequenceModel:
         tokens = self._time_major_tokens("tokens", tokens)
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.vocab_size:
-            raise ValueError(f"tokens: ids must lie in 0 .. {self.vocab_size - 1} (vocab_size), got "
-                             f"{low if low < 0 else high}")
+            raise ValueError(
+                f"tokens: ids must lie in 0 .. {self.vocab_size - 1} (vocab_size), got {low if low < 0 else high}"
+            )
         if self.embedding_dim is not None:
             return tokens, self.params["embedding"][tokens]
         one_hot = np.zeros((*tokens.shape, self.vocab_size), dtype=self.dtype)
@@ -124,7 +153,12 @@ class SequenceModel:
         targets = self._time_major_tokens("targets", targets)
         hs, final_state = self.rnn.forward(x, state)
         loss, og = self._kernels.softmax_cross_entropy(
-            hs, self.params["W_yh"], self.params["b_y"], targets, reduction=reduction, ignore_index=ignore_index
+            hs,
+            self.params["W_yh"],
+            self.params["b_y"],
+            targets,
+            reduction=reduction,
+            ignore_index=ignore_index,
         )
         self.rnn.zero_grad()
         dx, _ = self.rnn.backward(og.dhs)
@@ -178,8 +212,13 @@ class SequenceModel:
         return generated
 
     def _config(self) -> dict:
-        config = {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size, "num_classes": self.num_classes,
-                  "cell": self.cell, "embedding_dim": self.embedding_dim}
+        config = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_classes": self.num_classes,
+            "cell": self.cell,
+            "embedding_dim": self.embedding_dim,
+        }
         if self.cell == "rnn":
             config["activation"] = self.rnn.activation
         else:

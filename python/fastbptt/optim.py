@@ -46,8 +46,9 @@ class _Optimizer:
             raise ValueError(f"grads: keys {sorted(grads)} differ from the parameters' {sorted(self.params)}")
         for name, grad in grads.items():
             if np.shape(grad) != self.params[name].shape:
-                raise ValueError(f"grads[{name!r}]: shape {np.shape(grad)} differs from the parameter's "
-                                 f"{self.params[name].shape}")
+                raise ValueError(
+                    f"grads[{name!r}]: shape {np.shape(grad)} differs from the parameter's {self.params[name].shape}"
+                )
         return grads.items()
 
 

@@ -42,8 +42,17 @@ def _window_sizes(k1, k2) -> tuple[int, int]:
     return k1, k2
 
 
-def tbptt_windows(model, tokens, targets, *, k1: int, k2: int | None = None, state=None,
-                  reduction: str = "sum", ignore_index: int = -100) -> Iterator[Window]:
+def tbptt_windows(
+    model,
+    tokens,
+    targets,
+    *,
+    k1: int,
+    k2: int | None = None,
+    state=None,
+    reduction: str = "sum",
+    ignore_index: int = -100,
+) -> Iterator[Window]:
     """Yields the windows of truncated BPTT over ``tokens [T, B]`` (B parallel streams) lazily.
 
     Each window is computed with the model's parameters at the time it is drawn, so a caller that updates the
@@ -55,8 +64,9 @@ def tbptt_windows(model, tokens, targets, *, k1: int, k2: int | None = None, sta
     if model.batch_first:  # windows cut along time
         tokens, targets = np.swapaxes(tokens, 0, 1), np.swapaxes(targets, 0, 1)
     if tokens.shape != targets.shape or tokens.ndim != 2:
-        raise ValueError(f"tokens and targets: expected two arrays of one 2-D shape, got {tokens.shape} and "
-                         f"{targets.shape}")
+        raise ValueError(
+            f"tokens and targets: expected two arrays of one 2-D shape, got {tokens.shape} and {targets.shape}"
+        )
     T = tokens.shape[0]
     reach_back = k2 - k1  # steps before a window's new ones that its backward pass also covers
     carried = state  # the state at `backprop_start` of the next window
@@ -68,21 +78,34 @@ def tbptt_windows(model, tokens, targets, *, k1: int, k2: int | None = None, sta
         window_tokens = tokens[backprop_start:stop]
         if model.batch_first:
             window_tokens, window_targets = window_tokens.swapaxes(0, 1), window_targets.swapaxes(0, 1)
-        loss, grads, final = model.loss_and_grad(window_tokens, window_targets, carried, reduction=reduction,
-                                                 ignore_index=ignore_index)
+        loss, grads, final = model.loss_and_grad(
+            window_tokens, window_targets, carried, reduction=reduction, ignore_index=ignore_index
+        )
         if stop < T:
             carried = model.state_at(max(0, stop - reach_back) - backprop_start)
         yield Window(start, stop, backprop_start, loss, grads, final)
 
 
-def train_tbptt(model, tokens, targets, optimizer, *, k1: int, k2: int | None = None, max_norm: float | None = None,
-                state=None, reduction: str = "sum", ignore_index: int = -100) -> TrainResult:
+def train_tbptt(
+    model,
+    tokens,
+    targets,
+    optimizer,
+    *,
+    k1: int,
+    k2: int | None = None,
+    max_norm: float | None = None,
+    state=None,
+    reduction: str = "sum",
+    ignore_index: int = -100,
+) -> TrainResult:
     """Trains ``model`` over one pass of the stream with truncated BPTT: for each window, clip the gradients to
     ``max_norm`` (when given) and take one ``optimizer`` step. Returns the per-window losses, the gradient norms
     and the final state (to continue the stream in the next call)."""
     losses, norms, final = [], [], state
-    for window in tbptt_windows(model, tokens, targets, k1=k1, k2=k2, state=state, reduction=reduction,
-                                ignore_index=ignore_index):
+    for window in tbptt_windows(
+        model, tokens, targets, k1=k1, k2=k2, state=state, reduction=reduction, ignore_index=ignore_index
+    ):
         norms.append(None if max_norm is None else clip_grad_norm(window.grads, max_norm))
         optimizer.step(window.grads)
         losses.append(window.loss)

@@ -23,8 +23,10 @@ __all__ = ["LSTM", "RNN"]
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
     """A NumPy view of ``tensor``'s memory (no copy)."""
     if tensor.device.type != "cpu":
-        raise ValueError(f"{name}: fastbptt computes on the CPU; got a tensor on {tensor.device} "
-                         "(move it with .cpu(), or use torch.nn for GPU tensors)")
+        raise ValueError(
+            f"{name}: fastbptt computes on the CPU; got a tensor on {tensor.device} "
+            "(move it with .cpu(), or use torch.nn for GPU tensors)"
+        )
     if tensor.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name}: expected a float32 or float64 tensor, got {tensor.dtype}")
     return tensor.detach().numpy()
@@ -60,8 +62,14 @@ class _RNNFunction(torch.autograd.Function):
     def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
         xn = _as_numpy(x, "input")
         b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
-        hs, cache = _kernels.rnn_forward(xn, _as_numpy(weight_ih, "weight_ih").T, _as_numpy(weight_hh, "weight_hh").T,
-                                         b, _as_numpy(h0, "h0"), activation=nonlinearity)
+        hs, cache = _kernels.rnn_forward(
+            xn,
+            _as_numpy(weight_ih, "weight_ih").T,
+            _as_numpy(weight_hh, "weight_hh").T,
+            b,
+            _as_numpy(h0, "h0"),
+            activation=nonlinearity,
+        )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
         return _to_torch(hs), _to_torch(hs[-1].copy())
 
@@ -69,7 +77,10 @@ class _RNNFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_output, d_h_n):
         g = _kernels.rnn_backward(ctx.cache, _upstream_with_final_state(d_output, d_h_n))
-        return (*_weight_grads(ctx.needs_input_grad[:6], g.dx, [g.dh0], g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias), None)
+        return (
+            *_weight_grads(ctx.needs_input_grad[:6], g.dx, [g.dh0], g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias),
+            None,
+        )
 
 
 class _LSTMFunction(torch.autograd.Function):
@@ -77,17 +88,23 @@ class _LSTMFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
         xn = _as_numpy(x, "input")
         b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
-        hs, c_T, cache = _kernels.lstm_forward(xn, _as_numpy(weight_ih, "weight_ih").T,
-                                               _as_numpy(weight_hh, "weight_hh").T, b, _as_numpy(h0, "h0"),
-                                               _as_numpy(c0, "c0"))
+        hs, c_T, cache = _kernels.lstm_forward(
+            xn,
+            _as_numpy(weight_ih, "weight_ih").T,
+            _as_numpy(weight_hh, "weight_hh").T,
+            b,
+            _as_numpy(h0, "h0"),
+            _as_numpy(c0, "c0"),
+        )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
         return _to_torch(hs), _to_torch(hs[-1].copy()), _to_torch(c_T)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n, d_c_n):
-        g = _kernels.lstm_backward(ctx.cache, _upstream_with_final_state(d_output, d_h_n),
-                                   _as_numpy(d_c_n, "grad of c_n"))
+        g = _kernels.lstm_backward(
+            ctx.cache, _upstream_with_final_state(d_output, d_h_n), _as_numpy(d_c_n, "grad of c_n")
+        )
         return _weight_grads(ctx.needs_input_grad, g.dx, [g.dh0, g.dc0], g.dW_x, g.dW_h, g.db, ctx.has_bias)
 
 
@@ -96,16 +113,32 @@ class _FastRecurrent(nn.Module):
 
     gates = 1
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, **unsupported):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **unsupported,
+    ):
         super().__init__()
-        given = {"num_layers": (num_layers, 1), "dropout": (dropout, 0.0), "bidirectional": (bidirectional, False)}
+        given = {
+            "num_layers": (num_layers, 1),
+            "dropout": (dropout, 0.0),
+            "bidirectional": (bidirectional, False),
+        }
         not_yet = {name: value for name, (value, default) in given.items() if value != default}
         not_yet.update(unsupported)
         if not_yet:
-            raise NotImplementedError(f"{type(self).__name__}: fastbptt does not support {not_yet} yet "
-                                      "(one layer, one direction, no dropout); use torch.nn for them")
+            raise NotImplementedError(
+                f"{type(self).__name__}: fastbptt does not support {not_yet} yet "
+                "(one layer, one direction, no dropout); use torch.nn for them"
+            )
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"device: fastbptt computes on the CPU, got {device}")
         if input_size < 1 or hidden_size < 1:
@@ -168,20 +201,30 @@ class RNN(_FastRecurrent):
 
     gates = 1
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
-                         dtype)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
         x, (h0,), batched = self._prepare(input, [("hx", hx)])
-        output, h_n = _RNNFunction.apply(x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
-                                         self.bias_hh_l0, self.nonlinearity)
+        output, h_n = _RNNFunction.apply(
+            x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0, self.nonlinearity
+        )
         output, (h_n,) = self._restore(output, [h_n], batched)
         return output, h_n
 
@@ -194,12 +237,32 @@ class LSTM(_FastRecurrent):
 
     gates = 4
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ):
         extra = {"proj_size": proj_size} if proj_size else {}
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
-                         dtype, **extra)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            **extra,
+        )
         self.proj_size = 0
 
     def forward(self, input, hx=None):
@@ -208,7 +271,8 @@ class LSTM(_FastRecurrent):
             raise ValueError("hx: expected a pair (h_0, c_0) for the LSTM")
         h0, c0 = (None, None) if hx is None else hx
         x, (h0, c0), batched = self._prepare(input, [("h_0", h0), ("c_0", c0)])
-        output, h_n, c_n = _LSTMFunction.apply(x, h0, c0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0,
-                                               self.bias_hh_l0)
+        output, h_n, c_n = _LSTMFunction.apply(
+            x, h0, c0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0
+        )
         output, (h_n, c_n) = self._restore(output, [h_n, c_n], batched)
         return output, (h_n, c_n)
