@@ -1,6 +1,7 @@
 // LSTM forward and BPTT (see lstm.hpp); explicit instantiations for float and double.
 #include "fastbptt/lstm.hpp"
 
+#include "packed_product.hpp"
 #include "pointwise.hpp"
 
 namespace fastbptt::lstm {
@@ -42,14 +43,16 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
   detail::check_shape("cs", cs, N, H);
   const GateColumns col(forget_gate, H);
 
+  // The input projection of all steps is one product, the recurrence one product per step, both with weights
+  // packed once here. The packed product rounds a row the same whatever rows a call covers, so chunked runs
+  // equal one run bit for bit (Eigen's general product picks its code path by a row's position).
+  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false);
+  packed_W_x.multiply(x.data(), x.outerStride(), N, gates.data(), gates.outerStride(), false);
   for (Index t = 0; t < s.T; ++t) {
-    // The input projection is a product per step, not one for all steps: Eigen's product kernel picks its code
-    // path for a row by the row's position in the whole matrix, so a hoisted product would round step t
-    // differently when the sequence is split into chunks, and chunked runs would not equal one run bit for bit.
     auto z_t = gates.middleRows(t * B, B);
     const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
-    z_t.noalias() = x.middleRows(t * B, B) * W_x;
-    z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, B) * W_h;
+    const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
+    packed_W_h.multiply(h_prev_t.data(), h_prev_t.outerStride(), B, z_t.data(), gates.outerStride(), true);
     // One pass per row: pre-activations in, activated gates back in place, C_t and h_t out.
     for (Index r = 0; r < B; ++r) {
       Scalar* z = z_t.row(r).data();
@@ -102,6 +105,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
 
   RowMatrix<Scalar> dZ(N, GH);
   RowMatrix<Scalar> dh_matrix = dhs.bottomRows(B);
+  const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end.
   dc0 = dc_T;
   for (Index t = s.T - 1; t >= 0; --t) {
@@ -136,11 +140,12 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
         }
       });
     }
+    // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ
     if (t > 0) {
       dh_matrix = dhs.middleRows((t - 1) * B, B);
-      dh_matrix.noalias() += dz_t * W_h.transpose();
+      packed_W_h_transposed.multiply(dz_t.data(), GH, B, dh_matrix.data(), H, true);
     } else {
-      dh0.noalias() = dz_t * W_h.transpose();
+      packed_W_h_transposed.multiply(dz_t.data(), GH, B, dh0.data(), dh0.outerStride(), false);
     }
   }
 

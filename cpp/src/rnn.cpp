@@ -1,6 +1,7 @@
 // Plain RNN forward and BPTT (see rnn.hpp); explicit instantiations for float and double.
 #include "fastbptt/rnn.hpp"
 
+#include "packed_product.hpp"
 #include "pointwise.hpp"
 
 namespace fastbptt::rnn {
@@ -29,14 +30,16 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
   detail::check_shape("b_h", b_h, 1, s.H);
   detail::check_shape("hs", hs, s.T * s.B, s.H);
 
+  // hs first holds z_t of every step: one product for all input projections, then one per step for the
+  // recurrence, with weights packed once (see lstm.cpp for why the packed product keeps chunked runs exact).
+  const detail::PackedWeights<Scalar> packed_W_xh(W_xh, false), packed_W_hh(W_hh, false);
+  packed_W_xh.multiply(x.data(), x.outerStride(), s.T * s.B, hs.data(), hs.outerStride(), false);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t = 0; t < s.T; ++t) {
-      // Block t of hs holds z_t until the pointwise pass turns it into h_t. The input projection is a product
-      // per step so that chunked runs equal one run bit for bit (see lstm.cpp).
       auto z_t = hs.middleRows(t * s.B, s.B);
-      z_t.noalias() = x.middleRows(t * s.B, s.B) * W_xh;
-      z_t.noalias() += detail::previous_state<Scalar>(h0, hs, t, s.B) * W_hh;
+      const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
+      packed_W_hh.multiply(h_prev_t.data(), h_prev_t.outerStride(), s.B, z_t.data(), hs.outerStride(), true);
       for (Index r = 0; r < s.B; ++r) {
         Scalar* z = z_t.row(r).data();
         detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
@@ -66,6 +69,7 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
   // dh0 doubles as its storage: after the loop it holds dL/dh_0.
   dh0 = dhs.bottomRows(s.B);
+  const detail::PackedWeights<Scalar> packed_W_hh_transposed(W_hh, true);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t = s.T - 1; t >= 0; --t) {
@@ -78,12 +82,9 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
           lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
         });
       }
-      if (t > 0) {
-        dh0 = dhs.middleRows((t - 1) * s.B, s.B);
-        dh0.noalias() += dz_t * W_hh.transpose();
-      } else {
-        dh0.noalias() = dz_t * W_hh.transpose();
-      }
+      // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ
+      if (t > 0) dh0 = dhs.middleRows((t - 1) * s.B, s.B);
+      packed_W_hh_transposed.multiply(dz_t.data(), s.H, s.B, dh0.data(), dh0.outerStride(), t > 0);
     }
   });
 

@@ -1,0 +1,100 @@
+// Products with a weight matrix packed once per call and reused by every time step (private to the core).
+//
+// C [rows, N] (+)= A [rows, K] * W [K, N]. W is stored as column panels of one SIMD packet each (zero-padded at
+// the right edge), so a step does not repack the weights the way a general product routine must on every call;
+// for the small row counts of a recurrent step (the batch) that packing costs as much as the arithmetic.
+// Every element is sum_k A(r, k) W(k, n) accumulated in k order with FMAs, whatever rows the call covers and
+// however they are grouped: a step computes the same bits whether the sequence is run whole or in chunks.
+#pragma once
+
+#include <vector>
+
+#include "pointwise.hpp"
+
+namespace fastbptt::detail {
+
+template <class Scalar>
+class PackedWeights {
+ public:
+  using P = Packet<Scalar>;
+  static constexpr Index lanes = packet_size<Scalar>;
+
+  /// Packs W [K, N], or Wᵀ when `transpose` is true (then W is [N, K]).
+  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, bool transpose)
+      : K_(transpose ? W.cols() : W.rows()),
+        N_(transpose ? W.rows() : W.cols()),
+        panels_((N_ + lanes - 1) / lanes),
+        data_(static_cast<std::size_t>(panels_ * K_ * lanes + lanes), Scalar(0)) {
+    for (Index p = 0; p < panels_; ++p) {
+      for (Index k = 0; k < K_; ++k) {
+        Scalar* out = panel(p) + k * lanes;
+        for (Index lane = 0; lane < lanes && p * lanes + lane < N_; ++lane) {
+          const Index n = p * lanes + lane;
+          out[lane] = transpose ? W(n, k) : W(k, n);
+        }
+      }
+    }
+  }
+
+  Index depth() const { return K_; }
+  Index cols() const { return N_; }
+
+  /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
+  void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate) const {
+    constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
+    for (Index r0 = 0; r0 < rows; r0 += row_block) {
+      const Index r1 = std::min(rows, r0 + row_block);
+      Index p = 0;
+      for (; p + 2 <= panels_; p += 2) sweep_rows<2>(A, lda, r0, r1, C, ldc, p, accumulate);
+      if (p < panels_) sweep_rows<1>(A, lda, r0, r1, C, ldc, p, accumulate);
+    }
+  }
+
+ private:
+  const Scalar* panel(Index p) const { return data_.data() + p * K_ * lanes; }
+  Scalar* panel(Index p) { return data_.data() + p * K_ * lanes; }
+
+  template <int Panels>
+  void sweep_rows(const Scalar* A, Index lda, Index r0, Index r1, Scalar* C, Index ldc, Index p,
+                  bool accumulate) const {
+    Index r = r0;
+    for (; r + 4 <= r1; r += 4) kernel<4, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate);
+    switch (r1 - r) {
+      case 3: kernel<3, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
+      case 2: kernel<2, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
+      case 1: kernel<1, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
+      default: break;
+    }
+  }
+
+  /// Rows x (Panels * lanes) block of C from Rows rows of A and panels p .. p+Panels-1.
+  template <int Rows, int Panels>
+  void kernel(const Scalar* A, Index lda, Scalar* C, Index ldc, Index p, bool accumulate) const {
+    P acc[Rows][Panels];
+    for (int i = 0; i < Rows; ++i)
+      for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pset1<P>(Scalar(0));
+    const Scalar* w[Panels];
+    for (int j = 0; j < Panels; ++j) w[j] = panel(p + j);
+    for (Index k = 0; k < K_; ++k) {
+      P wk[Panels];
+      for (int j = 0; j < Panels; ++j) wk[j] = ei::pload<P>(w[j] + k * lanes);
+      for (int i = 0; i < Rows; ++i) {
+        const P a = ei::pset1<P>(A[i * lda + k]);
+        for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pmadd(a, wk[j], acc[i][j]);
+      }
+    }
+    for (int j = 0; j < Panels; ++j) {
+      const Index n0 = (p + j) * lanes;
+      const Lanes<Scalar> out{n0, std::min(lanes, N_ - n0)};
+      for (int i = 0; i < Rows; ++i) {
+        Scalar* c = C + i * ldc;
+        out.store(c, accumulate ? ei::padd(out.load(c), acc[i][j]) : acc[i][j]);
+      }
+    }
+  }
+
+  Index K_, N_, panels_;
+  std::vector<Scalar, Eigen::aligned_allocator<Scalar>> data_;
+};
+
+}  // namespace fastbptt::detail
