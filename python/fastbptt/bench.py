@@ -1,9 +1,11 @@
 """``python -m fastbptt bench``: fastbptt against torch.nn and the NumPy reference, side by side in one run.
 
-Every row times forward + backward to all parameters and the input (loss = sum of the outputs) for the same
+Every row times forward + backward to all parameters and the input (loss = sum of the outputs; ``--forward-only``:
+the forward pass alone, recording what backward needs) for the same
 shapes, dtype and thread count, and reports medians of repeated runs, the ratios, fastbptt's GFLOP/s and the
 fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
-FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 4 for the LSTM).
+FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 4 for the LSTM); a third of that for
+the forward pass alone.
 """
 
 from __future__ import annotations
@@ -76,24 +78,27 @@ def problem(cell: str, shape, dtype):
     }
 
 
-def numpy_runner(module, cell: str, p):
-    """forward + backward of ``module`` (fastbptt or its reference) on problem ``p``."""
+def numpy_runner(module, cell: str, p, backward: bool = True):
+    """forward (+ backward) of ``module`` (fastbptt or its reference) on problem ``p``."""
     if cell == "lstm":
 
         def run():
             _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
-            module.lstm_backward(cache, p["dhs"])
+            if backward:
+                module.lstm_backward(cache, p["dhs"])
     else:
 
         def run():
             _, cache = module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])
-            module.rnn_backward(cache, p["dhs"])
+            if backward:
+                module.rnn_backward(cache, p["dhs"])
 
     return run
 
 
-def torch_runner(torch, module_class, cell: str, p):
-    """forward + backward of a torch module (torch.nn or fastbptt.torch) with the problem's weights."""
+def torch_runner(torch, module_class, cell: str, p, backward: bool = True):
+    """forward (+ backward) of a torch module (torch.nn or fastbptt.torch) with the problem's weights; the forward
+    runs with autograd recording, as in training."""
     T, B, D = p["x"].shape
     H = p["W_h"].shape[0]
     dtype = torch.float32 if p["x"].dtype == np.float32 else torch.float64
@@ -109,7 +114,8 @@ def torch_runner(torch, module_class, cell: str, p):
         for parameter in (x, *module.parameters()):
             parameter.grad = None
         output, _ = module(x)
-        output.sum().backward()
+        if backward:
+            output.sum().backward()
 
     return run, module, x
 
@@ -166,7 +172,9 @@ def fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference: bool, out=sys.stdout) -> list:
+def run_bench(
+    cells, dtypes, shapes, threads_list, repeats: int, with_reference: bool, backward: bool = True, out=sys.stdout
+) -> list:
     try:
         import torch
     except ImportError:
@@ -219,6 +227,7 @@ def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference:
                             torch,
                             fbt if torch is not None else None,
                             rates[dtype],
+                            backward,
                         )
                         rows.append(row)
                         print(
@@ -249,10 +258,10 @@ def run_bench(cells, dtypes, shapes, threads_list, repeats: int, with_reference:
     return rows
 
 
-def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, matmul_gflops) -> dict:
+def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, matmul_gflops, backward) -> dict:
     shape = SHAPES[name]
     T, B, D, H = shape
-    flops = 3 * T * 2 * B * (D + H) * GATES[cell] * H
+    flops = (3 if backward else 1) * T * 2 * B * (D + H) * GATES[cell] * H
     p = problem(cell, shape, dtype)
     row = {
         "cell": cell,
@@ -262,18 +271,21 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
         "TBDH": shape,
         "flops": flops,
         "matmul_gflops": matmul_gflops,
+        "backward": backward,
     }
-    row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p), repeats)
+    row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p, backward), repeats)
     row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
     if torch is not None:
         torch_class = torch.nn.LSTM if cell == "lstm" else torch.nn.RNN
         dropin_class = fbt.LSTM if cell == "lstm" else fbt.RNN
-        row["torch_ms"], row["torch_times"] = median_ms(torch_runner(torch, torch_class, cell, p)[0], repeats)
-        row["dropin_ms"], row["dropin_times"] = median_ms(torch_runner(torch, dropin_class, cell, p)[0], repeats)
+        row["torch_ms"], row["torch_times"] = median_ms(torch_runner(torch, torch_class, cell, p, backward)[0], repeats)
+        row["dropin_ms"], row["dropin_times"] = median_ms(
+            torch_runner(torch, dropin_class, cell, p, backward)[0], repeats
+        )
     if with_reference and threads == 1 and flops <= REFERENCE_FLOP_LIMIT:
         with blas_limits(threads):
             row["reference_ms"], row["reference_times"] = median_ms(
-                numpy_runner(reference, cell, p), max(1, repeats // 2)
+                numpy_runner(reference, cell, p, backward), max(1, repeats // 2)
             )
     fb_ms = row["fastbptt_ms"]
     row["torch_over_fb"] = None if row["torch_ms"] is None else row["torch_ms"] / fb_ms
@@ -297,6 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
     parser.add_argument("--quick", action="store_true", help="shapes S and LONG, 3 repeats, one thread")
+    parser.add_argument("--forward-only", action="store_true", help="time the (training) forward pass alone")
     parser.add_argument("--json", help="also write every measurement to this JSON file")
 
 
@@ -312,7 +325,7 @@ def run_from_args(args) -> int:
     repeats = args.repeats
     if args.quick:
         shapes, threads, repeats = ["S", "LONG"], [1], 3
-    rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference)
+    rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(rows, file, indent=1, default=str)
