@@ -173,7 +173,7 @@ def test_workspace_bytes_counts_saved_activations():
     assert lstm > original > 0
     # The forward keeps T*B*(G*H + 2H) scalars for the LSTM (DESIGN.md section 4), so the total is at least that.
     assert lstm >= T * B * (4 * H + 2 * H) * 4
-    assert fb.workspace_bytes("lstm", T, B, D, H, np.float64) == 2 * lstm
+    assert lstm < fb.workspace_bytes("lstm", T, B, D, H, np.float64) <= 2 * lstm
     assert rnn >= 2 * T * B * H * 8
     # The arrays a forward+backward call really returns and caches fit within the estimate.
     rng = np.random.default_rng(0)

@@ -14,7 +14,8 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
 
     Counted: what forward keeps for backward (RNN: ``hs [T,B,H]``; LSTM: ``gates [T,B,G*H]``, ``hs`` and ``cs``
     ``[T,B,H]``, i.e. ``T*B*(G*H + 2H)``), the backward scratch (``dZ [T,B,G*H]`` and a few ``[B,H]`` buffers),
-    default zero states, and the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``, ``db``).
+    default zero states, the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``, ``db``), and
+    the copies of the weights packed for the time loop (``W_x``, ``W_h`` in forward, ``W_hᵀ`` in backward).
     Not counted: Eigen's matrix-product packing buffers, which are bounded by its cache-blocking sizes and do not
     grow with T.
 
@@ -37,15 +38,18 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
     if np.dtype(dtype) not in _checks.FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
     T, B, D, H = int(T), int(B), int(D), int(H)
+    GH = H if cell == "rnn" else (4 if forget_gate else 3) * H
     if cell == "rnn":
         saved = T * B * H  # hs
         scratch = T * B * H  # dZ
         states = B * H  # default h0
         grads = T * B * D + B * H + D * H + H * H + H
     else:
-        GH = (4 if forget_gate else 3) * H
         saved = T * B * (GH + 2 * H)  # gates, hs, cs
         scratch = T * B * GH + B * H  # dZ, dh
         states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
         grads = T * B * D + 2 * B * H + D * GH + H * GH + GH
-    return (saved + scratch + states + grads) * itemsize
+    packet = 64 // itemsize  # panels are padded to a whole SIMD packet (at most 64 bytes)
+    panels = -(-GH // packet) * packet
+    packed = (D + H) * panels + GH * (-(-H // packet) * packet) + 3 * packet
+    return (saved + scratch + states + grads + packed) * itemsize
