@@ -40,14 +40,29 @@ class PackedWeights {
   Index cols() const { return N_; }
 
   /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
+  /// Runs on Eigen::nbThreads() threads when the product is large enough to repay starting them; the threads
+  /// split C into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate) const {
     constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
-    for (Index r0 = 0; r0 < rows; r0 += row_block) {
-      const Index r1 = std::min(rows, r0 + row_block);
-      Index p = 0;
-      for (; p + 2 <= panels_; p += 2) sweep_rows<2>(A, lda, r0, r1, C, ldc, p, accumulate);
-      if (p < panels_) sweep_rows<1>(A, lda, r0, r1, C, ldc, p, accumulate);
+    const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
+    const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
+    const auto task = [&](Index i) {
+      const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
+      if (p + 2 <= panels_) {
+        sweep_rows<2>(A, lda, r0, r1, C, ldc, p, accumulate);
+      } else {
+        sweep_rows<1>(A, lda, r0, r1, C, ldc, p, accumulate);
+      }
+    };
+#if defined(_OPENMP)
+    const int threads = Eigen::nbThreads();
+    if (threads > 1 && tasks > 1 && rows * K_ * N_ >= (Index(1) << 18)) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+      for (Index i = 0; i < tasks; ++i) task(i);
+      return;
     }
+#endif
+    for (Index i = 0; i < tasks; ++i) task(i);
   }
 
  private:
