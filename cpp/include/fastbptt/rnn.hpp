@@ -6,8 +6,9 @@
 namespace fastbptt::rnn {
 
 /// Runs the RNN over all T steps:  h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h),  t = 1..T.
-/// Each step takes two matrix products (input and recurrence) and one vectorised pass that applies phi in place.
-/// Results do not depend on T: a sequence run in chunks with the state carried gives the same bits as one run.
+/// One matrix product computes the input projections of all steps into hs; each step then adds one product for
+/// the recurrence to its block and applies phi in place in one vectorised pass. Results do not depend on T: a
+/// sequence run in chunks with the state carried gives the same bits as one run.
 /// hs is all backward needs besides the inputs (phi' is computed from h = phi(z)).
 /// shape        in   T, B, D, H (all >= 1)
 /// activation   in   phi
