@@ -1,0 +1,222 @@
+"""Gradient-flow diagnostics: how BPTT's gradients vanish or explode, measured the way the spec derives it.
+
+For the plain RNN (column-vector form of ``h_j = phi(h_{j-1} W_hh + ...)``) the step Jacobian is
+``dh_j/dh_{j-1} = diag(phi'(z_j)) W_hhᵀ``; ``dh_t/dh_k`` is the product of the steps in between and obeys
+``||dh_t/dh_k||_2 <= prod_j ||W_hh||_2 max|phi'(z_j)| <= (gamma_W gamma_h)^(t-k)``. For the LSTM the state is
+``(h, C)``; the spec's full ``dC_t/dC_{t-1}`` goes through ``h_{t-1}`` into every gate, not only through ``f_t``.
+
+States are numbered as in the spec: ``h_0`` is the initial state and ``h_t = hs[t-1]`` for ``t = 1 .. T``.
+Everything here is computed in NumPy in the dtype of the cache, from a cache of either backend.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _checks
+from ._types import LSTMCache, RNNCache
+
+#: sup |phi'| for each activation: the spec's gamma_h
+GAMMA_H = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
+
+
+class Spectrum(NamedTuple):
+    eigenvalues: np.ndarray  #: complex, sorted by decreasing modulus
+    spectral_radius: float  #: max |eigenvalue|
+    singular_values: np.ndarray  #: decreasing; the first is ||W||_2 (the spec's gamma_W)
+
+
+class JacobianNorms(NamedTuple):
+    t: int  #: the later state
+    lags: np.ndarray  #: [t+1] t - k for k = 0 .. t
+    norms: np.ndarray  #: [t+1, B] ||dh_t/dh_k||_2 for k = 0 .. t (lag 0: the identity, norm 1)
+    bound: np.ndarray  #: [t+1] (gamma_W gamma_h)^(t-k), the spec's bound with the activation's sup |phi'|
+    data_bound: np.ndarray  #: [t+1, B] prod_{j=k+1..t} gamma_W max|phi'(z_j)|, the tighter data-dependent bound
+
+
+class CellJacobians(NamedTuple):
+    full: np.ndarray  #: [T, B, H, H] dC_t/dC_{t-1} through h_{t-1} and the gates, t = 1 .. T
+    naive: np.ndarray  #: [T, B, H] the diagonal f_t (1 without forget gate) that the short argument keeps
+    full_norms: np.ndarray  #: [T, B] spectral norms of ``full``
+    naive_norms: np.ndarray  #: [T, B] max |naive|, the spectral norm of diag(naive)
+
+
+class GradientNorms(NamedTuple):
+    per_sequence: np.ndarray  #: [T+1, B] ||dL/dh_k|| for k = 0 .. T (k = 0: the initial state)
+    mean: np.ndarray  #: [T+1] averaged over the batch
+
+
+def spectrum(W_hh) -> Spectrum:
+    """Eigenvalues, spectral radius and singular values of a square recurrent matrix."""
+    W = _checks.matrix("W_hh", W_hh, None)
+    if W.shape[0] != W.shape[1] or W.shape[0] == 0:
+        raise ValueError(f"W_hh: expected a non-empty square matrix, got shape {W.shape}")
+    eigenvalues = np.linalg.eigvals(W)
+    eigenvalues = eigenvalues[np.argsort(-np.abs(eigenvalues), kind="stable")]
+    return Spectrum(eigenvalues, float(np.abs(eigenvalues[0])), np.linalg.svd(W, compute_uv=False))
+
+
+def _phi_prime(activation: str, h: np.ndarray) -> np.ndarray:
+    if activation == "tanh":
+        return 1 - h * h
+    if activation == "sigmoid":
+        return h * (1 - h)
+    return (h > 0).astype(h.dtype)
+
+
+def _state(cache, j: int) -> np.ndarray:
+    return cache.h0 if j == 0 else cache.hs[j - 1]
+
+
+def _spectral_norms(matrices: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(matrices, ord=2, axis=(-2, -1))
+
+
+def _check_t(t, T: int) -> int:
+    t = T if t is None else t
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= T:
+        raise ValueError(f"t: expected a state index in 1 .. {T}, got {t}")
+    return int(t)
+
+
+def rnn_step_jacobians(cache: RNNCache) -> np.ndarray:
+    """``[T, B, H, H]``: ``dh_j/dh_{j-1} = diag(phi'(z_j)) W_hhᵀ`` for ``j = 1 .. T``."""
+    cache = _checks.cache_of(RNNCache, cache)
+    d = _phi_prime(cache.activation, cache.hs)  # [T, B, H]
+    return d[..., :, None] * cache.W_hh.T[None, None]
+
+
+def rnn_jacobian_norms(cache: RNNCache, t: int | None = None) -> JacobianNorms:
+    """``||dh_t/dh_k||_2`` for every ``k <= t`` and every sequence, with the spec's bounds beside it.
+
+    Exact products of the step Jacobians, accumulated backwards from ``t``: ``T * B`` products of ``H x H``
+    matrices and as many spectral norms.
+    """
+    cache = _checks.cache_of(RNNCache, cache)
+    T, B, _ = cache.hs.shape
+    t = _check_t(t, T)
+    steps = rnn_step_jacobians(cache)
+    gamma_W = float(np.linalg.norm(cache.W_hh, ord=2))
+    gamma_h = GAMMA_H[cache.activation]
+    max_phi = np.max(np.abs(_phi_prime(cache.activation, cache.hs)), axis=-1)  # [T, B]
+    H = cache.W_hh.shape[0]
+    product = np.broadcast_to(np.eye(H, dtype=cache.hs.dtype), (B, H, H)).copy()
+    norms = np.empty((t + 1, B))
+    data_bound = np.empty((t + 1, B))
+    norms[t], data_bound[t] = 1.0, 1.0
+    for k in range(t - 1, -1, -1):  # d h_t / d h_k = (d h_t / d h_{k+1}) (d h_{k+1} / d h_k)
+        product = product @ steps[k]
+        norms[k] = _spectral_norms(product)
+        data_bound[k] = data_bound[k + 1] * gamma_W * max_phi[k]
+    lags = t - np.arange(t + 1)
+    return JacobianNorms(t, lags, norms, (gamma_W * gamma_h) ** lags.astype(float), data_bound)
+
+
+def _lstm_blocks(cache: LSTMCache):
+    H = cache.W_h.shape[0]
+    names = "ifgo" if cache.forget_gate else "igo"
+    return {name: slice(n * H, (n + 1) * H) for n, name in enumerate(names)}
+
+
+def lstm_state_jacobians(cache: LSTMCache) -> np.ndarray:
+    """``[T, B, 2H, 2H]``: the Jacobian of ``(h_j, C_j)`` with respect to ``(h_{j-1}, C_{j-1})``, ``j = 1 .. T``.
+
+    With ``dz = W_hᵀ dh_{j-1}``: ``dC_j = f dC_{j-1} + C_{j-1} f'(z_f) dz_f + g i'(z_i) dz_i + i g'(z_g) dz_g`` and
+    ``dh_j = tanh(C_j) o'(z_o) dz_o + o (1 - tanh^2 C_j) dC_j``.
+    """
+    cache = _checks.cache_of(LSTMCache, cache)
+    T, B, H = cache.hs.shape
+    blocks = _lstm_blocks(cache)
+    gates = {name: cache.gates[..., s] for name, s in blocks.items()}
+    W = {name: cache.W_h[:, s].T for name, s in blocks.items()}  # dz_gate/dh_{j-1}, [H, H]
+    c_prev = np.concatenate([cache.c0[None], cache.cs[:-1]])
+    tanh_c = np.tanh(cache.cs)
+    i, g, o = gates["i"], gates["g"], gates["o"]
+    dC_dh = (g * i * (1 - i))[..., None] * W["i"] + (i * (1 - g * g))[..., None] * W["g"]
+    if cache.forget_gate:
+        f = gates["f"]
+        dC_dh = dC_dh + (c_prev * f * (1 - f))[..., None] * W["f"]
+        dC_dC = f
+    else:
+        dC_dC = np.ones_like(i)
+    out_gain = o * (1 - tanh_c * tanh_c)  # dh_j / dC_j
+    dh_dh = (tanh_c * o * (1 - o))[..., None] * W["o"] + out_gain[..., None] * dC_dh
+    eye = np.eye(H, dtype=cache.hs.dtype)
+    J = np.empty((T, B, 2 * H, 2 * H), dtype=cache.hs.dtype)
+    J[..., :H, :H] = dh_dh
+    J[..., :H, H:] = (out_gain * dC_dC)[..., None] * eye
+    J[..., H:, :H] = dC_dh
+    J[..., H:, H:] = dC_dC[..., None] * eye
+    return J
+
+
+def lstm_cell_jacobians(cache: LSTMCache) -> CellJacobians:
+    """The spec's full ``dC_t/dC_{t-1}`` for every step, next to the naive ``diag(f_t)``.
+
+    ``C_{t-1}`` reaches ``C_t`` directly (``f_t``) and through ``h_{t-1} = o_{t-1} tanh(C_{t-1})`` into the input,
+    forget and candidate gates: ``full = diag(f_t) + (dC_t/dh_{t-1}) diag(o_{t-1} (1 - tanh^2 C_{t-1}))``. At
+    ``t = 1``, ``h_0`` is an input, not a function of ``C_0``, so the full derivative is ``diag(f_1)``.
+    """
+    cache = _checks.cache_of(LSTMCache, cache)
+    T, B, H = cache.hs.shape
+    J = lstm_state_jacobians(cache)
+    dC_dh, dC_dC = J[..., H:, :H], J[..., H:, H:]
+    o = cache.gates[..., _lstm_blocks(cache)["o"]]
+    through_h = np.zeros((T, B, H), dtype=cache.hs.dtype)
+    through_h[1:] = o[:-1] * (1 - np.tanh(cache.cs[:-1]) ** 2)  # dh_{t-1}/dC_{t-1}, t >= 2
+    full = dC_dC + dC_dh * through_h[..., None, :]
+    naive = np.diagonal(dC_dC, axis1=-2, axis2=-1).copy()
+    return CellJacobians(full, naive, _spectral_norms(full), np.max(np.abs(naive), axis=-1))
+
+
+def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None) -> JacobianNorms:
+    """``||dh_t/dh_k||_2`` for the LSTM: a perturbation of ``h_k`` alone (``C_k`` is not a function of ``h_k``)
+    carried through the full ``(h, C)`` recursion to ``h_t``. ``bound`` and ``data_bound`` hold the product of
+    the state Jacobians' spectral norms (there is no activation-only bound for the gated cell)."""
+    cache = _checks.cache_of(LSTMCache, cache)
+    T, B, H = cache.hs.shape
+    t = _check_t(t, T)
+    J = lstm_state_jacobians(cache)
+    step_norms = _spectral_norms(J)  # [T, B]
+    product = np.broadcast_to(np.eye(2 * H, dtype=cache.hs.dtype), (B, 2 * H, 2 * H)).copy()
+    norms = np.empty((t + 1, B))
+    data_bound = np.empty((t + 1, B))
+    norms[t], data_bound[t] = 1.0, 1.0
+    for k in range(t - 1, -1, -1):
+        product = product @ J[k]
+        norms[k] = _spectral_norms(product[:, :H, :H])
+        data_bound[k] = data_bound[k + 1] * step_norms[k]
+    lags = t - np.arange(t + 1)
+    return JacobianNorms(t, lags, norms, data_bound.max(axis=1), data_bound)
+
+
+def hidden_gradient_norms(cache, dhs) -> GradientNorms:
+    """``||dL/dh_k||`` for every state ``k = 0 .. T``: what BPTT carries back to each step (the upstream
+    gradient of step ``k`` plus everything from later steps), per sequence and averaged."""
+    if isinstance(cache, RNNCache):
+        dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
+        steps = rnn_step_jacobians(cache)
+        T, B, H = cache.hs.shape
+        carried = [None] * (T + 1)
+        g = dhs[T - 1]
+        for k in range(T, 0, -1):  # g = dL/dh_k; dL/dh_{k-1} = dhs_{k-1} + g (dh_k/dh_{k-1})
+            carried[k] = g
+            g = np.einsum("bi,bij->bj", g, steps[k - 1]) + (dhs[k - 2] if k >= 2 else 0)
+        carried[0] = g
+    else:
+        cache = _checks.cache_of(LSTMCache, cache)
+        dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
+        J = lstm_state_jacobians(cache)
+        T, B, H = cache.hs.shape
+        carried = [None] * (T + 1)
+        state = np.concatenate([dhs[T - 1], np.zeros_like(dhs[T - 1])], axis=1)  # (dL/dh_T, dL/dC_T)
+        for k in range(T, 0, -1):
+            carried[k] = state[:, :H]
+            state = np.einsum("bi,bij->bj", state, J[k - 1])
+            if k >= 2:
+                state[:, :H] += dhs[k - 2]
+        carried[0] = state[:, :H]
+    per_sequence = np.linalg.norm(np.stack(carried), axis=-1)
+    return GradientNorms(per_sequence, per_sequence.mean(axis=1))

@@ -1,0 +1,166 @@
+"""Gradient-flow diagnostics against finite differences, explicit products and the spec's closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import lstm_problem, rnn_problem
+
+import fastbptt as fb
+from fastbptt import diagnostics as dg
+
+RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
+LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
+
+
+def rnn_final_state(p, activation, start, stop, h_start):
+    """h_stop from h_start by running steps start+1 .. stop."""
+    hs, _ = fb.rnn_forward(p["x"][start:stop], p["W_xh"], p["W_hh"], p["b_h"], h_start, activation=activation)
+    return hs[-1]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_rnn_jacobian_products_match_finite_differences(rng, activation):
+    p = rnn_problem(rng, T=7, B=2, D=3, H=4)
+    p["W_hh"] *= 3  # gradients far from trivially small
+    hs, cache = fb.rnn_forward(*(p[k] for k in RNN_INPUTS), activation=activation)
+    t = 6
+    result = dg.rnn_jacobian_norms(cache, t)
+    steps = dg.rnn_step_jacobians(cache)
+    for k in (0, 2, 5):
+        h_k = p["h0"] if k == 0 else hs[k - 1]
+        for b in range(2):
+            numeric = np.empty((4, 4))
+            for j in range(4):
+                up, down = h_k.copy(), h_k.copy()
+                up[b, j] += 1e-6
+                down[b, j] -= 1e-6
+                numeric[:, j] = (
+                    rnn_final_state(p, activation, k, t, up)[b] - rnn_final_state(p, activation, k, t, down)[b]
+                ) / 2e-6
+            explicit = np.eye(4)
+            for j in range(t, k, -1):
+                explicit = explicit @ steps[j - 1, b]
+            np.testing.assert_allclose(explicit, numeric, rtol=1e-6, atol=1e-8)
+            assert result.norms[k, b] == pytest.approx(np.linalg.norm(explicit, 2), rel=1e-10)
+    assert np.all(result.norms <= result.data_bound * (1 + 1e-10))
+    assert np.all(result.data_bound <= result.bound[:, None] * (1 + 1e-10))
+
+
+def test_linear_rnn_with_symmetric_weights_decays_as_the_spectral_radius(rng):
+    # relu with every pre-activation positive is the identity: dh_t/dh_k = (W_hhᵀ)^(t-k) exactly.
+    H = 6
+    A = rng.standard_normal((H, H))
+    W_hh = 0.1 * (A + A.T)
+    x = np.abs(rng.standard_normal((12, 3, 2)))
+    hs, cache = fb.rnn_forward(x, np.abs(rng.standard_normal((2, H))), W_hh, np.full(H, 50.0), activation="relu")
+    assert np.all(hs > 0)
+    rho = dg.spectrum(W_hh).spectral_radius
+    result = dg.rnn_jacobian_norms(cache)
+    np.testing.assert_allclose(result.norms, (rho ** result.lags.astype(float))[:, None] * np.ones((1, 3)), rtol=1e-10)
+
+
+def test_bound_holds_for_random_and_trained_networks(rng):
+    for scale in (0.5, 1.0, 2.0):
+        p = rnn_problem(rng, T=20, B=3, D=4, H=8)
+        _, cache = fb.rnn_forward(p["x"], p["W_xh"], scale * p["W_hh"], p["b_h"], activation="tanh")
+        result = dg.rnn_jacobian_norms(cache)
+        assert np.all(result.norms <= result.data_bound * (1 + 1e-10) + 1e-300)
+    model = fb.SequenceModel(5, 8, cell="rnn", seed=0, dtype=np.float64)
+    stream = rng.integers(0, 5, size=(41, 4))
+    fb.train_tbptt(model, stream[:-1], stream[1:], fb.Adam(model.params, lr=0.05), k1=10)
+    model.loss_and_grad(stream[:-1], stream[1:])
+    result = dg.rnn_jacobian_norms(model.rnn.cache)
+    assert np.all(result.norms <= result.data_bound * (1 + 1e-10) + 1e-300)
+    assert np.all(result.data_bound <= result.bound[:, None] * (1 + 1e-10))
+
+
+def test_spectrum():
+    W = np.diag([0.5, -2.0, 1.0])
+    s = dg.spectrum(W)
+    assert s.spectral_radius == 2.0
+    np.testing.assert_allclose(s.eigenvalues, [-2.0, 1.0, 0.5])
+    np.testing.assert_allclose(s.singular_values, [2.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="square"):
+        dg.spectrum(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("forget_gate", [True, False], ids=["forget", "original"])
+def test_lstm_full_cell_jacobian_matches_finite_differences(rng, forget_gate):
+    p = lstm_problem(rng, T=5, B=2, D=3, H=4, forget_gate=forget_gate)
+    p["W_h"] *= 4
+    hs, c_T, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS), forget_gate=forget_gate)
+    result = dg.lstm_cell_jacobians(cache)
+    H = 4
+    o = cache.gates[..., -H:]
+    for t in (2, 4):  # C_t as a function of C_{t-1}, with h_{t-1} = o_{t-1} tanh(C_{t-1}) following it
+        c_prev = cache.cs[t - 2]
+
+        def c_t(c):
+            h_prev = o[t - 2] * np.tanh(c)
+            _, c_new, _ = fb.lstm_forward(
+                p["x"][t - 1 : t], p["W_x"], p["W_h"], p["b"], h_prev, c, forget_gate=forget_gate
+            )
+            return c_new
+
+        for b in range(2):
+            numeric = np.empty((H, H))
+            for j in range(H):
+                up, down = c_prev.copy(), c_prev.copy()
+                up[b, j] += 1e-6
+                down[b, j] -= 1e-6
+                numeric[:, j] = (c_t(up)[b] - c_t(down)[b]) / 2e-6
+            np.testing.assert_allclose(result.full[t - 1, b], numeric, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(result.full[1:], result.naive[1:, ..., None] * np.eye(H)), "the full derivative differs"
+
+
+def test_lstm_cell_jacobian_without_recurrent_weights_is_the_forget_gate(rng):
+    p = lstm_problem(rng, T=6, B=3, D=4, H=5)
+    p["W_h"] = np.zeros_like(p["W_h"])
+    _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS))
+    result = dg.lstm_cell_jacobians(cache)
+    f = cache.gates[..., 5:10]
+    np.testing.assert_array_equal(result.naive, f)
+    np.testing.assert_allclose(result.full, f[..., None] * np.eye(5), atol=0)
+
+
+def test_lstm_hidden_jacobian_matches_finite_differences(rng):
+    p = lstm_problem(rng, T=6, B=2, D=3, H=4)
+    hs, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS))
+    t, k = 6, 2
+    result = dg.lstm_jacobian_norms(cache, t)
+    h_k, c_k = hs[k - 1], cache.cs[k - 1]
+    for b in range(2):
+        numeric = np.empty((4, 4))
+        for j in range(4):
+            up, down = h_k.copy(), h_k.copy()
+            up[b, j] += 1e-6
+            down[b, j] -= 1e-6
+            hu = fb.lstm_forward(p["x"][k:t], p["W_x"], p["W_h"], p["b"], up, c_k)[0][-1]
+            hd = fb.lstm_forward(p["x"][k:t], p["W_x"], p["W_h"], p["b"], down, c_k)[0][-1]
+            numeric[:, j] = (hu[b] - hd[b]) / 2e-6
+        assert result.norms[k, b] == pytest.approx(np.linalg.norm(numeric, 2), rel=1e-6)
+    assert np.all(result.norms <= result.data_bound * (1 + 1e-10))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_hidden_gradient_norms_are_what_bptt_carries(rng, cell):
+    T = 8
+    if cell == "rnn":
+        p = rnn_problem(rng, T=T, B=3, D=4, H=5)
+        _, cache = fb.rnn_forward(*(p[k] for k in RNN_INPUTS))
+        full = fb.rnn_backward(cache, p["dhs"]).dh0
+    else:
+        p = lstm_problem(rng, T=T, B=3, D=4, H=5)
+        _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS))
+        full = fb.lstm_backward(cache, p["dhs"]).dh0
+    norms = dg.hidden_gradient_norms(cache, p["dhs"])
+    np.testing.assert_allclose(norms.per_sequence[0], np.linalg.norm(full, axis=1), rtol=1e-10)
+    np.testing.assert_allclose(norms.per_sequence[T], np.linalg.norm(p["dhs"][-1], axis=1), rtol=1e-12)
+    np.testing.assert_allclose(norms.mean, norms.per_sequence.mean(axis=1))
+    if cell == "rnn":  # dL/dh_k is dh0 of the backward pass over the steps after k, started from h_k
+        k = 3
+        hs = cache.hs
+        _, tail = fb.rnn_forward(p["x"][k:], p["W_xh"], p["W_hh"], p["b_h"], hs[k - 1])
+        expected = fb.rnn_backward(tail, p["dhs"][k:]).dh0 + p["dhs"][k - 1]
+        np.testing.assert_allclose(norms.per_sequence[k], np.linalg.norm(expected, axis=1), rtol=1e-10)
