@@ -12,12 +12,13 @@ import os
 import socket
 from pathlib import Path
 
-import fastbptt.torch as fbt
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
+
+import fastbptt.torch as fbt
 
 T, B, D, H = 12, 8, 5, 16
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import lstm_problem, rnn_problem
+
+import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
+
+import fastbptt as fb
 from fastbptt import reference as ref
 
 MODULES = pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])

@@ -96,7 +96,7 @@ def test_lstm_full_cell_jacobian_matches_finite_differences(rng, forget_gate):
     for t in (2, 4):  # C_t as a function of C_{t-1}, with h_{t-1} = o_{t-1} tanh(C_{t-1}) following it
         c_prev = cache.cs[t - 2]
 
-        def c_t(c):
+        def c_t(c, t=t):
             h_prev = o[t - 2] * np.tanh(c)
             _, c_new, _ = fb.lstm_forward(
                 p["x"][t - 1 : t], p["W_x"], p["W_h"], p["b"], h_prev, c, forget_gate=forget_gate

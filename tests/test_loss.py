@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import DTYPES, SHAPES, TOL, assert_close, central_difference, max_relative_error, rounded
+
+import fastbptt as fb
 from fastbptt import reference as ref
 
 K_CLASSES = [1, 2, 11]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import (
@@ -15,6 +14,8 @@ from conftest import (
     max_relative_error,
     rounded,
 )
+
+import fastbptt as fb
 from fastbptt import reference as ref
 
 INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]

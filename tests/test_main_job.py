@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+
 from fastbptt.demo import load_corpus, remember_first_batch, run_demo
 
 

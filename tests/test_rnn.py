@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import (
@@ -15,6 +14,8 @@ from conftest import (
     rnn_problem,
     rounded,
 )
+
+import fastbptt as fb
 from fastbptt import reference as ref
 
 ACTIVATIONS = ["tanh", "relu", "sigmoid"]

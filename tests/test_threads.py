@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import lstm_problem
+
+import fastbptt as fb
 
 LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 

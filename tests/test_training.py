@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import fastbptt as fb
 import numpy as np
 import pytest
 from conftest import central_difference, max_relative_error
+
+import fastbptt as fb
 
 BACKENDS = ["fast", "reference"]
 
