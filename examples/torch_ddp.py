@@ -61,6 +61,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                 for p in ddp.parameters():
                     p -= 0.1 * p.grad
         np.savez(Path(out) / f"rank{rank}.npz", **gradients(model))
+        dist.barrier()  # neither process tears down its connections while the other still uses them
     finally:
         dist.destroy_process_group()
 
