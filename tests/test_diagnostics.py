@@ -164,3 +164,18 @@ def test_hidden_gradient_norms_are_what_bptt_carries(rng, cell):
         _, tail = fb.rnn_forward(p["x"][k:], p["W_xh"], p["W_hh"], p["b_h"], hs[k - 1])
         expected = fb.rnn_backward(tail, p["dhs"][k:]).dh0 + p["dhs"][k - 1]
         np.testing.assert_allclose(norms.per_sequence[k], np.linalg.norm(expected, axis=1), rtol=1e-10)
+
+
+def test_diagnose_command_prints_the_table(tmp_path):
+    import io
+
+    from fastbptt.diagnose import run_diagnose
+
+    out = io.StringIO()
+    rows = run_diagnose(T=12, B=2, H=6, out_dir=tmp_path, out=out)
+    assert len(rows) == 11 and "decay per lag" in out.getvalue() and "exact Jacobian sweep" in out.getvalue()
+    by_rho = {row["rho"]: row for row in rows if row["model"] == "tanh RNN"}
+    assert by_rho[0.5]["mean_norm"][10] < by_rho[1.5]["mean_norm"][10], "smaller radius, faster decay"
+    for row in rows:
+        if row["model"] != "LSTM":
+            assert np.all(row["mean_norm"] <= row["bound"] * (1 + 1e-10))

@@ -21,6 +21,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import run_diagnose
+
+    run_diagnose(T=args.length, B=args.batch, H=args.hidden, seed=args.seed, out_dir=args.out_dir)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_from_args
 
@@ -43,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", default="fastbptt-demo", help="where the model and figures go")
     demo.set_defaults(run=_demo)
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="measure how gradients vanish or explode through time",
+        description="Exact Jacobian-product norms against lag for RNNs of several spectral radii and an LSTM.",
+    )
+    diagnose.add_argument("--length", type=int, default=100, help="T")
+    diagnose.add_argument("--batch", type=int, default=16, help="B")
+    diagnose.add_argument("--hidden", type=int, default=64, help="H")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--out-dir", default="fastbptt-diagnose", help="where the figure goes")
+    diagnose.set_defaults(run=_diagnose)
     bench = commands.add_parser(
         "bench",
         help="time fastbptt against torch.nn and the NumPy reference",
