@@ -97,17 +97,17 @@ def rnn_jacobian_norms(cache: RNNCache, t: int | None = None) -> JacobianNorms:
     cache = _checks.cache_of(RNNCache, cache)
     T, B, _ = cache.hs.shape
     t = _check_t(t, T)
-    steps = rnn_step_jacobians(cache)
+    phi_prime = _phi_prime(cache.activation, cache.hs)  # [T, B, H]
     gamma_W = float(np.linalg.norm(cache.W_hh, ord=2))
     gamma_h = GAMMA_H[cache.activation]
-    max_phi = np.max(np.abs(_phi_prime(cache.activation, cache.hs)), axis=-1)  # [T, B]
+    max_phi = np.max(np.abs(phi_prime), axis=-1)  # [T, B]
     H = cache.W_hh.shape[0]
     product = np.broadcast_to(np.eye(H, dtype=cache.hs.dtype), (B, H, H)).copy()
     norms = np.empty((t + 1, B))
     data_bound = np.empty((t + 1, B))
     norms[t], data_bound[t] = 1.0, 1.0
-    for k in range(t - 1, -1, -1):  # d h_t / d h_k = (d h_t / d h_{k+1}) (d h_{k+1} / d h_k)
-        product = product @ steps[k]
+    for k in range(t - 1, -1, -1):  # d h_t / d h_k = (d h_t / d h_{k+1}) diag(phi'(z_{k+1})) W_hhᵀ
+        product = (product * phi_prime[k][:, None, :]) @ cache.W_hh.T
         norms[k] = _spectral_norms(product)
         data_bound[k] = data_bound[k + 1] * gamma_W * max_phi[k]
     lags = t - np.arange(t + 1)
@@ -120,19 +120,22 @@ def _lstm_blocks(cache: LSTMCache):
     return {name: slice(n * H, (n + 1) * H) for n, name in enumerate(names)}
 
 
-def lstm_state_jacobians(cache: LSTMCache) -> np.ndarray:
-    """``[T, B, 2H, 2H]``: the Jacobian of ``(h_j, C_j)`` with respect to ``(h_{j-1}, C_{j-1})``, ``j = 1 .. T``.
+def lstm_state_jacobians(cache: LSTMCache, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """``[stop - start, B, 2H, 2H]``: the Jacobian of ``(h_j, C_j)`` with respect to ``(h_{j-1}, C_{j-1})`` for
+    ``j = start+1 .. stop`` (default: every step, ``j = 1 .. T``).
 
     With ``dz = W_hᵀ dh_{j-1}``: ``dC_j = f dC_{j-1} + C_{j-1} f'(z_f) dz_f + g i'(z_i) dz_i + i g'(z_g) dz_g`` and
     ``dh_j = tanh(C_j) o'(z_o) dz_o + o (1 - tanh^2 C_j) dC_j``.
     """
     cache = _checks.cache_of(LSTMCache, cache)
     T, B, H = cache.hs.shape
+    stop = T if stop is None else stop
+    steps = slice(start, stop)
     blocks = _lstm_blocks(cache)
-    gates = {name: cache.gates[..., s] for name, s in blocks.items()}
+    gates = {name: cache.gates[steps, :, s] for name, s in blocks.items()}
     W = {name: cache.W_h[:, s].T for name, s in blocks.items()}  # dz_gate/dh_{j-1}, [H, H]
-    c_prev = np.concatenate([cache.c0[None], cache.cs[:-1]])
-    tanh_c = np.tanh(cache.cs)
+    c_prev = np.concatenate([cache.c0[None], cache.cs[:-1]])[steps]
+    tanh_c = np.tanh(cache.cs[steps])
     i, g, o = gates["i"], gates["g"], gates["o"]
     dC_dh = (g * i * (1 - i))[..., None] * W["i"] + (i * (1 - g * g))[..., None] * W["g"]
     if cache.forget_gate:
@@ -144,7 +147,7 @@ def lstm_state_jacobians(cache: LSTMCache) -> np.ndarray:
     out_gain = o * (1 - tanh_c * tanh_c)  # dh_j / dC_j
     dh_dh = (tanh_c * o * (1 - o))[..., None] * W["o"] + out_gain[..., None] * dC_dh
     eye = np.eye(H, dtype=cache.hs.dtype)
-    J = np.empty((T, B, 2 * H, 2 * H), dtype=cache.hs.dtype)
+    J = np.empty((stop - start, B, 2 * H, 2 * H), dtype=cache.hs.dtype)
     J[..., :H, :H] = dh_dh
     J[..., :H, H:] = (out_gain * dC_dC)[..., None] * eye
     J[..., H:, :H] = dC_dh
@@ -178,16 +181,15 @@ def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None) -> JacobianNorms
     cache = _checks.cache_of(LSTMCache, cache)
     T, B, H = cache.hs.shape
     t = _check_t(t, T)
-    J = lstm_state_jacobians(cache)
-    step_norms = _spectral_norms(J)  # [T, B]
     product = np.broadcast_to(np.eye(2 * H, dtype=cache.hs.dtype), (B, 2 * H, 2 * H)).copy()
     norms = np.empty((t + 1, B))
     data_bound = np.empty((t + 1, B))
     norms[t], data_bound[t] = 1.0, 1.0
-    for k in range(t - 1, -1, -1):
-        product = product @ J[k]
+    for k in range(t - 1, -1, -1):  # one step's Jacobian at a time: memory B (2H)^2, not T B (2H)^2
+        step = lstm_state_jacobians(cache, k, k + 1)[0]
+        product = product @ step
         norms[k] = _spectral_norms(product[:, :H, :H])
-        data_bound[k] = data_bound[k + 1] * step_norms[k]
+        data_bound[k] = data_bound[k + 1] * _spectral_norms(step)
     lags = t - np.arange(t + 1)
     return JacobianNorms(t, lags, norms, data_bound.max(axis=1), data_bound)
 
@@ -195,31 +197,26 @@ def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None) -> JacobianNorms
 def hidden_gradient_norms(cache, dhs) -> GradientNorms:
     """``||dL/dh_k||`` for every state ``k = 0 .. T``: what BPTT carries back to each step (the upstream
     gradient of step ``k`` plus everything from later steps), per sequence and averaged."""
-    if isinstance(cache, RNNCache):
-        dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
-        steps = rnn_step_jacobians(cache)
-        T, B, H = cache.hs.shape
-        carried = [None] * (T + 1)
+    kind = LSTMCache if isinstance(cache, LSTMCache) else RNNCache
+    cache = _checks.cache_of(kind, cache)
+    dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
+    T, B, H = cache.hs.shape
+    carried = np.empty((T + 1, B))
+    if kind is RNNCache:
+        phi_prime = _phi_prime(cache.activation, cache.hs)
         g = dhs[T - 1]
-        for k in range(T, 0, -1):  # g = dL/dh_k; dL/dh_{k-1} = dhs_{k-1} + g (dh_k/dh_{k-1})
-            carried[k] = g
-            g = np.einsum("bi,bij->bj", g, steps[k - 1]) + (dhs[k - 2] if k >= 2 else 0)
-        carried[0] = g
+        for k in range(T, 0, -1):  # g = dL/dh_k; dL/dh_{k-1} = dhs_{k-1} + (g * phi'(z_k)) W_hhᵀ
+            carried[k] = np.linalg.norm(g, axis=1)
+            g = (g * phi_prime[k - 1]) @ cache.W_hh.T + (dhs[k - 2] if k >= 2 else 0)
     else:
-        cache = _checks.cache_of(LSTMCache, cache)
-        dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
-        J = lstm_state_jacobians(cache)
-        T, B, H = cache.hs.shape
-        carried = [None] * (T + 1)
-        state = np.concatenate([dhs[T - 1], np.zeros_like(dhs[T - 1])], axis=1)  # (dL/dh_T, dL/dC_T)
+        g = np.concatenate([dhs[T - 1], np.zeros_like(dhs[T - 1])], axis=1)  # (dL/dh_T, dL/dC_T)
         for k in range(T, 0, -1):
-            carried[k] = state[:, :H]
-            state = np.einsum("bi,bij->bj", state, J[k - 1])
+            carried[k] = np.linalg.norm(g[:, :H], axis=1)
+            g = np.einsum("bi,bij->bj", g, lstm_state_jacobians(cache, k - 1, k)[0])
             if k >= 2:
-                state[:, :H] += dhs[k - 2]
-        carried[0] = state[:, :H]
-    per_sequence = np.linalg.norm(np.stack(carried), axis=-1)
-    return GradientNorms(per_sequence, per_sequence.mean(axis=1))
+                g[:, :H] += dhs[k - 2]
+    carried[0] = np.linalg.norm(g[:, :H] if kind is LSTMCache else g, axis=1)
+    return GradientNorms(carried, carried.mean(axis=1))
 
 
 SWEEP_RADII = (0.5, 0.9, 1.0, 1.1, 1.5)
