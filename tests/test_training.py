@@ -107,6 +107,8 @@ def test_save_load_round_trip_and_mismatch(tmp_path, cell):
 def test_load_rejects_corrupt_and_foreign_files(tmp_path):
     layer = fb.RNN(3, 4, seed=1)
     before = {name: p.copy() for name, p in layer.params.items()}
+    with pytest.raises(FileNotFoundError):
+        layer.load(tmp_path / "missing.npz")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip file")
     with pytest.raises(ValueError, match="not a readable .npz file"):
         layer.load(tmp_path / "corrupt.npz")

@@ -77,6 +77,23 @@ def initial_state(name: str, value, dtype: np.dtype, B: int, H: int) -> np.ndarr
     return array
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1: TypeError for a non-integer (bool included), ValueError below 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: must be >= 1, got {value}")
+    return int(value)
+
+
+def float_dtype(name: str, dtype) -> np.dtype:
+    """``dtype`` as float32 or float64; TypeError otherwise."""
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
+    return dtype
+
+
 def choice(name: str, value, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")

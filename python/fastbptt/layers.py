@@ -27,21 +27,6 @@ def backend_module(backend: str):
     return BACKENDS[_checks.choice("backend", backend, tuple(BACKENDS))]
 
 
-def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-    return dtype
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: must be >= 1, got {value}")
-    return int(value)
-
-
 def save_arrays(path, kind: str, config: dict, arrays: dict[str, np.ndarray]) -> None:
     """Writes ``arrays`` and a JSON description (``kind``, ``config``) into one ``.npz`` file."""
     meta = json.dumps({"format": FORMAT_VERSION, "kind": kind, "config": config})
@@ -55,6 +40,8 @@ def load_arrays(path, kind: str, config: dict, expected: dict[str, np.ndarray]) 
         # Opened here, not by np.load, which leaves the file open when it is not a valid archive.
         with open(Path(path), "rb") as file, np.load(file, allow_pickle=False) as data:
             stored = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise ValueError(f"{path}: not a readable .npz file ({error})") from error
     try:
@@ -81,10 +68,10 @@ class _RecurrentLayer:
     kind = ""
 
     def __init__(self, input_size, hidden_size, *, batch_first, dtype, backend):
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.batch_first = bool(batch_first)
-        self.dtype = _float_dtype(dtype)
+        self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
         self._kernels = backend_module(backend)
         self.params: dict[str, np.ndarray] = {}

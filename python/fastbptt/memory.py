@@ -29,15 +29,8 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
         For ``cell="lstm"``: the modern cell (4 gates) or the original one (3 gates).
     """
     cell = _checks.choice("cell", cell, CELLS)
-    for name, value in (("T", T), ("B", B), ("D", D), ("H", H)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name}: expected an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name}: must be >= 1, got {value}")
-    itemsize = np.dtype(dtype).itemsize
-    if np.dtype(dtype) not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
-    T, B, D, H = int(T), int(B), int(D), int(H)
+    T, B, D, H = (_checks.positive_int(name, value) for name, value in (("T", T), ("B", B), ("D", D), ("H", H)))
+    itemsize = _checks.float_dtype("dtype", dtype).itemsize
     GH = H if cell == "rnn" else (4 if forget_gate else 3) * H
     if cell == "rnn":
         saved = T * B * H  # hs

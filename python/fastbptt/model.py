@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .layers import LSTM, RNN, _float_dtype, _positive_int, backend_module, load_arrays, save_arrays
+from .layers import LSTM, RNN, backend_module, load_arrays, save_arrays
 
 CELLS = ("rnn", "lstm")
 
@@ -64,13 +64,13 @@ class SequenceModel:
         dtype=np.float32,
         backend: str = "fast",
     ):
-        self.vocab_size = _positive_int("vocab_size", vocab_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_classes = self.vocab_size if num_classes is None else _positive_int("num_classes", num_classes)
+        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.num_classes = self.vocab_size if num_classes is None else _checks.positive_int("num_classes", num_classes)
         self.cell = _checks.choice("cell", cell, CELLS)
-        self.embedding_dim = None if embedding_dim is None else _positive_int("embedding_dim", embedding_dim)
+        self.embedding_dim = None if embedding_dim is None else _checks.positive_int("embedding_dim", embedding_dim)
         self.batch_first = bool(batch_first)
-        self.dtype = _float_dtype(dtype)
+        self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
         self._kernels = backend_module(backend)
         layer_seed, embedding_seed, output_seed = np.random.SeedSequence(seed).spawn(3)
@@ -190,7 +190,7 @@ class SequenceModel:
 
         For a character model, where classes are tokens; returns an int64 array of the generated ids only.
         """
-        length = _positive_int("length", length)
+        length = _checks.positive_int("length", length)
         if self.num_classes != self.vocab_size:
             raise ValueError("sample: needs num_classes == vocab_size (the model's outputs are its next inputs)")
         if not temperature > 0:

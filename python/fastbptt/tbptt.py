@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .layers import _positive_int
+from . import _checks
 from .optim import clip_grad_norm
 
 
@@ -35,8 +35,8 @@ class TrainResult(NamedTuple):
 
 
 def _window_sizes(k1, k2) -> tuple[int, int]:
-    k1 = _positive_int("k1", k1)
-    k2 = k1 if k2 is None else _positive_int("k2", k2)
+    k1 = _checks.positive_int("k1", k1)
+    k2 = k1 if k2 is None else _checks.positive_int("k2", k2)
     if k2 < k1:
         raise ValueError(f"k2: must be >= k1 (backpropagate at least over the new steps), got k1={k1}, k2={k2}")
     return k1, k2
