@@ -143,6 +143,16 @@ def test_training_loop_matches_torch_nn_step_for_step():
     assert losses[0][-1] < 0.5 * losses[0][0]
 
 
+def test_bias_gradients_do_not_share_memory():
+    lstm = fbt.LSTM(3, 4)
+    lstm(torch.randn(5, 2, 3))[0].sum().backward()
+    before = lstm.bias_hh_l0.grad.clone()
+    torch.nn.utils.clip_grad_norm_(lstm.parameters(), max_norm=1e-3)
+    lstm.bias_ih_l0.grad.zero_()
+    assert torch.any(lstm.bias_hh_l0.grad != 0)
+    assert not torch.equal(lstm.bias_hh_l0.grad, before)  # clipped once, by its own factor
+
+
 def test_no_copy_for_contiguous_tensors(monkeypatch):
     import fastbptt.torch as module
 

@@ -53,7 +53,8 @@ def _upstream_with_final_state(d_output: torch.Tensor, d_h_n: torch.Tensor) -> n
 def _weight_grads(needs, dx, d_states, dW_x, dW_h, db, has_bias):
     """Gradients in the order of the Function's inputs: x, states..., weight_ih, weight_hh, bias_ih, bias_hh."""
     grads = [_to_torch(dx), *(_to_torch(d) for d in d_states), _to_torch(dW_x).T, _to_torch(dW_h).T]
-    grads += [_to_torch(db), _to_torch(db)] if has_bias else [None, None]
+    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
+    grads += [_to_torch(db), _to_torch(db.copy())] if has_bias else [None, None]
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
