@@ -74,6 +74,8 @@ def tbptt_windows(
         stop = min(start + k1, T)
         backprop_start = max(0, start - reach_back)
         window_targets = np.array(targets[backprop_start:stop])
+        if np.issubdtype(window_targets.dtype, np.integer):  # room for ignore_index whatever the integer type
+            window_targets = window_targets.astype(np.int64)
         window_targets[: start - backprop_start] = ignore_index  # steps recomputed only to reach back k2 steps
         window_tokens = tokens[backprop_start:stop]
         if model.batch_first:
