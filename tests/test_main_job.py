@@ -44,3 +44,12 @@ def test_command_line(tmp_path):
     assert "nats/char" in done.stdout and "total" in done.stdout
     bare = subprocess.run([sys.executable, "-m", "fastbptt"], capture_output=True, text=True, timeout=60)
     assert bare.returncode == 2 and "demo" in bare.stderr
+
+
+def test_bench_smoke():
+    from fastbptt.bench import run_bench
+
+    out = io.StringIO()
+    rows = run_bench(["rnn", "lstm"], [np.float32], ["S"], [1], repeats=1, with_reference=True, out=out)
+    assert len(rows) == 2 and all(row["fastbptt_ms"] > 0 and row["reference_ms"] > 0 for row in rows)
+    assert "| lstm | float32 | 1 | S |" in out.getvalue()

@@ -295,6 +295,76 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     return row
 
 
+def peak_memory_row(cell: str, shape_name: str, dtype) -> dict:
+    """Peak resident memory that one forward + backward adds, against ``workspace_bytes``. Runs in a fresh
+    interpreter so that the peak is this call's alone."""
+    import subprocess
+
+    code = f"""
+import resource, numpy as np, fastbptt as fb
+from fastbptt.bench import SHAPES, numpy_runner, problem
+fb.set_num_threads(1)
+p = problem({cell!r}, SHAPES[{shape_name!r}], np.{np.dtype(dtype).name})
+run = numpy_runner(fb, {cell!r}, p)
+small = problem({cell!r}, (2, 2, 2, 2), np.{np.dtype(dtype).name})
+numpy_runner(fb, {cell!r}, small)()  # libraries loaded, allocator warmed up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+run()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = int(done.stdout.strip().splitlines()[-1])
+    from .memory import workspace_bytes
+
+    T, B, D, H = SHAPES[shape_name]
+    predicted = workspace_bytes(cell, T, B, D, H, dtype)
+    return {
+        "cell": cell,
+        "shape": shape_name,
+        "dtype": np.dtype(dtype).name,
+        "measured_bytes": measured,
+        "workspace_bytes": predicted,
+        "ratio": measured / predicted,
+    }
+
+
+def run_scaling(out=sys.stdout) -> list:
+    """Training memory against ``workspace_bytes`` and time against T (LONG with T = 1000 and 10000)."""
+    rows = []
+    print("| cell | dtype | shape | peak RSS added (MB) | workspace_bytes (MB) | measured / predicted |", file=out)
+    print("|---|---|---|---|---|---|", file=out, flush=True)
+    for cell in GATES:
+        for name in ("M", "L", "XL"):
+            row = peak_memory_row(cell, name, np.float32)
+            rows.append(row)
+            print(
+                f"| {cell} | float32 | {name} | {row['measured_bytes'] / 2**20:.1f} | "
+                f"{row['workspace_bytes'] / 2**20:.1f} | {row['ratio']:.2f} |",
+                file=out,
+                flush=True,
+            )
+    print("\n| cell | dtype | T=1000 ms | T=10000 ms | ratio (linear: 10) |", file=out)
+    print("|---|---|---|---|---|", file=out, flush=True)
+    saved = get_num_threads()
+    set_num_threads(1)
+    try:
+        for cell in GATES:
+            times = []
+            for T in (1000, 10000):
+                p = problem(cell, (T, 8, 64, 64), np.float32)
+                times.append(median_ms(numpy_runner(fast, cell, p), 3)[0])
+            rows.append({"cell": cell, "T1000_ms": times[0], "T10000_ms": times[1], "ratio": times[1] / times[0]})
+            print(
+                f"| {cell} | float32 | {times[0]:.1f} | {times[1]:.1f} | {times[1] / times[0]:.2f} |",
+                file=out,
+                flush=True,
+            )
+    finally:
+        set_num_threads(saved)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastbptt bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -311,6 +381,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="shapes S and LONG, 3 repeats, one thread")
     parser.add_argument("--forward-only", action="store_true", help="time the (training) forward pass alone")
     parser.add_argument("--json", help="also write every measurement to this JSON file")
+    parser.add_argument(
+        "--scaling", action="store_true", help="instead: peak training memory vs workspace_bytes, and time vs T"
+    )
 
 
 def run_from_args(args) -> int:
@@ -325,7 +398,10 @@ def run_from_args(args) -> int:
     repeats = args.repeats
     if args.quick:
         shapes, threads, repeats = ["S", "LONG"], [1], 3
-    rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
+    if args.scaling:
+        rows = run_scaling()
+    else:
+        rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(rows, file, indent=1, default=str)
