@@ -13,6 +13,17 @@ RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
 LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 
 
+def batch_jacobian(f, state: np.ndarray, b: int, eps: float = 1e-6) -> np.ndarray:
+    """d f(state)[b] / d state[b] by central differences (f maps a [B, H] state to a [B, H] result)."""
+    columns = []
+    for j in range(state.shape[1]):
+        up, down = state.copy(), state.copy()
+        up[b, j] += eps
+        down[b, j] -= eps
+        columns.append((f(up)[b] - f(down)[b]) / (2 * eps))
+    return np.stack(columns, axis=1)
+
+
 def rnn_final_state(p, activation, start, stop, h_start):
     """h_stop from h_start by running steps start+1 .. stop."""
     hs, _ = fb.rnn_forward(p["x"][start:stop], p["W_xh"], p["W_hh"], p["b_h"], h_start, activation=activation)
@@ -30,14 +41,7 @@ def test_rnn_jacobian_products_match_finite_differences(rng, activation):
     for k in (0, 2, 5):
         h_k = p["h0"] if k == 0 else hs[k - 1]
         for b in range(2):
-            numeric = np.empty((4, 4))
-            for j in range(4):
-                up, down = h_k.copy(), h_k.copy()
-                up[b, j] += 1e-6
-                down[b, j] -= 1e-6
-                numeric[:, j] = (
-                    rnn_final_state(p, activation, k, t, up)[b] - rnn_final_state(p, activation, k, t, down)[b]
-                ) / 2e-6
+            numeric = batch_jacobian(lambda h, k=k: rnn_final_state(p, activation, k, t, h), h_k, b)
             explicit = np.eye(4)
             for j in range(t, k, -1):
                 explicit = explicit @ steps[j - 1, b]
@@ -104,13 +108,7 @@ def test_lstm_full_cell_jacobian_matches_finite_differences(rng, forget_gate):
             return c_new
 
         for b in range(2):
-            numeric = np.empty((H, H))
-            for j in range(H):
-                up, down = c_prev.copy(), c_prev.copy()
-                up[b, j] += 1e-6
-                down[b, j] -= 1e-6
-                numeric[:, j] = (c_t(up)[b] - c_t(down)[b]) / 2e-6
-            np.testing.assert_allclose(result.full[t - 1, b], numeric, rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(result.full[t - 1, b], batch_jacobian(c_t, c_prev, b), rtol=1e-6, atol=1e-8)
     assert not np.allclose(result.full[1:], result.naive[1:, ..., None] * np.eye(H)), "the full derivative differs"
 
 
@@ -131,14 +129,9 @@ def test_lstm_hidden_jacobian_matches_finite_differences(rng):
     result = dg.lstm_jacobian_norms(cache, t)
     h_k, c_k = hs[k - 1], cache.cs[k - 1]
     for b in range(2):
-        numeric = np.empty((4, 4))
-        for j in range(4):
-            up, down = h_k.copy(), h_k.copy()
-            up[b, j] += 1e-6
-            down[b, j] -= 1e-6
-            hu = fb.lstm_forward(p["x"][k:t], p["W_x"], p["W_h"], p["b"], up, c_k)[0][-1]
-            hd = fb.lstm_forward(p["x"][k:t], p["W_x"], p["W_h"], p["b"], down, c_k)[0][-1]
-            numeric[:, j] = (hu[b] - hd[b]) / 2e-6
+        numeric = batch_jacobian(
+            lambda h: fb.lstm_forward(p["x"][k:t], p["W_x"], p["W_h"], p["b"], h, c_k)[0][-1], h_k, b
+        )
         assert result.norms[k, b] == pytest.approx(np.linalg.norm(numeric, 2), rel=1e-6)
     assert np.all(result.norms <= result.data_bound * (1 + 1e-10))
 
