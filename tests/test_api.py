@@ -11,6 +11,7 @@ from conftest import lstm_problem, rnn_problem
 
 import fastbptt as fb
 from fastbptt import _core
+from fastbptt.functional import NO_LENGTHS
 from fastbptt import reference as ref
 
 RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
@@ -142,6 +143,7 @@ def test_core_rejects_misuse_with_python_exceptions():
             np.zeros(5, np.float32),
             np.zeros((3, 5), np.float32),
             "tanh",
+            NO_LENGTHS,
         )
     with pytest.raises(ValueError, match=r"x: expected 3 dimensions, got 2"):
         _core.rnn_forward(
@@ -151,6 +153,7 @@ def test_core_rejects_misuse_with_python_exceptions():
             np.zeros(5, np.float32),
             np.zeros((3, 5), np.float32),
             "tanh",
+            NO_LENGTHS,
         )
     with pytest.raises(TypeError):  # the binding never converts: float64 with float32 weights matches no overload
         _core.rnn_forward(
@@ -160,6 +163,7 @@ def test_core_rejects_misuse_with_python_exceptions():
             np.zeros(5, np.float32),
             np.zeros((3, 5), np.float32),
             "tanh",
+            NO_LENGTHS,
         )
     with pytest.raises(ValueError, match="activation"):
         _core.rnn_forward(
@@ -169,6 +173,27 @@ def test_core_rejects_misuse_with_python_exceptions():
             np.zeros(5, np.float32),
             np.zeros((3, 5), np.float32),
             "gelu",
+            NO_LENGTHS,
+        )
+    with pytest.raises(ValueError, match=r"lengths: every length must lie in 1 \.\. T = 2, got 3 for sequence 1"):
+        _core.rnn_forward(
+            x,
+            np.zeros((4, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "tanh",
+            np.array([1, 3, 2]),
+        )
+    with pytest.raises(ValueError, match=r"lengths: expected B = 3 values, got 2"):
+        _core.rnn_forward(
+            x,
+            np.zeros((4, 5), np.float32),
+            np.zeros((5, 5), np.float32),
+            np.zeros(5, np.float32),
+            np.zeros((3, 5), np.float32),
+            "tanh",
+            np.array([1, 2]),
         )
 
 

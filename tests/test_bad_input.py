@@ -165,8 +165,8 @@ def test_unknown_reduction(module):
 
 
 def test_workspace_bytes_errors():
-    with pytest.raises(ValueError, match=r"cell: expected one of 'rnn', 'lstm', got 'gru'"):
-        fb.workspace_bytes("gru", 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"cell: expected one of 'rnn', 'lstm', 'gru', got 'lru'"):
+        fb.workspace_bytes("lru", 1, 1, 1, 1)
     with pytest.raises(ValueError, match=r"T: must be >= 1, got 0"):
         fb.workspace_bytes("rnn", 0, 1, 1, 1)
     with pytest.raises(TypeError, match=r"dtype: expected float32 or float64, got int32"):

@@ -74,7 +74,7 @@ def test_bound_holds_for_random_and_trained_networks(rng):
     stream = rng.integers(0, 5, size=(41, 4))
     fb.train_tbptt(model, stream[:-1], stream[1:], fb.Adam(model.params, lr=0.05), k1=10)
     model.loss_and_grad(stream[:-1], stream[1:])
-    result = dg.rnn_jacobian_norms(model.rnn.cache)
+    result = dg.rnn_jacobian_norms(model.rnn.cell_cache())
     assert np.all(result.norms <= result.data_bound * (1 + 1e-10) + 1e-300)
     assert np.all(result.data_bound <= result.bound[:, None] * (1 + 1e-10))
 

@@ -314,7 +314,7 @@ def test_training_bad_input(rng, tmp_path):
         fb.SGD(model.params, lr=0)
     with pytest.raises(ValueError, match="grads: keys"):
         fb.Adam(model.params).step({"W_yh": np.zeros((3, 4))})
-    with pytest.raises(ValueError, match=r"RNN.backward: call forward first"):
+    with pytest.raises(ValueError, match=r"RNN: call forward first"):
         fb.RNN(2, 2).backward(np.zeros((1, 1, 2)))
     with pytest.raises(ValueError, match=r"x: expected shape|W_xh: expected shape \[D, H\]"):
         layer = fb.RNN(3, 4)

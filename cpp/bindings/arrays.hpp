@@ -56,6 +56,14 @@ Eigen::Map<RowVector<Scalar>> as_mutable_vector(Array<Scalar>& array) {
   return {array.mutable_data(), array.size()};
 }
 
+/// Per-sequence lengths as int64; an empty array means every sequence runs all T steps.
+using LengthsArray = py::array_t<Index, py::array::c_style>;
+
+inline Eigen::Map<const IndexVector> as_lengths(const LengthsArray& lengths) {
+  check_ndim(lengths, "lengths", 1);
+  return {lengths.data(), lengths.shape(0)};
+}
+
 /// Sizes of a time-major sequence array x [T, B, D].
 inline Shape sequence_shape(const py::array& x, Index hidden) {
   check_ndim(x, "x", 3);

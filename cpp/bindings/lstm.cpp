@@ -8,7 +8,8 @@ namespace {
 
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
-                       const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate) {
+                       const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
+                       const LengthsArray& lengths) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
   const auto x_m = as_matrix(x, "x", 3);
@@ -17,13 +18,14 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto b_v = as_vector(b, "b");
   const auto h0_m = as_matrix(h0, "h0", 2);
   const auto c0_m = as_matrix(c0, "c0", 2);
+  const auto lengths_v = as_lengths(lengths);
   Array<Scalar> hs({s.T, s.B, s.H}), cs({s.T, s.B, s.H}), gates({s.T, s.B, GH});
   auto hs_m = as_mutable_matrix(hs);
   auto cs_m = as_mutable_matrix(cs);
   auto gates_m = as_mutable_matrix(gates);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, b_v, h0_m, c0_m, gates_m, hs_m, cs_m);
+    lstm::forward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, b_v, h0_m, c0_m, gates_m, hs_m, cs_m, lengths_v);
   }
   return py::make_tuple(hs, cs, gates);
 }
@@ -32,7 +34,7 @@ template <class Scalar>
 py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
-                        const Array<Scalar>& dc_T, bool forget_gate) {
+                        const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
   const auto x_m = as_matrix(x, "x", 3);
@@ -45,6 +47,7 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   const auto cs_m = as_matrix(cs, "cs", 3);
   const auto dhs_m = as_matrix(dhs, "dhs", 3);
   const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
+  const auto lengths_v = as_lengths(lengths);
   Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dc0({s.B, s.H}), dW_x({s.D, GH}), dW_h({s.H, GH}), db({GH});
   auto dx_m = as_mutable_matrix(dx);
   auto dh0_m = as_mutable_matrix(dh0);
@@ -55,7 +58,7 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   {
     py::gil_scoped_release release;
     lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v);
+                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v);
   }
   return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db);
 }
@@ -64,11 +67,12 @@ template <class Scalar>
 void define(py::module_& m) {
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
-        py::arg("forget_gate"), "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
+        py::arg("forget_gate"), py::arg("lengths").noconvert(), "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
+        py::arg("lengths").noconvert(),
         "(dx, dh0, dc0, dW_x, dW_h, db) = BPTT of the LSTM; see fastbptt.lstm_backward.");
 }
 

@@ -10,6 +10,7 @@ namespace py = pybind11;
 namespace fastbptt::bindings {
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
+void bind_gru(py::module_& m);
 void bind_loss(py::module_& m);
 }  // namespace fastbptt::bindings
 
@@ -21,5 +22,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);
+  fastbptt::bindings::bind_gru(m);
   fastbptt::bindings::bind_loss(m);
 }

@@ -8,7 +8,8 @@ namespace {
 
 template <class Scalar>
 Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
-                          const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation) {
+                          const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
+                          const LengthsArray& lengths) {
   const Shape s = sequence_shape(x, W_hh.ndim() == 2 ? W_hh.shape(0) : 0);
   const Activation phi = parse_activation(activation);
   const auto x_m = as_matrix(x, "x", 3);
@@ -16,17 +17,20 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
   const auto W_hh_m = as_matrix(W_hh, "W_hh", 2);
   const auto b_h_v = as_vector(b_h, "b_h");
   const auto h0_m = as_matrix(h0, "h0", 2);
+  const auto lengths_v = as_lengths(lengths);
   Array<Scalar> hs({s.T, s.B, s.H});
   auto hs_m = as_mutable_matrix(hs);
-  py::gil_scoped_release release;
-  rnn::forward<Scalar>(s, phi, x_m, W_xh_m, W_hh_m, b_h_v, h0_m, hs_m);
+  {
+    py::gil_scoped_release release;
+    rnn::forward<Scalar>(s, phi, x_m, W_xh_m, W_hh_m, b_h_v, h0_m, hs_m, lengths_v);
+  }
   return hs;
 }
 
 template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
-                       const std::string& activation) {
+                       const std::string& activation, const LengthsArray& lengths) {
   const Shape s = sequence_shape(x, W_hh.ndim() == 2 ? W_hh.shape(0) : 0);
   const Activation phi = parse_activation(activation);
   const auto x_m = as_matrix(x, "x", 3);
@@ -35,6 +39,7 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   const auto h0_m = as_matrix(h0, "h0", 2);
   const auto hs_m = as_matrix(hs, "hs", 3);
   const auto dhs_m = as_matrix(dhs, "dhs", 3);
+  const auto lengths_v = as_lengths(lengths);
   Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dW_xh({s.D, s.H}), dW_hh({s.H, s.H}), db_h({s.H});
   auto dx_m = as_mutable_matrix(dx);
   auto dh0_m = as_mutable_matrix(dh0);
@@ -43,7 +48,8 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   auto db_h_v = as_mutable_vector(db_h);
   {
     py::gil_scoped_release release;
-    rnn::backward<Scalar>(s, phi, x_m, W_xh_m, W_hh_m, h0_m, hs_m, dhs_m, dx_m, dh0_m, dW_xh_m, dW_hh_m, db_h_v);
+    rnn::backward<Scalar>(s, phi, x_m, W_xh_m, W_hh_m, h0_m, hs_m, dhs_m, dx_m, dh0_m, dW_xh_m, dW_hh_m, db_h_v,
+                          lengths_v);
   }
   return py::make_tuple(dx, dh0, dW_xh, dW_hh, db_h);
 }
@@ -52,10 +58,10 @@ template <class Scalar>
 void define(py::module_& m) {
   m.def("rnn_forward", &rnn_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(), py::arg("h0").noconvert(), py::arg("activation"),
-        "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward.");
+        py::arg("lengths").noconvert(), "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward.");
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
-        py::arg("dhs").noconvert(), py::arg("activation"),
+        py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
         "(dx, dh0, dW_xh, dW_hh, db_h) = BPTT of the RNN; see fastbptt.rnn_backward.");
 }
 

@@ -1,6 +1,7 @@
 // LSTM forward and BPTT (see lstm.hpp); explicit instantiations for float and double.
 #include "fastbptt/lstm.hpp"
 
+#include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
 
@@ -34,7 +35,8 @@ void check_inputs(const Shape& s, bool forget_gate, const Eigen::Ref<const RowMa
 template <class Scalar>
 void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
              ConstMatrixRef<Scalar> W_h, ConstVectorRef<Scalar> b, ConstMatrixRef<Scalar> h0,
-             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs) {
+             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs,
+             ConstLengthsRef lengths) {
   check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
   detail::check_shape("b", b, 1, GH);
@@ -42,19 +44,28 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
   detail::check_shape("hs", hs, N, H);
   detail::check_shape("cs", cs, N, H);
   const GateColumns col(forget_gate, H);
+  const detail::ActiveRows active(s, lengths);
+  if (!active.all()) {  // the rows of finished sequences
+    gates.setZero();
+    hs.setZero();
+    cs.setZero();
+  }
 
   // The input projection of all steps is one product, the recurrence one product per step, both with weights
   // packed once here. The packed product rounds a row the same whatever rows a call covers, so chunked runs
   // equal one run bit for bit (Eigen's general product picks its code path by a row's position).
   const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false);
-  packed_W_x.multiply(x.data(), x.outerStride(), N, gates.data(), gates.outerStride(), false);
+  detail::project_inputs(packed_W_x, x, gates, s, active);
   for (Index t = 0; t < s.T; ++t) {
     auto z_t = gates.middleRows(t * B, B);
     const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
     const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
-    packed_W_h.multiply(h_prev_t.data(), h_prev_t.outerStride(), B, z_t.data(), gates.outerStride(), true);
+    const Index running = active.count(t);
+    packed_W_h.multiply(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), gates.outerStride(), true,
+                        active.order());
     // One pass per row: pre-activations in, activated gates back in place, C_t and h_t out.
-    for (Index r = 0; r < B; ++r) {
+    for (Index k = 0; k < running; ++k) {
+      const Index r = active.row(k);
       Scalar* z = z_t.row(r).data();
       const Scalar* c_prev = c_prev_t.row(r).data();
       Scalar* c = cs.row(t * B + r).data();
@@ -87,7 +98,8 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
               ConstMatrixRef<Scalar> W_h, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> c0,
               ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
               ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db) {
+              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
+              ConstLengthsRef lengths) {
   check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
   detail::check_shape("gates", gates, N, GH);
@@ -103,15 +115,21 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   detail::check_shape("db", db, 1, GH);
   const GateColumns col(forget_gate, H);
 
+  const detail::ActiveRows active(s, lengths);
+
   RowMatrix<Scalar> dZ(N, GH);
+  if (!active.all()) dZ.setZero();  // finished sequences add nothing to the whole-sequence products
   RowMatrix<Scalar> dh_matrix = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
-  // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end.
+  // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
+  // keeps dc_T there, untouched, until the loop reaches its last step.
   dc0 = dc_T;
   for (Index t = s.T - 1; t >= 0; --t) {
     const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
     auto dz_t = dZ.middleRows(t * B, B);
-    for (Index r = 0; r < B; ++r) {
+    const Index running = active.count(t);
+    for (Index k = 0; k < running; ++k) {
+      const Index r = active.row(k);
       const Scalar* z = gates.row(t * B + r).data();
       const Scalar* c = cs.row(t * B + r).data();
       const Scalar* c_prev = c_prev_t.row(r).data();
@@ -143,9 +161,10 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
     // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ
     if (t > 0) {
       dh_matrix = dhs.middleRows((t - 1) * B, B);
-      packed_W_h_transposed.multiply(dz_t.data(), GH, B, dh_matrix.data(), H, true);
+      packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh_matrix.data(), H, true, active.order());
     } else {
-      packed_W_h_transposed.multiply(dz_t.data(), GH, B, dh0.data(), dh0.outerStride(), false);
+      packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh0.data(), dh0.outerStride(), false,
+                                     active.order());
     }
   }
 
@@ -161,13 +180,13 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   template void forward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,            \
                                 ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,         \
                                 ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                   \
-                                MatrixRef<Scalar>);                                                             \
+                                MatrixRef<Scalar>, ConstLengthsRef);                                            \
   template void backward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,           \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, MatrixRef<Scalar>,             \
                                  MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,    \
-                                 VectorRef<Scalar>);
+                                 VectorRef<Scalar>, ConstLengthsRef);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -40,18 +40,21 @@ class PackedWeights {
   Index cols() const { return N_; }
 
   /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
-  /// Runs on Eigen::nbThreads() threads when the product is large enough to repay starting them; the threads
-  /// split C into disjoint blocks, so the result does not depend on the thread count.
-  void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate) const {
+  /// With `row_index`, row r of the product is row row_index[r] of A and of C (a subset of rows in any order,
+  /// multiplied where they lie). Runs on Eigen::nbThreads() threads when the product is large enough to repay
+  /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
+  void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
+                const Index* row_index = nullptr) const {
     constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
     const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
+    const Rows layout{A, lda, C, ldc, row_index};
     const auto task = [&](Index i) {
       const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
       if (p + 2 <= panels_) {
-        sweep_rows<2>(A, lda, r0, r1, C, ldc, p, accumulate);
+        sweep_rows<2>(layout, r0, r1, p, accumulate);
       } else {
-        sweep_rows<1>(A, lda, r0, r1, C, ldc, p, accumulate);
+        sweep_rows<1>(layout, r0, r1, p, accumulate);
       }
     };
 #if defined(_OPENMP)
@@ -69,40 +72,58 @@ class PackedWeights {
   const Scalar* panel(Index p) const { return data_.data() + p * K_ * lanes; }
   Scalar* panel(Index p) { return data_.data() + p * K_ * lanes; }
 
+  /// Where row r of a product's A and C lie.
+  struct Rows {
+    const Scalar* A;
+    Index lda;
+    Scalar* C;
+    Index ldc;
+    const Index* index;
+    Index at(Index r) const { return index ? index[r] : r; }
+  };
+
   template <int Panels>
-  void sweep_rows(const Scalar* A, Index lda, Index r0, Index r1, Scalar* C, Index ldc, Index p,
-                  bool accumulate) const {
-    Index r = r0;
-    for (; r + 4 <= r1; r += 4) kernel<4, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate);
-    switch (r1 - r) {
-      case 3: kernel<3, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
-      case 2: kernel<2, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
-      case 1: kernel<1, Panels>(A + r * lda, lda, C + r * ldc, ldc, p, accumulate); break;
-      default: break;
+  void sweep_rows(const Rows& rows, Index r0, Index r1, Index p, bool accumulate) const {
+    for (Index r = r0; r < r1; r += 4) {
+      const Scalar* a[4];
+      Scalar* c[4];
+      const Index n = std::min<Index>(4, r1 - r);
+      for (Index i = 0; i < n; ++i) {
+        a[i] = rows.A + rows.at(r + i) * rows.lda;
+        c[i] = rows.C + rows.at(r + i) * rows.ldc;
+      }
+      switch (n) {
+        case 4: kernel<4, Panels>(a, c, p, accumulate); break;
+        case 3: kernel<3, Panels>(a, c, p, accumulate); break;
+        case 2: kernel<2, Panels>(a, c, p, accumulate); break;
+        default: kernel<1, Panels>(a, c, p, accumulate); break;
+      }
     }
   }
 
   /// Rows x (Panels * lanes) block of C from Rows rows of A and panels p .. p+Panels-1.
   template <int Rows, int Panels>
-  void kernel(const Scalar* A, Index lda, Scalar* C, Index ldc, Index p, bool accumulate) const {
+  void kernel(const Scalar* const* a_rows, Scalar* const* c_rows, Index p, bool accumulate) const {
     P acc[Rows][Panels];
     for (int i = 0; i < Rows; ++i)
       for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pset1<P>(Scalar(0));
     const Scalar* w[Panels];
     for (int j = 0; j < Panels; ++j) w[j] = panel(p + j);
+    const Scalar* a[Rows];
+    for (int i = 0; i < Rows; ++i) a[i] = a_rows[i];
     for (Index k = 0; k < K_; ++k) {
       P wk[Panels];
       for (int j = 0; j < Panels; ++j) wk[j] = ei::pload<P>(w[j] + k * lanes);
       for (int i = 0; i < Rows; ++i) {
-        const P a = ei::pset1<P>(A[i * lda + k]);
-        for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pmadd(a, wk[j], acc[i][j]);
+        const P a_ik = ei::pset1<P>(a[i][k]);
+        for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pmadd(a_ik, wk[j], acc[i][j]);
       }
     }
     for (int j = 0; j < Panels; ++j) {
       const Index n0 = (p + j) * lanes;
       const Lanes<Scalar> out{n0, std::min(lanes, N_ - n0)};
       for (int i = 0; i < Rows; ++i) {
-        Scalar* c = C + i * ldc;
+        Scalar* c = c_rows[i];
         out.store(c, accumulate ? ei::padd(out.load(c), acc[i][j]) : acc[i][j]);
       }
     }

@@ -1,6 +1,7 @@
 // Plain RNN forward and BPTT (see rnn.hpp); explicit instantiations for float and double.
 #include "fastbptt/rnn.hpp"
 
+#include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
 
@@ -24,24 +25,28 @@ void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
 
 template <class Scalar>
 void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
-             ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0,
-             MatrixRef<Scalar> hs) {
+             ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
+             ConstLengthsRef lengths) {
   check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
   detail::check_shape("b_h", b_h, 1, s.H);
   detail::check_shape("hs", hs, s.T * s.B, s.H);
+  const detail::ActiveRows active(s, lengths);
+  if (!active.all()) hs.setZero();  // the outputs of finished sequences
 
   // hs first holds z_t of every step: one product for all input projections, then one per step for the
   // recurrence, with weights packed once (see lstm.cpp for why the packed product keeps chunked runs exact).
   const detail::PackedWeights<Scalar> packed_W_xh(W_xh, false), packed_W_hh(W_hh, false);
-  packed_W_xh.multiply(x.data(), x.outerStride(), s.T * s.B, hs.data(), hs.outerStride(), false);
+  detail::project_inputs(packed_W_xh, x, hs, s, active);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t = 0; t < s.T; ++t) {
       auto z_t = hs.middleRows(t * s.B, s.B);
       const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
-      packed_W_hh.multiply(h_prev_t.data(), h_prev_t.outerStride(), s.B, z_t.data(), hs.outerStride(), true);
-      for (Index r = 0; r < s.B; ++r) {
-        Scalar* z = z_t.row(r).data();
+      const Index running = active.count(t);
+      packed_W_hh.multiply(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), hs.outerStride(), true,
+                           active.order());
+      for (Index k = 0; k < running; ++k) {
+        Scalar* z = z_t.row(active.row(k)).data();
         detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
           lanes.store(z, Phi::template value<Scalar>(ei::padd(lanes.load(z), lanes.load(b_h.data()))));
         });
@@ -54,7 +59,7 @@ template <class Scalar>
 void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h) {
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths) {
   check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
   const Index N = s.T * s.B;
   detail::check_shape("hs", hs, N, s.H);
@@ -64,17 +69,22 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   detail::check_shape("dW_xh", dW_xh, s.D, s.H);
   detail::check_shape("dW_hh", dW_hh, s.H, s.H);
   detail::check_shape("db_h", db_h, 1, s.H);
+  const detail::ActiveRows active(s, lengths);
 
   RowMatrix<Scalar> dZ(N, s.H);
+  if (!active.all()) dZ.setZero();  // finished sequences add nothing to the whole-sequence products
   // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
-  // dh0 doubles as its storage: after the loop it holds dL/dh_0.
+  // dh0 doubles as its storage: after the loop it holds dL/dh_0. A sequence that has not started yet (going
+  // backwards) keeps being reset to its upstream gradient until its last step comes.
   dh0 = dhs.bottomRows(s.B);
   const detail::PackedWeights<Scalar> packed_W_hh_transposed(W_hh, true);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t = s.T - 1; t >= 0; --t) {
       auto dz_t = dZ.middleRows(t * s.B, s.B);
-      for (Index r = 0; r < s.B; ++r) {
+      const Index running = active.count(t);
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
         Scalar* dz = dz_t.row(r).data();
         const Scalar* dh = dh0.row(r).data();
         const Scalar* h = hs.row(t * s.B + r).data();
@@ -84,7 +94,8 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
       }
       // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ
       if (t > 0) dh0 = dhs.middleRows((t - 1) * s.B, s.B);
-      packed_W_hh_transposed.multiply(dz_t.data(), s.H, s.B, dh0.data(), dh0.outerStride(), t > 0);
+      packed_W_hh_transposed.multiply(dz_t.data(), s.H, running, dh0.data(), dh0.outerStride(), t > 0,
+                                      active.order());
     }
   });
 
@@ -99,11 +110,11 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                          \
   template void forward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,     \
                                 ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,       \
-                                MatrixRef<Scalar>);                                                           \
+                                MatrixRef<Scalar>, ConstLengthsRef);                                                           \
   template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,    \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
                                  ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>);
+                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from ._core import __version__
 from ._core import build_info as _core_build_info
-from ._types import LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
-from .conversions import lstm_weights_from_torch, lstm_weights_to_torch
-from .functional import lstm_backward, lstm_forward, rnn_backward, rnn_forward, softmax_cross_entropy
-from .layers import LSTM, RNN
+from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
+from .functional import (
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+    softmax_cross_entropy,
+)
+from .layers import GRU, LSTM, RNN
 from .memory import workspace_bytes
 from .model import SequenceModel
 from .optim import SGD, Adam, clip_grad_norm
+from .sequences import final_states, reverse_sequences
 from .tbptt import TrainResult, Window, tbptt_windows, train_tbptt
 from .threads import get_num_threads, set_num_threads
 
@@ -27,6 +36,9 @@ def build_info() -> dict[str, str]:
 
 
 __all__ = [
+    "GRU",
+    "GRUCache",
+    "GRUGrads",
     "LSTM",
     "RNN",
     "SGD",
@@ -42,11 +54,17 @@ __all__ = [
     "__version__",
     "build_info",
     "clip_grad_norm",
+    "final_states",
     "get_num_threads",
+    "gru_backward",
+    "gru_forward",
+    "gru_weights_from_torch",
+    "gru_weights_to_torch",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",
     "lstm_weights_to_torch",
+    "reverse_sequences",
     "rnn_backward",
     "rnn_forward",
     "set_num_threads",

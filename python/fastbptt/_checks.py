@@ -125,6 +125,29 @@ def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarra
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def lengths_array(value, T: int, B: int) -> np.ndarray | None:
+    """Per-sequence lengths ``[B]`` in ``1 .. T`` as C-contiguous int64, or None (every sequence runs T steps).
+
+    Accepts any integer array or sequence of Python ints; TypeError for other dtypes (bool and float included,
+    so that 3.0 or True never pass as a length), ValueError for a wrong count or a length out of range.
+    """
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"lengths: expected integers (one length per sequence), got dtype {array.dtype}; "
+            "convert it first, e.g. np.asarray(lengths, dtype=np.int64)"
+        )
+    check_shape("lengths", array, (B,), "[B]")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 1 or high > T:
+            bad = low if low < 1 else high
+            raise ValueError(f"lengths: every length must lie in 1 .. T = {T}, got {bad}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
 def cache_of(kind: type, cache):
     if not isinstance(cache, kind):
         raise TypeError(
@@ -183,6 +206,23 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
     h0 = initial_state("h0", h0, dtype, B, H)
     c0 = initial_state("c0", c0, dtype, B, H)
     return x, W_x, W_h, b, h0, c0, forget_gate
+
+
+def gru_args(x, W_x, W_h, b, b_hn, h0):
+    """Validated ``(x, W_x, W_h, b, b_hn, h0)`` of ``gru_forward``; h0 None becomes zeros."""
+    x = sequence("x", x)
+    dtype = x.dtype
+    T, B, D = x.shape
+    W_h = matrix("W_h", W_h, dtype)
+    H = hidden_size("W_h", W_h, 3, "the GRU (blocks r, z, n)")
+    W_x = matrix("W_x", W_x, dtype)
+    check_shape("W_x", W_x, (D, 3 * H), "[D, 3H]")
+    b = float_array("b", b, dtype)
+    check_shape("b", b, (3 * H,), "[3H]")
+    b_hn = float_array("b_hn", b_hn, dtype)
+    check_shape("b_hn", b_hn, (H,), "[H]")
+    h0 = initial_state("h0", h0, dtype, B, H)
+    return x, W_x, W_h, b, b_hn, h0
 
 
 def output_args(hs, W_yh, b_y, targets, reduction, ignore_index):

@@ -29,6 +29,17 @@ class LSTMGrads(NamedTuple):
     db: np.ndarray  #: [G*H]
 
 
+class GRUGrads(NamedTuple):
+    """Gradients of the loss with respect to the GRU's inputs, initial state and parameters."""
+
+    dx: np.ndarray  #: [T, B, D]
+    dh0: np.ndarray  #: [B, H]
+    dW_x: np.ndarray  #: [D, 3H]
+    dW_h: np.ndarray  #: [H, 3H]
+    db: np.ndarray  #: [3H]
+    db_hn: np.ndarray  #: [H]
+
+
 class OutputGrads(NamedTuple):
     """Gradients of the softmax / cross-entropy loss with respect to the hidden states and the output layer."""
 
@@ -48,8 +59,9 @@ class RNNCache:
     W_xh: np.ndarray  #: [D, H]
     W_hh: np.ndarray  #: [H, H]
     h0: np.ndarray  #: [B, H]
-    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T (zero past each sequence's length)
     activation: str
+    lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,21 @@ class LSTMCache:
     h0: np.ndarray  #: [B, H]
     c0: np.ndarray  #: [B, H]
     gates: np.ndarray  #: [T, B, G*H], activated gates i, f, g, o (i, g, o without forget gate)
-    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T (zero past each sequence's length, as cs and gates)
     cs: np.ndarray  #: [T, B, H], C_1 .. C_T
     forget_gate: bool
+    lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
+
+
+@dataclass(frozen=True)
+class GRUCache:
+    """What ``gru_backward`` needs from ``gru_forward``; inputs are held by reference, as in :class:`RNNCache`."""
+
+    x: np.ndarray  #: [T, B, D]
+    W_x: np.ndarray  #: [D, 3H]
+    W_h: np.ndarray  #: [H, 3H]
+    h0: np.ndarray  #: [B, H]
+    gates: np.ndarray  #: [T, B, 3H], activated gates r, z, n (zero past each sequence's length, as hn and hs)
+    hn: np.ndarray  #: [T, B, H], h_{t-1} W_hn + b_hn of every step
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps

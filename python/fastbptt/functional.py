@@ -2,7 +2,8 @@
 
 Every function here has a twin of the same name, arguments and result type in :mod:`fastbptt.reference`.
 Shapes use T time steps, B batch, D input features, H hidden units, K classes, G gates (LSTM 4, or 3 without
-forget gate). Sequences are time-major ``[T, B, D]``. Arrays may be float32 or float64 (one dtype per call);
+forget gate, GRU 3). Sequences are time-major ``[T, B, D]``; every kernel takes an optional ``lengths [B]`` for
+batches of sequences of different lengths. Arrays may be float32 or float64 (one dtype per call);
 non-contiguous inputs are copied once; inputs are never modified; results are fresh arrays.
 """
 
@@ -11,10 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, _core
-from ._types import LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from .sequences import final_states
+
+NO_LENGTHS = np.empty(0, dtype=np.int64)  # what the core takes for "every sequence runs all T steps"
 
 
-def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh") -> tuple[np.ndarray, RNNCache]:
+def _core_lengths(lengths: np.ndarray | None) -> np.ndarray:
+    return NO_LENGTHS if lengths is None else lengths
+
+
+def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None) -> tuple[np.ndarray, RNNCache]:
     """Runs the plain RNN ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)`` over a batch of sequences.
 
     Parameters
@@ -28,17 +36,21 @@ def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh") -> tup
         State before the first step; zeros when omitted.
     activation : {"tanh", "relu", "sigmoid"}
         The nonlinearity phi.
+    lengths : integer array [B], optional
+        Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
+        are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
 
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final state.
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths).
     cache : RNNCache
         What :func:`rnn_backward` needs.
     """
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
-    hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation)
-    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation)
+    lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
+    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
 
 
 def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
@@ -49,7 +61,8 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
     cache : RNNCache
         From :func:`rnn_forward`.
     dhs : ndarray [T, B, H]
-        dL/dh_t for every step (zeros where the loss does not use h_t).
+        dL/dh_t for every step (zeros where the loss does not use h_t). With lengths, a gradient on a
+        sequence's final state belongs to the step ``lengths[b]-1``; steps past its length are ignored.
 
     Returns
     -------
@@ -58,11 +71,11 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
     """
     c = _checks.cache_of(RNNCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    return RNNGrads(*_core.rnn_backward(c.x, c.W_xh, c.W_hh, c.h0, c.hs, dhs, c.activation))
+    return RNNGrads(*_core.rnn_backward(c.x, c.W_xh, c.W_hh, c.h0, c.hs, dhs, c.activation, _core_lengths(c.lengths)))
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache]:
     """Runs the LSTM over a batch of sequences.
 
@@ -81,19 +94,23 @@ def lstm_forward(
         Initial hidden and cell states; zeros when omitted.
     forget_gate : bool
         The modern cell (True) or the original one without forget gate (False).
+    lengths : integer array [B], optional
+        Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
+        are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
 
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state.
+        ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state (without lengths).
     c_T : ndarray [B, H]
-        The final cell state.
+        Each sequence's final cell state.
     cache : LSTMCache
         What :func:`lstm_backward` needs.
     """
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
-    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate)
-    return hs, cs[-1].copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate)
+    lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
+    return hs, final_states(cs, lengths), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
 
 
 def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
@@ -104,9 +121,9 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     cache : LSTMCache
         From :func:`lstm_forward`.
     dhs : ndarray [T, B, H]
-        dL/dh_t for every step.
+        dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
     dc_T : ndarray [B, H], optional
-        dL/dC_T on the final cell state (when it is carried on and used); zeros when omitted.
+        dL/dC_T on each sequence's final cell state (when it is carried on and used); zeros when omitted.
 
     Returns
     -------
@@ -118,8 +135,66 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     if dc_T is None:
         dc_T = np.zeros_like(c.c0)
     dc_T = _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
-    grads = _core.lstm_backward(c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate)
+    grads = _core.lstm_backward(
+        c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, _core_lengths(c.lengths)
+    )
     return LSTMGrads(*grads)
+
+
+def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndarray, GRUCache]:
+    """Runs the GRU (PyTorch's cell) over a batch of sequences.
+
+    ``r = sigmoid(x_t W_xr + h_{t-1} W_hr + b_r)``, ``z = sigmoid(x_t W_xz + h_{t-1} W_hz + b_z)``,
+    ``n = tanh(x_t W_xn + b_n + r * (h_{t-1} W_hn + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+
+    Parameters
+    ----------
+    x : ndarray [T, B, D]
+    W_x : ndarray [D, 3H]
+        Column blocks r, z, n.
+    W_h : ndarray [H, 3H]
+    b : ndarray [3H]
+        ``b_r, b_z`` (torch's ``b_ir + b_hr``, ``b_iz + b_hz``) and ``b_n`` (torch's ``b_in``).
+    b_hn : ndarray [H]
+        The recurrent bias of n (torch's ``b_hn``), kept apart because r multiplies it.
+    h0 : ndarray [B, H], optional
+        Initial state; zeros when omitted.
+    lengths : integer array [B], optional
+        Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
+        are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
+
+    Returns
+    -------
+    hs : ndarray [T, B, H]
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths).
+    cache : GRUCache
+        What :func:`gru_backward` needs.
+    """
+    x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
+    lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
+    return hs, GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+
+
+def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
+    """Backpropagation through time for :func:`gru_forward`.
+
+    Parameters
+    ----------
+    cache : GRUCache
+        From :func:`gru_forward`.
+    dhs : ndarray [T, B, H]
+        dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
+
+    Returns
+    -------
+    GRUGrads
+        ``dx [T,B,D], dh0 [B,H], dW_x [D,3H], dW_h [H,3H], db [3H], db_hn [H]``.
+    """
+    c = _checks.cache_of(GRUCache, cache)
+    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    grads = _core.gru_backward(c.x, c.W_x, c.W_h, c.h0, c.gates, c.hn, c.hs, dhs, _core_lengths(c.lengths))
+    return GRUGrads(*grads)
 
 
 def softmax_cross_entropy(

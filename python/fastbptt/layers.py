@@ -1,14 +1,23 @@
-"""Recurrent layers that hold their parameters: ``RNN`` and ``LSTM`` on top of the functional kernels.
+"""Recurrent layers that hold their parameters: ``RNN``, ``LSTM`` and ``GRU`` on top of the functional kernels.
 
 A layer keeps the cache of its last ``forward``; ``backward`` consumes it, returns the gradients of the inputs and
 of the initial state, and *accumulates* the parameter gradients into ``layer.grads`` (``zero_grad`` clears them),
 so several backward passes (e.g. truncated BPTT windows) can add up before one optimiser step.
+
+Layers stack (``num_layers``) and run in both directions (``bidirectional``) with PyTorch's layouts: the outputs of
+the two directions are concatenated along the features, and states are ``[num_layers * num_directions, B, H]``
+(direction fastest). A single one-directional layer keeps the simpler ``[B, H]`` states. The parameters of layer k
+and direction d carry the suffix ``_l{k}`` (none for layer 0) and ``_reverse`` (for the reverse direction), as in
+PyTorch: ``W_x``, ``W_x_reverse``, ``W_x_l1``, ``W_x_l1_reverse``. Every ``forward`` takes ``lengths [B]`` for
+batches of sequences of different lengths: outputs past a sequence's length are zero, its final state is the one
+at its own last step, and the reverse direction starts at each sequence's own end.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +26,7 @@ from . import _checks
 from . import functional as _functional
 from . import init as initializers
 from . import reference as _reference
+from .sequences import final_states, reverse_sequences
 
 BACKENDS = {"fast": _functional, "reference": _reference}
 FORMAT_VERSION = 1
@@ -62,31 +72,104 @@ def load_arrays(path, kind: str, config: dict, expected: dict[str, np.ndarray]) 
     return {name: stored[name].astype(expected[name].dtype) for name in expected}
 
 
+@dataclass
+class StackCache:
+    """What :meth:`_RecurrentLayer.backward` needs: one kernel cache per layer and direction, and the lengths."""
+
+    cells: list
+    lengths: np.ndarray | None
+    batch: int
+
+
+def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """``dhs`` with ``dh_T`` added at each sequence's last step (h there is both an output and the final state)."""
+    if dh_T is None:
+        return dhs
+    dhs = np.array(_checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]"))
+    dh_T = _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]")
+    if lengths is None:
+        dhs[-1] += dh_T
+    else:
+        dhs[lengths - 1, np.arange(hs.shape[1])] += dh_T
+    return dhs
+
+
 class _RecurrentLayer:
-    """What RNN and LSTM share: parameters and gradients as dicts, batch_first, the cache, save/load."""
+    """What RNN, LSTM and GRU share: stacking, directions, lengths, parameters and gradients as dicts,
+    batch_first, the cache, save/load. A subclass says how one cell is initialised, run and differentiated."""
 
     kind = ""
+    state_parts = 1  #: arrays in a state: 1 (h) or 2 (h, c)
 
-    def __init__(self, input_size, hidden_size, *, batch_first, dtype, backend):
+    def __init__(self, input_size, hidden_size, *, num_layers, bidirectional, batch_first, dtype, backend):
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
         self.batch_first = bool(batch_first)
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
         self._kernels = backend_module(backend)
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
-        self.cache = None
+        self.cache: StackCache | None = None
 
-    def _set_params(self, params: dict[str, np.ndarray]) -> None:
+    # -- what a cell kind provides ------------------------------------------------------------------------------
+    def _cell_params(self, rng: np.random.Generator, input_size: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _cell_forward(self, p: dict[str, np.ndarray], x: np.ndarray, state, lengths):
+        """``(hs, final_state, cache)`` of one cell over time-major x."""
+        raise NotImplementedError
+
+    def _cell_backward(self, p: dict[str, np.ndarray], cache, dhs: np.ndarray, dstate):
+        """``(dx, dstate0, parameter gradients by base name)`` of one cell."""
+        raise NotImplementedError
+
+    # -- parameters ---------------------------------------------------------------------------------------------
+    @property
+    def _simple(self) -> bool:
+        """One layer, one direction: states are [B, H] rather than [num_layers * num_directions, B, H]."""
+        return self.num_layers == 1 and not self.bidirectional
+
+    @staticmethod
+    def suffix(layer: int, direction: int) -> str:
+        """The parameter-name suffix of a layer and direction: "", "_reverse", "_l1", "_l1_reverse", ..."""
+        return ("" if layer == 0 else f"_l{layer}") + ("_reverse" if direction else "")
+
+    def _cells(self):
+        """(index, layer, direction) of every cell, in the order of the state's first axis."""
+        return [
+            (layer * self.num_directions + direction, layer, direction)
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+        ]
+
+    def _init_params(self, rng: np.random.Generator) -> None:
+        params = {}
+        for _, layer, direction in self._cells():
+            input_size = self.input_size if layer == 0 else self.num_directions * self.hidden_size
+            for name, value in self._cell_params(rng, input_size).items():
+                params[name + self.suffix(layer, direction)] = value
         self.params = {name: np.ascontiguousarray(value, dtype=self.dtype) for name, value in params.items()}
         self.grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+
+    def _params_of(self, layer: int, direction: int) -> dict[str, np.ndarray]:
+        """The parameters of one layer and direction by base name (the arrays themselves, not copies)."""
+        suffix = self.suffix(layer, direction)
+        return {base: self.params[base + suffix] for base in self._base_names}
+
+    _base_names: tuple[str, ...] = ()  #: a cell's parameter names, without suffix
 
     def zero_grad(self) -> None:
         """Sets every accumulated parameter gradient to zero (in place)."""
         for grad in self.grads.values():
             grad.fill(0)
 
+    # -- layouts and states -------------------------------------------------------------------------------------
     def _time_major(self, name: str, array):
         """``array`` as ``[T, B, ...]``: swaps the first two axes when the layer is batch_first."""
         array = np.asarray(array)
@@ -99,13 +182,131 @@ class _RecurrentLayer:
     def _user_layout(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.swapaxes(array, 0, 1)) if self.batch_first else array
 
-    def _require_cache(self):
+    def _state_arrays(self, name: str, value) -> tuple:
+        """A state as a tuple of ``state_parts`` arrays (h, or h and c)."""
+        if self.state_parts == 1:
+            return (value,)
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name}: expected a pair (h, c) for the {self.kind}, got {type(value).__name__}")
+        return tuple(value)
+
+    def _split_state(self, name: str, value, dtype: np.dtype, batch: int) -> list:
+        """The per-cell states of ``value`` (None: every cell starts from zeros / gets no gradient)."""
+        cells = len(self._cells())
+        if value is None:
+            return [None] * cells
+        if self._simple:
+            return [value]
+        parts = []
+        for part_name, part in zip(("h", "c"), self._state_arrays(name, value)):
+            label = name if self.state_parts == 1 else f"{name}[{'hc'.index(part_name)}] ({part_name})"
+            part = _checks.float_array(label, part, dtype)
+            _checks.check_shape(label, part, (cells, batch, self.hidden_size), "[num_layers * num_directions, B, H]")
+            parts.append(part)
+        return [parts[0][k] if self.state_parts == 1 else (parts[0][k], parts[1][k]) for k in range(cells)]
+
+    def _join_state(self, states: list):
+        """The inverse of :meth:`_split_state` for states computed here."""
+        if self._simple:
+            return states[0]
+        if self.state_parts == 1:
+            return np.stack(states)
+        return np.stack([h for h, _ in states]), np.stack([c for _, c in states])
+
+    def cell_cache(self, layer: int = 0, direction: int = 0):
+        """The kernel cache (``RNNCache``, ``LSTMCache`` or ``GRUCache``) of one layer and direction from the last
+        forward, e.g. for :mod:`fastbptt.diagnostics`. The reverse direction's cache is in reversed time."""
+        cache = self._require_cache()
+        if not (0 <= layer < self.num_layers and 0 <= direction < self.num_directions):
+            raise ValueError(
+                f"cell_cache: layer must lie in 0 .. {self.num_layers - 1} and direction in "
+                f"0 .. {self.num_directions - 1}, got layer={layer}, direction={direction}"
+            )
+        return cache.cells[layer * self.num_directions + direction]
+
+    def _require_cache(self) -> StackCache:
         if self.cache is None:
-            raise ValueError(f"{type(self).__name__}.backward: call forward first (there is nothing to backpropagate)")
+            raise ValueError(f"{type(self).__name__}: call forward first (there is no cache of a forward pass)")
         return self.cache
 
+    # -- forward and backward -----------------------------------------------------------------------------------
+    def forward(self, x, state=None, lengths=None):
+        """Runs the layer over ``x [T,B,D]`` (``[B,T,D]`` if batch_first) from ``state`` (zeros when None).
+
+        Returns ``(outputs, final_state)``: outputs ``[T,B,num_directions*H]`` (``[B,T,...]`` if batch_first) are the
+        last layer's states, both directions concatenated, zero past each sequence's length; the final state has
+        the layout of ``state``. Keeps the cache for :meth:`backward`.
+        """
+        x = _checks.sequence("x", self._time_major("x", x))
+        T, B, _ = x.shape
+        lengths = _checks.lengths_array(lengths, T, B)
+        states = self._split_state("state", state, x.dtype, B)
+        layer_input, caches, finals = x, [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                source = reverse_sequences(layer_input, lengths) if direction else layer_input
+                hs, final, cache = self._cell_forward(self._params_of(layer, direction), source, states[k], lengths)
+                outputs.append(reverse_sequences(hs, lengths) if direction else hs)
+                caches.append(cache)
+                finals.append(final)
+            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+        self.cache = StackCache(caches, lengths, B)
+        return self._user_layout(layer_input), self._join_state(finals)
+
+    def backward(self, doutputs, dstate=None):
+        """Backpropagates ``doutputs`` (dL/d outputs, layout as the outputs) and ``dstate`` (dL/d final state, layout
+        as the final state, or None) through the last forward. Adds the parameter gradients to ``self.grads`` and
+        returns ``(dx, dstate0)``."""
+        cache = self._require_cache()
+        first = cache.cells[-1]
+        dtype = first.hs.dtype
+        T, B, H = first.hs.shape
+        d_outputs = _checks.upstream(
+            "dhs", self._time_major("dhs", doutputs), dtype, (T, B, self.num_directions * H), "[T, B, num_directions*H]"
+        )
+        dfinals = self._split_state("dstate", dstate, dtype, B)
+        dstates0 = [None] * len(cache.cells)
+        for layer in reversed(range(self.num_layers)):
+            d_input = None
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
+                if direction:
+                    dhs = reverse_sequences(dhs, cache.lengths)
+                dx, dstates0[k], grads = self._cell_backward(
+                    self._params_of(layer, direction), cache.cells[k], dhs, dfinals[k]
+                )
+                if direction:
+                    dx = reverse_sequences(dx, cache.lengths)
+                d_input = dx if d_input is None else d_input + dx
+                suffix = self.suffix(layer, direction)
+                for name, grad in grads.items():
+                    self.grads[name + suffix] += grad
+            d_outputs = d_input
+        return self._user_layout(d_outputs), self._join_state(dstates0)
+
+    def state_at(self, step: int):
+        """The state after ``step`` steps of the last forward (0: the initial state), in the layout of ``state``.
+
+        For truncated BPTT, which carries the state of a window into the next: one direction only, no lengths."""
+        cache = self._require_cache()
+        if self.bidirectional or cache.lengths is not None:
+            raise ValueError("state_at: only a one-directional layer run without lengths has a state to carry on")
+        return self._join_state([self._cell_state_at(cell, step) for cell in cache.cells])
+
+    def _cell_state_at(self, cache, step: int):
+        raise NotImplementedError
+
+    # -- save and load ------------------------------------------------------------------------------------------
     def _config(self) -> dict:
-        return {"input_size": self.input_size, "hidden_size": self.hidden_size}
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+        }
 
     def save(self, path) -> None:
         """Writes the parameters and the layer's configuration to one ``.npz`` file."""
@@ -122,8 +323,16 @@ class _RecurrentLayer:
             self.params[name][...] = value
 
 
+STACKING_DOC = """    num_layers : int
+        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
+    bidirectional : bool
+        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
+"""
+
+
 class RNN(_RecurrentLayer):
-    """The plain RNN layer ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
+    (
+        """The plain RNN layer ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
     Parameters
     ----------
@@ -135,7 +344,9 @@ class RNN(_RecurrentLayer):
         "orthogonal": ``W_hh`` a random orthogonal matrix, ``W_xh`` uniform as above, ``b_h`` zero.
         "identity": the IRNN of Le, Jaitly & Hinton (2015), meant for ``activation="relu"``: ``W_hh = I``,
         ``b_h = 0``, ``W_xh ~ N(0, 0.001^2)``.
-    seed : int or None
+"""
+        + STACKING_DOC
+        + """    seed : int or None
         Seed of the initialisation.
     batch_first : bool
         Inputs and outputs as ``[B, T, ...]`` instead of time-major ``[T, B, ...]``.
@@ -146,10 +357,13 @@ class RNN(_RecurrentLayer):
     Attributes
     ----------
     params, grads : dict of ndarray
-        ``W_xh [D,H]``, ``W_hh [H,H]``, ``b_h [H]`` and their accumulated gradients.
+        ``W_xh [D,H]``, ``W_hh [H,H]``, ``b_h [H]`` (with suffixes for further layers and directions) and their
+        accumulated gradients.
     """
+    )
 
     kind = "RNN"
+    _base_names = ("W_xh", "W_hh", "b_h")
 
     def __init__(
         self,
@@ -158,82 +372,64 @@ class RNN(_RecurrentLayer):
         *,
         activation: str = "tanh",
         init: str = "uniform",
+        num_layers: int = 1,
+        bidirectional: bool = False,
         seed=None,
         batch_first: bool = False,
         dtype=np.float32,
         backend: str = "fast",
     ):
-        super().__init__(input_size, hidden_size, batch_first=batch_first, dtype=dtype, backend=backend)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            dtype=dtype,
+            backend=backend,
+        )
         self.activation = _checks.choice("activation", activation, _checks.ACTIVATIONS)
         self.init = _checks.choice("init", init, initializers.SCHEMES)
-        rng = np.random.default_rng(seed)
-        D, H = self.input_size, self.hidden_size
+        self._init_params(np.random.default_rng(seed))
+
+    def _cell_params(self, rng, input_size):
+        D, H = input_size, self.hidden_size
         if self.init == "uniform":
-            params = {
+            return {
                 "W_xh": initializers.uniform(rng, (D, H), H),
                 "W_hh": initializers.uniform(rng, (H, H), H),
                 "b_h": initializers.uniform(rng, (H,), H),
             }
-        elif self.init == "orthogonal":
-            params = {
+        if self.init == "orthogonal":
+            return {
                 "W_xh": initializers.uniform(rng, (D, H), H),
                 "W_hh": initializers.orthogonal(rng, H),
                 "b_h": np.zeros(H),
             }
-        else:
-            params = {
-                "W_xh": rng.normal(0.0, 1e-3, (D, H)),
-                "W_hh": initializers.identity(H),
-                "b_h": np.zeros(H),
-            }
-        self._set_params(params)
+        return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
 
     def _config(self) -> dict:
         return super()._config() | {"activation": self.activation}
 
-    def forward(self, x, state=None):
-        """Runs the layer over ``x [T,B,D]`` (``[B,T,D]`` if batch_first) from ``state`` ``h0 [B,H]`` (zeros
-        when None). Returns ``(hs, h_T)`` with ``hs [T,B,H]`` (``[B,T,H]`` if batch_first), and keeps the
-        cache for :meth:`backward`."""
-        hs, self.cache = self._kernels.rnn_forward(
-            self._time_major("x", x),
-            self.params["W_xh"],
-            self.params["W_hh"],
-            self.params["b_h"],
-            state,
-            activation=self.activation,
+    def _cell_forward(self, p, x, h0, lengths):
+        hs, cache = self._kernels.rnn_forward(
+            x, p["W_xh"], p["W_hh"], p["b_h"], h0, activation=self.activation, lengths=lengths
         )
-        return self._user_layout(hs), hs[-1].copy()
+        return hs, final_states(hs, lengths), cache
 
-    def backward(self, dhs, dstate=None):
-        """Backpropagates ``dhs`` (dL/dh_t for every step, layout as the outputs) and ``dstate`` (an extra
-        dL/dh_T on the final state, or None) through the last forward. Adds the parameter gradients to
-        ``self.grads`` and returns ``(dx, dh0)``."""
-        cache = self._require_cache()
-        dhs = self._with_final_state_gradient(self._time_major("dhs", dhs), dstate, cache.hs)
-        grads = self._kernels.rnn_backward(cache, dhs)
-        self.grads["W_xh"] += grads.dW_xh
-        self.grads["W_hh"] += grads.dW_hh
-        self.grads["b_h"] += grads.db_h
-        return self._user_layout(grads.dx), grads.dh0
+    def _cell_backward(self, p, cache, dhs, dh_T):
+        grads = self._kernels.rnn_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
+        return grads.dx, grads.dh0, {"W_xh": grads.dW_xh, "W_hh": grads.dW_hh, "b_h": grads.db_h}
 
-    @staticmethod
-    def _with_final_state_gradient(dhs, dh_T, hs: np.ndarray) -> np.ndarray:
-        """dhs with dh_T added to its last step (h_T is both the last output and the final state)."""
-        if dh_T is None:
-            return dhs
-        dhs = np.array(_checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]"))
-        dhs[-1] += _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]")
-        return dhs
-
-    def state_at(self, step: int):
-        """The state after ``step`` steps of the last forward (0: the initial state)."""
-        cache = self._require_cache()
+    def _cell_state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
 
 class LSTM(_RecurrentLayer):
-    """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
+    (
+        """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
+
+    States are pairs ``(h, c)``.
 
     Parameters
     ----------
@@ -248,16 +444,22 @@ class LSTM(_RecurrentLayer):
     init : {"uniform", "orthogonal"}
         "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
         gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, ``b`` zero.
-    seed, batch_first, dtype, backend
+"""
+        + STACKING_DOC
+        + """    seed, batch_first, dtype, backend
         As for :class:`RNN`.
 
     Attributes
     ----------
     params, grads : dict of ndarray
-        ``W_x [D,G*H]``, ``W_h [H,G*H]``, ``b [G*H]`` and their accumulated gradients.
+        ``W_x [D,G*H]``, ``W_h [H,G*H]``, ``b [G*H]`` (with suffixes for further layers and directions) and their
+        accumulated gradients.
     """
+    )
 
     kind = "LSTM"
+    state_parts = 2
+    _base_names = ("W_x", "W_h", "b")
 
     def __init__(
         self,
@@ -267,12 +469,22 @@ class LSTM(_RecurrentLayer):
         forget_gate: bool = True,
         forget_bias: float = 0.0,
         init: str = "uniform",
+        num_layers: int = 1,
+        bidirectional: bool = False,
         seed=None,
         batch_first: bool = False,
         dtype=np.float32,
         backend: str = "fast",
     ):
-        super().__init__(input_size, hidden_size, batch_first=batch_first, dtype=dtype, backend=backend)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            dtype=dtype,
+            backend=backend,
+        )
         if not isinstance(forget_gate, (bool, np.bool_)):
             raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
         self.forget_gate = bool(forget_gate)
@@ -284,8 +496,10 @@ class LSTM(_RecurrentLayer):
         if forget_bias and not self.forget_gate:
             raise ValueError("forget_bias: the cell without forget gate has no forget-gate bias")
         self.forget_bias = float(forget_bias)
-        rng = np.random.default_rng(seed)
-        D, H = self.input_size, self.hidden_size
+        self._init_params(np.random.default_rng(seed))
+
+    def _cell_params(self, rng, input_size):
+        D, H = input_size, self.hidden_size
         G = 4 if self.forget_gate else 3
         W_x = initializers.uniform(rng, (D, G * H), H)
         if self.init == "uniform":
@@ -294,47 +508,101 @@ class LSTM(_RecurrentLayer):
             W_h, b = np.hstack([initializers.orthogonal(rng, H) for _ in range(G)]), np.zeros(G * H)
         if self.forget_gate:
             b[H : 2 * H] += self.forget_bias
-        self._set_params({"W_x": W_x, "W_h": W_h, "b": b})
+        return {"W_x": W_x, "W_h": W_h, "b": b}
 
     def _config(self) -> dict:
         return super()._config() | {"forget_gate": self.forget_gate}
 
-    def forward(self, x, state=None):
-        """Runs the layer over ``x`` from ``state = (h0, c0)`` (zeros when None). Returns ``(hs, (h_T, c_T))``
-        and keeps the cache for :meth:`backward`."""
-        h0, c0 = (None, None) if state is None else self._state_pair("state", state)
-        hs, c_T, self.cache = self._kernels.lstm_forward(
-            self._time_major("x", x),
-            self.params["W_x"],
-            self.params["W_h"],
-            self.params["b"],
-            h0,
-            c0,
-            forget_gate=self.forget_gate,
+    def _cell_forward(self, p, x, state, lengths):
+        h0, c0 = (None, None) if state is None else self._state_arrays("state", state)
+        hs, c_T, cache = self._kernels.lstm_forward(
+            x, p["W_x"], p["W_h"], p["b"], h0, c0, forget_gate=self.forget_gate, lengths=lengths
         )
-        return self._user_layout(hs), (hs[-1].copy(), c_T)
+        return hs, (final_states(hs, lengths), c_T), cache
 
-    def backward(self, dhs, dstate=None):
-        """Backpropagates ``dhs`` and ``dstate = (dh_T, dc_T)`` (either may be None) through the last forward.
-        Adds the parameter gradients to ``self.grads`` and returns ``(dx, (dh0, dc0))``."""
-        cache = self._require_cache()
-        dh_T, dc_T = (None, None) if dstate is None else self._state_pair("dstate", dstate)
-        dhs = RNN._with_final_state_gradient(self._time_major("dhs", dhs), dh_T, cache.hs)
+    def _cell_backward(self, p, cache, dhs, dstate):
+        dh_T, dc_T = (None, None) if dstate is None else self._state_arrays("dstate", dstate)
+        dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
         grads = self._kernels.lstm_backward(cache, dhs, dc_T)
-        self.grads["W_x"] += grads.dW_x
-        self.grads["W_h"] += grads.dW_h
-        self.grads["b"] += grads.db
-        return self._user_layout(grads.dx), (grads.dh0, grads.dc0)
+        return grads.dx, (grads.dh0, grads.dc0), {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db}
 
-    @staticmethod
-    def _state_pair(name: str, value):
-        if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise TypeError(f"{name}: expected a pair (h, c) for the LSTM, got {type(value).__name__}")
-        return value[0], value[1]
-
-    def state_at(self, step: int):
-        """The state ``(h, c)`` after ``step`` steps of the last forward (0: the initial state)."""
-        cache = self._require_cache()
+    def _cell_state_at(self, cache, step):
         if step == 0:
             return cache.h0.copy(), cache.c0.copy()
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
+
+
+class GRU(_RecurrentLayer):
+    (
+        """The GRU layer with PyTorch's cell (gate blocks r, z, n; the recurrent bias of n inside the reset product).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        D and H.
+    init : {"uniform", "orthogonal"}
+        "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
+        gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, biases zero.
+"""
+        + STACKING_DOC
+        + """    seed, batch_first, dtype, backend
+        As for :class:`RNN`.
+
+    Attributes
+    ----------
+    params, grads : dict of ndarray
+        ``W_x [D,3H]``, ``W_h [H,3H]``, ``b [3H]``, ``b_hn [H]`` (with suffixes for further layers and directions)
+        and their accumulated gradients.
+    """
+    )
+
+    kind = "GRU"
+    _base_names = ("W_x", "W_h", "b", "b_hn")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        init: str = "uniform",
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        seed=None,
+        batch_first: bool = False,
+        dtype=np.float32,
+        backend: str = "fast",
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            dtype=dtype,
+            backend=backend,
+        )
+        self.init = _checks.choice("init", init, ("uniform", "orthogonal"))
+        self._init_params(np.random.default_rng(seed))
+
+    def _cell_params(self, rng, input_size):
+        D, H = input_size, self.hidden_size
+        W_x = initializers.uniform(rng, (D, 3 * H), H)
+        if self.init == "uniform":
+            # torch draws b_ih and b_hh; the r and z blocks of the two add up in b
+            b_ih, b_hh = initializers.uniform(rng, (3 * H,), H), initializers.uniform(rng, (3 * H,), H)
+            W_h = initializers.uniform(rng, (H, 3 * H), H)
+            b = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
+            return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hh[2 * H :]}
+        W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
+        return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
+
+    def _cell_forward(self, p, x, h0, lengths):
+        hs, cache = self._kernels.gru_forward(x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths)
+        return hs, final_states(hs, lengths), cache
+
+    def _cell_backward(self, p, cache, dhs, dh_T):
+        grads = self._kernels.gru_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
+        return grads.dx, grads.dh0, {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db, "b_hn": grads.db_hn}
+
+    def _cell_state_at(self, cache, step):
+        return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()

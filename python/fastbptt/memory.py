@@ -6,14 +6,15 @@ import numpy as np
 
 from . import _checks
 
-CELLS = ("rnn", "lstm")
+CELLS = ("rnn", "lstm", "gru")
 
 
 def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32, *, forget_gate: bool = True) -> int:
     """Bytes that one forward + backward of ``cell`` allocates beyond its inputs.
 
     Counted: what forward keeps for backward (RNN: ``hs [T,B,H]``; LSTM: ``gates [T,B,G*H]``, ``hs`` and ``cs``
-    ``[T,B,H]``, i.e. ``T*B*(G*H + 2H)``), the backward scratch (``dZ [T,B,G*H]`` and a few ``[B,H]`` buffers),
+    ``[T,B,H]``, i.e. ``T*B*(G*H + 2H)``; GRU: ``gates [T,B,3H]``, ``hn`` and ``hs [T,B,H]``), the backward scratch
+    (``dZ [T,B,G*H]``, ``[T,B,4H]`` for the GRU, and a few ``[B,H]`` buffers),
     default zero states, the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``, ``db``), and
     the copies of the weights packed for the time loop (``W_x``, ``W_h`` in forward, ``W_hᵀ`` in backward).
     Not counted: Eigen's matrix-product packing buffers, which are bounded by its cache-blocking sizes and do not
@@ -21,7 +22,7 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
 
     Parameters
     ----------
-    cell : {"rnn", "lstm"}
+    cell : {"rnn", "lstm", "gru"}
     T, B, D, H : int
         Time steps, batch, input features, hidden units (each >= 1).
     dtype : float32 or float64
@@ -31,12 +32,17 @@ def workspace_bytes(cell: str, T: int, B: int, D: int, H: int, dtype=np.float32,
     cell = _checks.choice("cell", cell, CELLS)
     T, B, D, H = (_checks.positive_int(name, value) for name, value in (("T", T), ("B", B), ("D", D), ("H", H)))
     itemsize = _checks.float_dtype("dtype", dtype).itemsize
-    GH = H if cell == "rnn" else (4 if forget_gate else 3) * H
+    GH = {"rnn": H, "lstm": (4 if forget_gate else 3) * H, "gru": 3 * H}[cell]
     if cell == "rnn":
         saved = T * B * H  # hs
         scratch = T * B * H  # dZ
         states = B * H  # default h0
         grads = T * B * D + B * H + D * H + H * H + H
+    elif cell == "gru":
+        saved = T * B * (GH + 2 * H)  # gates, hn, hs
+        scratch = T * B * (GH + H) + B * H  # dZ [T,B,4H] and the direct part of dh
+        states = B * H  # default h0
+        grads = T * B * D + B * H + D * GH + H * GH + GH + H
     else:
         saved = T * B * (GH + 2 * H)  # gates, hs, cs
         scratch = T * B * GH + B * H  # dZ, dh

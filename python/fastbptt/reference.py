@@ -11,15 +11,22 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._types import LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
-from .conversions import lstm_weights_from_torch, lstm_weights_to_torch
+from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
 from .memory import workspace_bytes
+from .sequences import final_states, reverse_sequences
 
 __all__ = [
+    "final_states",
+    "gru_backward",
+    "gru_forward",
+    "gru_weights_from_torch",
+    "gru_weights_to_torch",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",
     "lstm_weights_to_torch",
+    "reverse_sequences",
     "rnn_backward",
     "rnn_forward",
     "softmax_cross_entropy",
@@ -50,16 +57,28 @@ def _phi_prime_from_output(activation: str, h: np.ndarray) -> np.ndarray:
     return h * (1 - h)
 
 
-def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh") -> tuple[np.ndarray, RNNCache]:
-    """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``."""
+def _running(lengths: np.ndarray | None, t: int, B: int) -> np.ndarray:
+    """``[B, 1]`` mask of the sequences that run step t (all of them without lengths)."""
+    if lengths is None:
+        return np.ones((B, 1), dtype=bool)
+    return (t < lengths)[:, None]
+
+
+def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None) -> tuple[np.ndarray, RNNCache]:
+    """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
+
+    A sequence past its length keeps its state and outputs zeros."""
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     T, B, _ = x.shape
+    lengths = _checks.lengths_array(lengths, T, B)
     hs = np.empty((T, B, W_hh.shape[0]), dtype=x.dtype)
     h = h0
     for t in range(T):
-        h = _phi(activation, x[t] @ W_xh + h @ W_hh + b_h)
-        hs[t] = h
-    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation)
+        running = _running(lengths, t, B)
+        h_new = _phi(activation, x[t] @ W_xh + h @ W_hh + b_h)
+        h = np.where(running, h_new, h)
+        hs[t] = np.where(running, h_new, 0)
+    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
 
 
 def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
@@ -77,7 +96,9 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
     dh_from_later = np.zeros_like(c.h0)
     for t in reversed(range(T)):
         h_prev = c.hs[t - 1] if t > 0 else c.h0
-        dz = (dhs[t] + dh_from_later) * _phi_prime_from_output(c.activation, c.hs[t])
+        # A sequence that has ended by step t neither takes its upstream gradient nor passes any on.
+        dh = np.where(_running(c.lengths, t, c.h0.shape[0]), dhs[t] + dh_from_later, 0)
+        dz = dh * _phi_prime_from_output(c.activation, c.hs[t])
         dW_xh += c.x[t].T @ dz
         dW_hh += h_prev.T @ dz
         db_h += dz.sum(axis=0)
@@ -92,11 +113,12 @@ def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache]:
     """Reference of :func:`fastbptt.lstm_forward`."""
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     T, B, _ = x.shape
+    lengths = _checks.lengths_array(lengths, T, B)
     H = W_h.shape[0]
     blocks = _gate_blocks(forget_gate, H)
     gates = np.empty((T, B, W_h.shape[1]), dtype=x.dtype)
@@ -104,23 +126,25 @@ def lstm_forward(
     cs = np.empty((T, B, H), dtype=x.dtype)
     h, c = h0, c0
     for t in range(T):
+        running = _running(lengths, t, B)
         z = x[t] @ W_x + h @ W_h + b
         i = _sigmoid(z[:, blocks["i"]])
         g = np.tanh(z[:, blocks["g"]])
         o = _sigmoid(z[:, blocks["o"]])
         if forget_gate:
             f = _sigmoid(z[:, blocks["f"]])
-            c = f * c + i * g
-            gates[t, :, blocks["f"]] = f
+            c_new = f * c + i * g
+            gates[t, :, blocks["f"]] = np.where(running, f, 0)
         else:
-            c = c + i * g
-        h = o * np.tanh(c)
-        gates[t, :, blocks["i"]] = i
-        gates[t, :, blocks["g"]] = g
-        gates[t, :, blocks["o"]] = o
-        hs[t] = h
-        cs[t] = c
-    return hs, cs[-1].copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate)
+            c_new = c + i * g
+        h_new = o * np.tanh(c_new)
+        gates[t, :, blocks["i"]] = np.where(running, i, 0)
+        gates[t, :, blocks["g"]] = np.where(running, g, 0)
+        gates[t, :, blocks["o"]] = np.where(running, o, 0)
+        h, c = np.where(running, h_new, h), np.where(running, c_new, c)
+        hs[t] = np.where(running, h_new, 0)
+        cs[t] = np.where(running, c_new, 0)
+    return hs, c.copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
 
 
 def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
@@ -150,7 +174,11 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
         g = c.gates[t, :, blocks["g"]]
         o = c.gates[t, :, blocks["o"]]
         tanh_c = np.tanh(c.cs[t])
-        dh = dhs[t] + dh_from_later
+        # A sequence that has ended by step t takes no upstream gradient there; dc keeps its dc_T until its
+        # last step comes.
+        running = _running(c.lengths, t, c.h0.shape[0])
+        dh = np.where(running, dhs[t] + dh_from_later, 0)
+        dc_carried = dc
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
         dz[:, blocks["o"]] = dh * tanh_c * o * (1 - o)
         dz[:, blocks["i"]] = dc * g * i * (1 - i)
@@ -159,12 +187,78 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
             f = c.gates[t, :, blocks["f"]]
             dz[:, blocks["f"]] = dc * c_prev * f * (1 - f)
             dc = dc * f
+        dz[~running[:, 0]] = 0
+        dc = np.where(running, dc, dc_carried)
         dW_x += c.x[t].T @ dz
         dW_h += h_prev.T @ dz
         db += dz.sum(axis=0)
         dx[t] = dz @ c.W_x.T
         dh_from_later = dz @ c.W_h.T
     return LSTMGrads(dx, dh_from_later, dc, dW_x, dW_h, db)
+
+
+def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndarray, GRUCache]:
+    """Reference of :func:`fastbptt.gru_forward`."""
+    x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
+    T, B, _ = x.shape
+    lengths = _checks.lengths_array(lengths, T, B)
+    H = W_h.shape[0]
+    r_, z_, n_ = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
+    gates = np.empty((T, B, 3 * H), dtype=x.dtype)
+    hn = np.empty((T, B, H), dtype=x.dtype)
+    hs = np.empty((T, B, H), dtype=x.dtype)
+    h = h0
+    for t in range(T):
+        running = _running(lengths, t, B)
+        zx = x[t] @ W_x + b
+        zh = h @ W_h
+        r = _sigmoid(zx[:, r_] + zh[:, r_])
+        z = _sigmoid(zx[:, z_] + zh[:, z_])
+        hidden_n = zh[:, n_] + b_hn
+        n = np.tanh(zx[:, n_] + r * hidden_n)
+        h_new = (1 - z) * n + z * h
+        gates[t] = np.where(running, np.concatenate([r, z, n], axis=1), 0)
+        hn[t] = np.where(running, hidden_n, 0)
+        h = np.where(running, h_new, h)
+        hs[t] = np.where(running, h_new, 0)
+    return hs, GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+
+
+def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
+    """Reference of :func:`fastbptt.gru_backward`.
+
+    With ``dh = dL/dh_t``: ``dz_n = dh (1-z)(1-n²)``, ``dz_z = dh (h_{t-1} - n) z(1-z)``,
+    ``dz_r = dz_n hn r(1-r)`` and ``d(hn) = dz_n r``; the input side gets ``[dz_r, dz_z, dz_n]``, the recurrent side
+    ``[dz_r, dz_z, d(hn)]``, and ``dL/dh_{t-1} = dh z + [dz_r, dz_z, d(hn)] W_hᵀ``.
+    """
+    c = _checks.cache_of(GRUCache, cache)
+    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    T, B, _ = c.x.shape
+    H = c.W_h.shape[0]
+    r_, z_, n_ = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
+    dx = np.empty_like(c.x)
+    dW_x = np.zeros_like(c.W_x)
+    dW_h = np.zeros_like(c.W_h)
+    db = np.zeros(3 * H, dtype=c.x.dtype)
+    db_hn = np.zeros(H, dtype=c.x.dtype)
+    dh_from_later = np.zeros_like(c.h0)
+    for t in reversed(range(T)):
+        h_prev = c.hs[t - 1] if t > 0 else c.h0
+        r, z, n = c.gates[t, :, r_], c.gates[t, :, z_], c.gates[t, :, n_]
+        dh = np.where(_running(c.lengths, t, B), dhs[t] + dh_from_later, 0)
+        dz_n = dh * (1 - z) * (1 - n * n)
+        dz_z = dh * (h_prev - n) * z * (1 - z)
+        dz_r = dz_n * c.hn[t] * r * (1 - r)
+        d_hn = dz_n * r
+        dz_input = np.concatenate([dz_r, dz_z, dz_n], axis=1)
+        dz_recurrent = np.concatenate([dz_r, dz_z, d_hn], axis=1)
+        dW_x += c.x[t].T @ dz_input
+        dW_h += h_prev.T @ dz_recurrent
+        db += dz_input.sum(axis=0)
+        db_hn += d_hn.sum(axis=0)
+        dx[t] = dz_input @ c.W_x.T
+        dh_from_later = dh * z + dz_recurrent @ c.W_h.T
+    return GRUGrads(dx, dh_from_later, dW_x, dW_h, db, db_hn)
 
 
 def softmax_cross_entropy(

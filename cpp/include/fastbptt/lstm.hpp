@@ -24,21 +24,25 @@ constexpr Index gate_count(bool forget_gate) { return forget_gate ? 4 : 3; }
 /// c0    [B, H]      in
 /// gates [T*B, G*H]  out  activated gates i, f, g, o of every step (saved for backward)
 /// hs    [T*B, H]    out  h_1 .. h_T
-/// cs    [T*B, H]    out  C_1 .. C_T; the last B rows are the final cell state
+/// cs    [T*B, H]    out  C_1 .. C_T; the last B rows are the final cell state when every sequence runs all T steps
+/// lengths [B]       in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of
+///                        gates, hs and cs are zero after that, and its final states are row (lengths[b]-1)*B + b
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
              ConstMatrixRef<Scalar> W_h, ConstVectorRef<Scalar> b, ConstMatrixRef<Scalar> h0,
-             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs);
+             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs,
+             ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`, from upstream gradients on every h_t and on the final C_T.
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):
 ///   dC_t += dh_t * o_t * (1 - tanh²C_t);  dz_o = dh_t * tanh C_t * o(1-o);  dz_i = dC_t * g * i(1-i);
 ///   dz_g = dC_t * i * (1-g²);  dz_f = dC_t * C_{t-1} * f(1-f)
 /// then, for the whole sequence: dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ.
-/// shape, forget_gate, x, W_x, W_h, h0, c0, gates, hs, cs   in   as given to / returned by `forward`
-/// dhs   [T*B, H]    in   upstream gradient on every h_t
-/// dc_T  [B, H]      in   upstream gradient on the final cell state (zeros when the loss ignores it)
+/// shape, forget_gate, x, W_x, W_h, h0, c0, gates, hs, cs, lengths   in   as given to / returned by `forward`
+/// dhs   [T*B, H]    in   upstream gradient on every h_t (a gradient on a sequence's final hidden state belongs to
+///                        the row of its last step; rows past a sequence's end are ignored)
+/// dc_T  [B, H]      in   upstream gradient on each sequence's final cell state (zeros when the loss ignores it)
 /// dx    [T*B, D]    out
 /// dh0   [B, H]      out
 /// dc0   [B, H]      out
@@ -51,6 +55,7 @@ void backward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, Co
               ConstMatrixRef<Scalar> W_h, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> c0,
               ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
               ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db);
+              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
+              ConstLengthsRef lengths = IndexVector());
 
 }  // namespace fastbptt::lstm

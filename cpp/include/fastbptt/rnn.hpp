@@ -17,18 +17,21 @@ namespace fastbptt::rnn {
 /// W_hh [H, H]    in
 /// b_h  [H]       in
 /// h0   [B, H]    in   the state before step 1
-/// hs   [T*B, H]  out  h_1 .. h_T; its last B rows are the final state
+/// hs   [T*B, H]  out  h_1 .. h_T; its last B rows are the final state when every sequence runs all T steps
+/// lengths [B]    in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of hs are
+///                     zero after that and its final state is row (lengths[b]-1)*B + b
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
              ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0,
-             MatrixRef<Scalar> hs);
+             MatrixRef<Scalar> hs, ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
 ///   dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ),  dx = dZ W_xhᵀ   (after the time loop, whole-sequence)
-/// shape, activation, x, W_xh, W_hh, h0, hs   in   as given to / returned by `forward`
-/// dhs    [T*B, H]  in   upstream gradient on every h_t
+/// shape, activation, x, W_xh, W_hh, h0, hs, lengths   in   as given to / returned by `forward`
+/// dhs    [T*B, H]  in   upstream gradient on every h_t (a gradient on a sequence's final state belongs to the row
+///                       of its last step; rows past a sequence's end are ignored)
 /// dx     [T*B, D]  out
 /// dh0    [B, H]    out
 /// dW_xh  [D, H]    out
@@ -39,6 +42,6 @@ template <class Scalar>
 void backward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h);
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths = IndexVector());
 
 }  // namespace fastbptt::rnn

@@ -27,6 +27,12 @@ using ConstVectorRef = const Eigen::Ref<const RowVector<Scalar>>&;
 template <class Scalar>
 using VectorRef = Eigen::Ref<RowVector<Scalar>>;
 
+/// Per-sequence lengths of a variable-length batch: B values in 1..T, in any order. Sequence b runs steps
+/// 0 .. lengths[b]-1 only; its outputs after that are zero and it receives no gradient there. An empty vector
+/// means every sequence runs all T steps.
+using IndexVector = Eigen::Matrix<Index, 1, Eigen::Dynamic>;
+using ConstLengthsRef = const Eigen::Ref<const IndexVector>&;
+
 /// Sizes of one call: T time steps, B sequences in the batch, D input features, H hidden units.
 /// Sequences are time-major: step t of a `[T*B, D]` matrix is rows t*B .. t*B+B-1.
 struct Shape {
