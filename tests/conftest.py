@@ -84,6 +84,19 @@ def lstm_problem(rng, T, B, D, H, forget_gate=True):
     }
 
 
+def gru_problem(rng, T, B, D, H):
+    k = 1 / np.sqrt(H)
+    return {
+        "x": rng.standard_normal((T, B, D)),
+        "W_x": uniform(rng, (D, 3 * H), k),
+        "W_h": uniform(rng, (H, 3 * H), k),
+        "b": uniform(rng, (3 * H,), k),
+        "b_hn": uniform(rng, (H,), k),
+        "h0": uniform(rng, (B, H), 0.5),
+        "dhs": rng.standard_normal((T, B, H)),
+    }
+
+
 def rounded(problem, dtype):
     """The problem in ``dtype`` and the same values back in float64 (so the reference sees identical inputs)."""
     low = {name: np.asarray(value, dtype=dtype) for name, value in problem.items()}

@@ -1,4 +1,4 @@
-"""fastbptt.torch: drop-in torch.nn.RNN / torch.nn.LSTM modules (skipped without torch)."""
+"""fastbptt.torch: drop-in torch.nn.RNN / LSTM / GRU modules (skipped without torch)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ PAIRS = {
     "lstm": (fbt.LSTM, torch.nn.LSTM, {}),
     "rnn-tanh": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
     "rnn-relu": (fbt.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+    "gru": (fbt.GRU, torch.nn.GRU, {}),
 }
 
 
@@ -172,12 +173,10 @@ def test_no_copy_for_contiguous_tensors(monkeypatch):
 
 
 def test_unsupported_arguments_and_devices():
-    with pytest.raises(NotImplementedError, match=r"num_layers.*2"):
-        fbt.LSTM(3, 4, num_layers=2)
-    with pytest.raises(NotImplementedError, match=r"bidirectional"):
-        fbt.RNN(3, 4, bidirectional=True)
-    with pytest.raises(NotImplementedError, match=r"dropout"):
-        fbt.LSTM(3, 4, dropout=0.5)
+    with pytest.raises(ValueError, match=r"num_layers: expected an int >= 1, got 0"):
+        fbt.GRU(3, 4, num_layers=0)
+    with pytest.raises(ValueError, match=r"dropout: expected a probability"):
+        fbt.LSTM(3, 4, dropout=1.5)
     with pytest.raises(NotImplementedError, match=r"proj_size"):
         fbt.LSTM(3, 4, proj_size=2)
     with pytest.raises(ValueError, match=r"nonlinearity: expected 'tanh' or 'relu'"):
@@ -187,11 +186,71 @@ def test_unsupported_arguments_and_devices():
     lstm = fbt.LSTM(3, 4)
     with pytest.raises(TypeError, match=r"dtype"):
         lstm(torch.randn(5, 2, 3, dtype=torch.float64))
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        lstm(packed)
     with pytest.raises(ValueError, match=r"h_0: expected shape \(1, 2, 4\)"):
         lstm(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))
+
+
+def packed_run(module, x, lengths, hx, upstream, packed):
+    """Like run(), for padded input with per-sequence lengths, given to the module packed (or, for a padded run
+    of a one-layer module, padded, where lengths do not apply). Outputs past a length are compared as zeros."""
+    x = x.clone().requires_grad_(True)
+    hx = None if hx is None else tuple(h.clone().requires_grad_(True) for h in hx)
+    source = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+    output, finals = module(source, hx if hx is None or len(hx) == 2 else hx[0])
+    if packed:
+        output, _ = torch.nn.utils.rnn.pad_packed_sequence(output, total_length=x.shape[0])
+    finals = finals if isinstance(finals, tuple) else (finals,)
+    loss = torch.sum(output * upstream.to(output.dtype)) + sum(torch.sum(f * f) for f in finals)
+    loss.backward()
+    grads = [x.grad] + ([] if hx is None else [h.grad for h in hx]) + [p.grad for p in module.parameters()]
+    return [output, *finals], grads
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_stacked_bidirectional_and_packed_match_torch_nn(kind, dtype, num_layers, bidirectional, packed):
+    T, B, D, H = 7, 6, 5, 4
+    lengths = [2, 7, 1, 5, 5, 1]  # unsorted, with ties and length 1
+    ours, theirs = twins(kind, D, H, dtype, num_layers=num_layers, bidirectional=bidirectional)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(T, B, D, generator=generator, dtype=torch.float64)
+    directions = 2 if bidirectional else 1
+    upstream = torch.randn(T, B, directions * H, generator=generator, dtype=torch.float64)
+    hx = tuple(
+        0.5 * torch.randn(num_layers * directions, B, H, generator=generator, dtype=torch.float64)
+        for _ in range(2 if kind == "lstm" else 1)
+    )
+    outputs, grads = packed_run(ours, x.to(dtype), lengths, tuple(h.to(dtype) for h in hx), upstream, packed)
+    expected_outputs, expected_grads = packed_run(theirs, x, lengths, hx, upstream, packed)
+    out_tol, grad_tol = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-4)
+    assert len(outputs) == len(expected_outputs) and len(grads) == len(expected_grads)
+    for mine, theirs_value in zip(outputs, expected_outputs):
+        assert mine.shape == theirs_value.shape
+        np.testing.assert_allclose(
+            mine.detach().double().numpy(), theirs_value.detach().numpy(), rtol=out_tol, atol=out_tol
+        )
+    for mine, theirs_value in zip(grads, expected_grads):
+        np.testing.assert_allclose(mine.double().numpy(), theirs_value.numpy(), rtol=grad_tol, atol=grad_tol)
+    if packed:  # outputs beyond each length are zero, as torch pads them
+        for b, length in enumerate(lengths):
+            assert torch.all(outputs[0][length:, b] == 0)
+
+
+def test_dropout_between_layers_acts_only_in_training():
+    ours, theirs = twins("lstm", 3, 4, torch.float64, num_layers=3, dropout=0.5)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    ours.eval()
+    theirs.eval()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-12, atol=1e-12)
+    ours.train()
+    torch.manual_seed(0)
+    trained, _ = ours(x)
+    assert not torch.allclose(trained, theirs(x)[0])  # a different function: some activations were dropped
+    trained.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ours.parameters())
 
 
 def test_importing_fastbptt_does_not_import_torch():

@@ -66,8 +66,9 @@ void forward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_
         const auto hidden_n = ei::padd(lanes.load(rec + 2 * H), lanes.load(b_hn.data()));
         const auto n = detail::tanh<Scalar>(
             ei::padd(ei::padd(lanes.load(g + 2 * H), lanes.load(b.data() + 2 * H)), ei::pmul(reset, hidden_n)));
-        // (1 - z) n + z h_{t-1}, written with one product
-        lanes.store(h, ei::padd(n, ei::pmul(update, ei::psub(lanes.load(h_prev), n))));
+        // (1 - z) n + z h_{t-1} rather than n + z (h_{t-1} - n): a saturated z = 1 keeps the state exactly.
+        const auto keep = ei::pmul(update, lanes.load(h_prev));
+        lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep));
         lanes.store(g, reset);
         lanes.store(g + H, update);
         lanes.store(g + 2 * H, n);

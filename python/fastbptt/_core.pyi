@@ -15,6 +15,7 @@ def rnn_forward(
     b_h: npt.NDArray[np.floating],
     h0: npt.NDArray[np.floating],
     activation: str,
+    lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.floating]: ...
 def rnn_backward(
     x: npt.NDArray[np.floating],
@@ -24,6 +25,7 @@ def rnn_backward(
     hs: npt.NDArray[np.floating],
     dhs: npt.NDArray[np.floating],
     activation: str,
+    lengths: npt.NDArray[np.int64],
 ) -> tuple[
     npt.NDArray[np.floating],
     npt.NDArray[np.floating],
@@ -39,6 +41,7 @@ def lstm_forward(
     h0: npt.NDArray[np.floating],
     c0: npt.NDArray[np.floating],
     forget_gate: bool,
+    lengths: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_backward(
     x: npt.NDArray[np.floating],
@@ -52,6 +55,34 @@ def lstm_backward(
     dhs: npt.NDArray[np.floating],
     dc_T: npt.NDArray[np.floating],
     forget_gate: bool,
+    lengths: npt.NDArray[np.int64],
+) -> tuple[
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+    npt.NDArray[np.floating],
+]: ...
+def gru_forward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    b_hn: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def gru_backward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    gates: npt.NDArray[np.floating],
+    hn: npt.NDArray[np.floating],
+    hs: npt.NDArray[np.floating],
+    dhs: npt.NDArray[np.floating],
+    lengths: npt.NDArray[np.int64],
 ) -> tuple[
     npt.NDArray[np.floating],
     npt.NDArray[np.floating],

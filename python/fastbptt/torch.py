@@ -1,9 +1,11 @@
-"""Drop-in ``torch.nn.RNN`` / ``torch.nn.LSTM`` modules whose forward and backward run fastbptt's kernels.
+"""Drop-in ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` modules whose forward and backward run fastbptt's kernels.
 
 The modules keep PyTorch's constructor arguments, parameter names and return values, so ``load_state_dict``
 works in both directions and existing training code needs no other change. Tensors reach the core as NumPy
 views of the same memory; only what the layout requires is copied (the transposed weights, a batch_first or
-otherwise non-contiguous input). CPU only, float32 or float64. Importing ``fastbptt`` never imports this module.
+otherwise non-contiguous input). Stacked layers, both directions, dropout between layers (torch's own) and
+``PackedSequence`` input (run as a padded batch with per-sequence lengths) work as in torch.nn. CPU only, float32
+or float64. Importing ``fastbptt`` never imports this module.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import functional as _kernels
+from .conversions import gru_weights_from_torch
+from .sequences import final_states
 
-__all__ = ["LSTM", "RNN"]
+__all__ = ["GRU", "LSTM", "RNN"]
 
 
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -43,24 +47,31 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def _upstream_with_final_state(d_output: torch.Tensor, d_h_n: torch.Tensor) -> np.ndarray:
-    """dL/dh_t for every step: h_n is also the last output, so its gradient adds to the last step's."""
+def _upstream_with_final_state(d_output: torch.Tensor, d_h_n: torch.Tensor, lengths) -> np.ndarray:
+    """dL/dh_t for every step: h_n is also the output of each sequence's last step, so its gradient adds there."""
     dhs = np.array(_as_numpy(d_output, "grad of output"))  # a writable copy; torch's may be broadcast
-    dhs[-1] += _as_numpy(d_h_n, "grad of h_n")
+    d_h_n = _as_numpy(d_h_n, "grad of h_n")
+    if lengths is None:
+        dhs[-1] += d_h_n
+    else:
+        dhs[lengths - 1, np.arange(dhs.shape[1])] += d_h_n
     return dhs
 
 
-def _weight_grads(needs, dx, d_states, dW_x, dW_h, db, has_bias):
-    """Gradients in the order of the Function's inputs: x, states..., weight_ih, weight_hh, bias_ih, bias_hh."""
-    grads = [_to_torch(dx), *(_to_torch(d) for d in d_states), _to_torch(dW_x).T, _to_torch(dW_h).T]
-    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
-    grads += [_to_torch(db), _to_torch(db.copy())] if has_bias else [None, None]
+def _masked(grads, needs):
     return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+def _weight_grads(dW_x, dW_h, db, has_bias):
+    """Gradients of weight_ih, weight_hh, bias_ih, bias_hh for cells whose one bias is the sum of torch's two."""
+    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
+    biases = [_to_torch(db), _to_torch(db.copy())] if has_bias else [None, None]
+    return [_to_torch(dW_x).T, _to_torch(dW_h).T, *biases]
 
 
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, lengths):
         xn = _as_numpy(x, "input")
         b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
         hs, cache = _kernels.rnn_forward(
@@ -70,23 +81,23 @@ class _RNNFunction(torch.autograd.Function):
             b,
             _as_numpy(h0, "h0"),
             activation=nonlinearity,
+            lengths=lengths,
         )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        return _to_torch(hs), _to_torch(hs[-1].copy())
+        return _to_torch(hs), _to_torch(final_states(hs, lengths))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n):
-        g = _kernels.rnn_backward(ctx.cache, _upstream_with_final_state(d_output, d_h_n))
-        return (
-            *_weight_grads(ctx.needs_input_grad[:6], g.dx, [g.dh0], g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias),
-            None,
-        )
+        c = ctx.cache
+        g = _kernels.rnn_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
+        grads = [_to_torch(g.dx), _to_torch(g.dh0), *_weight_grads(g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias)]
+        return (*_masked(grads, ctx.needs_input_grad), None, None)
 
 
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh):
+    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
         xn = _as_numpy(x, "input")
         b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
         hs, c_T, cache = _kernels.lstm_forward(
@@ -96,23 +107,70 @@ class _LSTMFunction(torch.autograd.Function):
             b,
             _as_numpy(h0, "h0"),
             _as_numpy(c0, "c0"),
+            lengths=lengths,
         )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        return _to_torch(hs), _to_torch(hs[-1].copy()), _to_torch(c_T)
+        return _to_torch(hs), _to_torch(final_states(hs, lengths)), _to_torch(c_T)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n, d_c_n):
+        c = ctx.cache
         g = _kernels.lstm_backward(
-            ctx.cache, _upstream_with_final_state(d_output, d_h_n), _as_numpy(d_c_n, "grad of c_n")
+            c, _upstream_with_final_state(d_output, d_h_n, c.lengths), _as_numpy(d_c_n, "grad of c_n")
         )
-        return _weight_grads(ctx.needs_input_grad, g.dx, [g.dh0, g.dc0], g.dW_x, g.dW_h, g.db, ctx.has_bias)
+        grads = [
+            _to_torch(g.dx),
+            _to_torch(g.dh0),
+            _to_torch(g.dc0),
+            *_weight_grads(g.dW_x, g.dW_h, g.db, ctx.has_bias),
+        ]
+        return (*_masked(grads, ctx.needs_input_grad), None)
+
+
+class _GRUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+        xn = _as_numpy(x, "input")
+        W_x, W_h, b, b_hn = gru_weights_from_torch(
+            _as_numpy(weight_ih, "weight_ih"),
+            _as_numpy(weight_hh, "weight_hh"),
+            None if bias_ih is None else _as_numpy(bias_ih, "bias_ih"),
+            None if bias_hh is None else _as_numpy(bias_hh, "bias_hh"),
+        )
+        hs, cache = _kernels.gru_forward(xn, W_x, W_h, b, b_hn, _as_numpy(h0, "h0"), lengths=lengths)
+        ctx.cache, ctx.has_bias = cache, bias_ih is not None
+        return _to_torch(hs), _to_torch(final_states(hs, lengths))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_output, d_h_n):
+        c = ctx.cache
+        g = _kernels.gru_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
+        H = g.db_hn.shape[0]
+        if ctx.has_bias:
+            biases = [_to_torch(g.db), _to_torch(np.concatenate([g.db[: 2 * H], g.db_hn]))]
+        else:
+            biases = [None, None]
+        grads = [_to_torch(g.dx), _to_torch(g.dh0), _to_torch(g.dW_x).T, _to_torch(g.dW_h).T, *biases]
+        return (*_masked(grads, ctx.needs_input_grad), None)
+
+
+def _reverse(x: torch.Tensor, lengths) -> torch.Tensor:
+    """Each sequence of time-major x reversed within its length (a differentiable gather)."""
+    if lengths is None:
+        return x.flip(0)
+    T, B = x.shape[:2]
+    steps = np.arange(T)[:, None]
+    source = torch.from_numpy(np.where(steps < lengths, lengths - 1 - steps, steps))
+    return x[source, torch.arange(B)]
 
 
 class _FastRecurrent(nn.Module):
-    """Constructor checks, parameters and input plumbing shared by RNN and LSTM (one layer, one direction)."""
+    """Constructor checks, parameters and input plumbing shared by RNN, LSTM and GRU."""
 
     gates = 1
+    state_parts = 1
 
     def __init__(
         self,
@@ -128,35 +186,36 @@ class _FastRecurrent(nn.Module):
         **unsupported,
     ):
         super().__init__()
-        given = {
-            "num_layers": (num_layers, 1),
-            "dropout": (dropout, 0.0),
-            "bidirectional": (bidirectional, False),
-        }
-        not_yet = {name: value for name, (value, default) in given.items() if value != default}
-        not_yet.update(unsupported)
-        if not_yet:
+        if unsupported:
             raise NotImplementedError(
-                f"{type(self).__name__}: fastbptt does not support {not_yet} yet "
-                "(one layer, one direction, no dropout); use torch.nn for them"
+                f"{type(self).__name__}: fastbptt does not support {unsupported} yet; use torch.nn for it"
             )
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"device: fastbptt computes on the CPU, got {device}")
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size} and {hidden_size}")
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers, self.bias, self.batch_first = 1, bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional = 0.0, False
+        self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), bool(batch_first)
+        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
         factory = {"dtype": dtype}
         rows = self.gates * hidden_size
-        self.weight_ih_l0 = nn.Parameter(torch.empty(rows, input_size, **factory))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(rows, hidden_size, **factory))
-        if self.bias:
-            self.bias_ih_l0 = nn.Parameter(torch.empty(rows, **factory))
-            self.bias_hh_l0 = nn.Parameter(torch.empty(rows, **factory))
-        else:
-            self.register_parameter("bias_ih_l0", None)
-            self.register_parameter("bias_hh_l0", None)
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else self.num_directions * hidden_size
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                setattr(self, "weight_ih" + suffix, nn.Parameter(torch.empty(rows, layer_input, **factory)))
+                setattr(self, "weight_hh" + suffix, nn.Parameter(torch.empty(rows, hidden_size, **factory)))
+                if self.bias:
+                    setattr(self, "bias_ih" + suffix, nn.Parameter(torch.empty(rows, **factory)))
+                    setattr(self, "bias_hh" + suffix, nn.Parameter(torch.empty(rows, **factory)))
+                else:
+                    self.register_parameter("bias_ih" + suffix, None)
+                    self.register_parameter("bias_hh" + suffix, None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,40 +224,77 @@ class _FastRecurrent(nn.Module):
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
 
-    def _prepare(self, input, hx_parts):
-        """Time-major, batched input and [B, H] states; returns them and how to put outputs back."""
-        if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise NotImplementedError("PackedSequence input is not supported by fastbptt yet; pass a padded tensor")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D")
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)
-        B = x.shape[1]
+    def _cell_weights(self, layer: int, direction: int) -> list:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return [getattr(self, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def _cell(self, x, state: list, weights: list, lengths):
+        """(output, *final state) of one layer and direction."""
+        raise NotImplementedError
+
+    def _run(self, input, hx_parts: list):
+        """The whole stack over ``input`` (padded tensor or PackedSequence) from the states ``hx_parts`` (a list of
+        tensors [layers * directions, (B,) H], or Nones); returns (output in the input's form, final states)."""
+        packed = isinstance(input, nn.utils.rnn.PackedSequence)
+        if packed:
+            x, lengths_tensor = nn.utils.rnn.pad_packed_sequence(input)
+            lengths = lengths_tensor.numpy().astype(np.int64)
+            batched = True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D")
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            lengths = None
+        B, cells = x.shape[1], self.num_layers * self.num_directions
         states = []
         for name, state in hx_parts:
             if state is None:
-                states.append(torch.zeros(B, self.hidden_size, dtype=x.dtype, device=x.device))
+                states.append(torch.zeros(cells, B, self.hidden_size, dtype=x.dtype, device=x.device))
                 continue
-            expected = (1, B, self.hidden_size) if batched else (1, self.hidden_size)
+            expected = (cells, B, self.hidden_size) if batched else (cells, self.hidden_size)
             if tuple(state.shape) != expected:
                 raise ValueError(f"{name}: expected shape {expected}, got {tuple(state.shape)}")
-            states.append(state.reshape(B, self.hidden_size))
-        return x, states, batched
-
-    def _restore(self, output, finals, batched):
-        if batched:
-            output = output.transpose(0, 1) if self.batch_first else output
-            return output, [f.unsqueeze(0) for f in finals]
-        return output.squeeze(1), list(finals)
+            states.append(state.reshape(cells, B, self.hidden_size))
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                source = _reverse(layer_input, lengths) if direction else layer_input
+                output, *final = self._cell(
+                    source.contiguous(), [s[k] for s in states], self._cell_weights(layer, direction), lengths
+                )
+                outputs.append(_reverse(output, lengths) if direction else output)
+                finals.append(final)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            if self.dropout and self.training and layer + 1 < self.num_layers:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        final_states = [torch.stack([f[part] for f in finals]) for part in range(self.state_parts)]
+        if packed:
+            output = nn.utils.rnn.pack_padded_sequence(layer_input, lengths_tensor, enforce_sorted=False)
+            return output, final_states
+        if not batched:
+            return layer_input.squeeze(1), [f.squeeze(1) for f in final_states]
+        return (layer_input.transpose(0, 1) if self.batch_first else layer_input), final_states
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, batch_first={self.batch_first}"
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        text += f", bias={self.bias}, batch_first={self.batch_first}"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        return text
 
 
 class RNN(_FastRecurrent):
-    """``torch.nn.RNN`` (one layer, one direction) computed by fastbptt: ``nonlinearity`` "tanh" or "relu"."""
+    """``torch.nn.RNN`` computed by fastbptt: ``nonlinearity`` "tanh" or "relu", stacked, bidirectional,
+    padded or packed input."""
 
     gates = 1
 
@@ -220,13 +316,12 @@ class RNN(_FastRecurrent):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
 
+    def _cell(self, x, state, weights, lengths):
+        return _RNNFunction.apply(x, state[0], *weights, self.nonlinearity, lengths)
+
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
-        x, (h0,), batched = self._prepare(input, [("hx", hx)])
-        output, h_n = _RNNFunction.apply(
-            x, h0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0, self.nonlinearity
-        )
-        output, (h_n,) = self._restore(output, [h_n], batched)
+        output, (h_n,) = self._run(input, [("hx", hx)])
         return output, h_n
 
     def extra_repr(self) -> str:
@@ -234,9 +329,10 @@ class RNN(_FastRecurrent):
 
 
 class LSTM(_FastRecurrent):
-    """``torch.nn.LSTM`` (one layer, one direction, no projection) computed by fastbptt."""
+    """``torch.nn.LSTM`` (no projection) computed by fastbptt: stacked, bidirectional, padded or packed input."""
 
     gates = 4
+    state_parts = 2
 
     def __init__(
         self,
@@ -266,14 +362,41 @@ class LSTM(_FastRecurrent):
         )
         self.proj_size = 0
 
+    def _cell(self, x, state, weights, lengths):
+        return _LSTMFunction.apply(x, state[0], state[1], *weights, lengths)
+
     def forward(self, input, hx=None):
         """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise ValueError("hx: expected a pair (h_0, c_0) for the LSTM")
         h0, c0 = (None, None) if hx is None else hx
-        x, (h0, c0), batched = self._prepare(input, [("h_0", h0), ("c_0", c0)])
-        output, h_n, c_n = _LSTMFunction.apply(
-            x, h0, c0, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0
-        )
-        output, (h_n, c_n) = self._restore(output, [h_n, c_n], batched)
+        output, (h_n, c_n) = self._run(input, [("h_0", h0), ("c_0", c0)])
         return output, (h_n, c_n)
+
+
+class GRU(_FastRecurrent):
+    """``torch.nn.GRU`` computed by fastbptt: stacked, bidirectional, padded or packed input."""
+
+    gates = 3
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
+
+    def _cell(self, x, state, weights, lengths):
+        return _GRUFunction.apply(x, state[0], *weights, lengths)
+
+    def forward(self, input, hx=None):
+        """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
+        output, (h_n,) = self._run(input, [("hx", hx)])
+        return output, h_n
