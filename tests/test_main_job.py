@@ -50,6 +50,8 @@ def test_bench_smoke():
     from fastbptt.bench import run_bench
 
     out = io.StringIO()
-    rows = run_bench(["rnn", "lstm"], [np.float32], ["S"], [1], repeats=1, with_reference=True, out=out)
-    assert len(rows) == 2 and all(row["fastbptt_ms"] > 0 and row["reference_ms"] > 0 for row in rows)
-    assert "| lstm | float32 | 1 | S |" in out.getvalue()
+    cells = ["rnn", "lstm", "gru", "lstm-2bi"]
+    rows = run_bench(cells, [np.float32], ["S"], [1], repeats=1, with_reference=True, out=out)
+    assert len(rows) == 4 and all(row["fastbptt_ms"] > 0 and row["reference_ms"] > 0 for row in rows)
+    for cell in cells:
+        assert f"| {cell} | float32 | 1 | S |" in out.getvalue()

@@ -4,8 +4,9 @@ Every row times forward + backward to all parameters and the input (loss = sum o
 the forward pass alone, recording what backward needs) for the same
 shapes, dtype and thread count, and reports medians of repeated runs, the ratios, fastbptt's GFLOP/s and the
 fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
-FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 4 for the LSTM); a third of that for
-the forward pass alone.
+FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 3 for the GRU, 4 for the LSTM) per
+layer and direction (layer k > 0 has D = directions * H); a third of that for the forward pass alone. "lstm-2bi" is
+a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ SHAPES = {  # T, B, D, H
     "XL": (50, 128, 512, 512),
     "LONG": (1000, 8, 64, 64),
 }
-GATES = {"rnn": 1, "lstm": 4}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lstm-2bi": 4}
+STACKS = {"lstm-2bi": (2, True)}  # cell -> (num_layers, bidirectional); the others are one layer, one direction
 REFERENCE_FLOP_LIMIT = 3e10  # the NumPy reference is single-threaded here; beyond this it only costs minutes
 
 
@@ -64,23 +66,59 @@ def matmul_rate(dtype, threads: int, repeats: int) -> float:
     return 2 * n**3 / ms / 1e6
 
 
+def flop_count(cell: str, shape, backward: bool = True) -> int:
+    T, B, D, H = shape
+    layers, bidirectional = STACKS.get(cell, (1, False))
+    directions = 2 if bidirectional else 1
+    inputs = D + (layers - 1) * directions * H  # summed over layers
+    return (3 if backward else 1) * T * 2 * B * directions * (inputs + layers * H) * GATES[cell] * H
+
+
 def problem(cell: str, shape, dtype):
     T, B, D, H = shape
     G = GATES[cell]
     rng = np.random.default_rng(0)
     bound = 1 / np.sqrt(H)
+    directions = 2 if STACKS.get(cell, (1, False))[1] else 1
     return {
         "x": rng.standard_normal((T, B, D)).astype(dtype),
         "W_x": rng.uniform(-bound, bound, (D, G * H)).astype(dtype),
         "W_h": rng.uniform(-bound, bound, (H, G * H)).astype(dtype),
         "b": rng.uniform(-bound, bound, G * H).astype(dtype),
-        "dhs": np.ones((T, B, H), dtype=dtype),
+        "b_hn": rng.uniform(-bound, bound, H).astype(dtype),
+        "dhs": np.ones((T, B, directions * H), dtype=dtype),
     }
 
 
 def numpy_runner(module, cell: str, p, backward: bool = True):
-    """forward (+ backward) of ``module`` (fastbptt or its reference) on problem ``p``."""
-    if cell == "lstm":
+    """forward (+ backward) of ``module`` (fastbptt or its reference) on problem ``p``; a stacked cell runs the
+    layer class (its own initial weights) on the module's backend."""
+    if cell in STACKS:
+        from .layers import LSTM
+
+        layers, bidirectional = STACKS[cell]
+        T, B, D = p["x"].shape
+        layer = LSTM(
+            D,
+            p["W_h"].shape[0],
+            num_layers=layers,
+            bidirectional=bidirectional,
+            seed=0,
+            dtype=p["x"].dtype,
+            backend="reference" if module is reference else "fast",
+        )
+
+        def run():
+            layer.forward(p["x"])
+            if backward:
+                layer.backward(p["dhs"])
+    elif cell == "gru":
+
+        def run():
+            _, cache = module.gru_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["b_hn"])
+            if backward:
+                module.gru_backward(cache, p["dhs"])
+    elif cell == "lstm":
 
         def run():
             _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
@@ -102,12 +140,16 @@ def torch_runner(torch, module_class, cell: str, p, backward: bool = True):
     T, B, D = p["x"].shape
     H = p["W_h"].shape[0]
     dtype = torch.float32 if p["x"].dtype == np.float32 else torch.float64
-    module = module_class(D, H, dtype=dtype)
-    with torch.no_grad():
-        module.weight_ih_l0.copy_(torch.from_numpy(p["W_x"].T))
-        module.weight_hh_l0.copy_(torch.from_numpy(p["W_h"].T))
-        module.bias_ih_l0.copy_(torch.from_numpy(p["b"]))
-        module.bias_hh_l0.zero_()
+    layers, bidirectional = STACKS.get(cell, (1, False))
+    module = module_class(D, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype)
+    if cell not in STACKS:  # the problem's weights; a stack keeps torch's initialisation
+        with torch.no_grad():
+            module.weight_ih_l0.copy_(torch.from_numpy(p["W_x"].T))
+            module.weight_hh_l0.copy_(torch.from_numpy(p["W_h"].T))
+            module.bias_ih_l0.copy_(torch.from_numpy(p["b"]))
+            module.bias_hh_l0.zero_()
+            if cell == "gru":
+                module.bias_hh_l0[2 * H :].copy_(torch.from_numpy(p["b_hn"]))
     x = torch.from_numpy(p["x"]).requires_grad_(True)
 
     def run():
@@ -124,12 +166,31 @@ def check_agreement(torch) -> None:
     """The benchmark never times a wrong computation: fastbptt, its torch module and torch.nn agree first."""
     import fastbptt.torch as fbt
 
-    for cell, (ours, theirs) in {"lstm": (fbt.LSTM, torch.nn.LSTM), "rnn": (fbt.RNN, torch.nn.RNN)}.items():
+    for cell in GATES:
         p = problem(cell, (7, 3, 5, 6), np.float64)
+        ours, theirs = module_classes(torch, fbt, cell)
         _, module, x = torch_runner(torch, theirs, cell, p)
         expected = module(x)[0].detach().numpy()
         _, dropin, x2 = torch_runner(torch, ours, cell, p)
+        dropin.load_state_dict(module.state_dict())
         np.testing.assert_allclose(dropin(x2)[0].detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+        if cell not in STACKS:
+            np.testing.assert_allclose(module_output(fast, cell, p), expected, rtol=1e-10, atol=1e-12)
+
+
+def module_classes(torch, fbt, cell: str):
+    """(fastbptt.torch class, torch.nn class) of a cell."""
+    name = {"rnn": "RNN", "gru": "GRU"}.get(cell, "LSTM")
+    return getattr(fbt, name), getattr(torch.nn, name)
+
+
+def module_output(module, cell: str, p) -> np.ndarray:
+    """The outputs of a one-layer cell of ``module`` (fastbptt or its reference) on problem ``p``."""
+    if cell == "gru":
+        return module.gru_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["b_hn"])[0]
+    if cell == "lstm":
+        return module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])[0]
+    return module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])[0]
 
 
 def header(torch, out) -> None:
@@ -261,7 +322,7 @@ def run_bench(
 def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, matmul_gflops, backward) -> dict:
     shape = SHAPES[name]
     T, B, D, H = shape
-    flops = (3 if backward else 1) * T * 2 * B * (D + H) * GATES[cell] * H
+    flops = flop_count(cell, shape, backward)
     p = problem(cell, shape, dtype)
     row = {
         "cell": cell,
@@ -276,8 +337,7 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p, backward), repeats)
     row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
     if torch is not None:
-        torch_class = torch.nn.LSTM if cell == "lstm" else torch.nn.RNN
-        dropin_class = fbt.LSTM if cell == "lstm" else fbt.RNN
+        dropin_class, torch_class = module_classes(torch, fbt, cell)
         row["torch_ms"], row["torch_times"] = median_ms(torch_runner(torch, torch_class, cell, p, backward)[0], repeats)
         row["dropin_ms"], row["dropin_times"] = median_ms(
             torch_runner(torch, dropin_class, cell, p, backward)[0], repeats
@@ -334,7 +394,7 @@ def run_scaling(out=sys.stdout) -> list:
     rows = []
     print("| cell | dtype | shape | peak RSS added (MB) | workspace_bytes (MB) | measured / predicted |", file=out)
     print("|---|---|---|---|---|---|", file=out, flush=True)
-    for cell in GATES:
+    for cell in ("rnn", "lstm", "gru"):
         for name in ("M", "L", "XL"):
             row = peak_memory_row(cell, name, np.float32)
             rows.append(row)
@@ -349,7 +409,7 @@ def run_scaling(out=sys.stdout) -> list:
     saved = get_num_threads()
     set_num_threads(1)
     try:
-        for cell in GATES:
+        for cell in ("rnn", "lstm", "gru"):
             times = []
             for T in (1000, 10000):
                 p = problem(cell, (T, 8, 64, 64), np.float32)
@@ -372,7 +432,7 @@ def main(argv=None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cells", default="rnn,lstm", help="comma list of rnn, lstm")
+    parser.add_argument("--cells", default="rnn,lstm,gru,lstm-2bi", help=f"comma list of {', '.join(GATES)}")
     parser.add_argument("--dtypes", default="float32,float64", help="comma list of float32, float64")
     parser.add_argument("--shapes", default="S,M,L,XL,LONG", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--threads", default=None, help="comma list of thread counts (default: 1 and all cores)")
