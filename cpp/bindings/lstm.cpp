@@ -63,6 +63,42 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db);
 }
 
+/// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).
+template <class Scalar>
+py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                             const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
+                             const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
+                             const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar> dW_x, Array<Scalar> dW_h,
+                             Array<Scalar> db) {
+  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
+  const auto x_m = as_matrix(x, "x", 3);
+  const auto W_x_m = as_matrix(W_x, "W_x", 2);
+  const auto W_h_m = as_matrix(W_h, "W_h", 2);
+  const auto h0_m = as_matrix(h0, "h0", 2);
+  const auto c0_m = as_matrix(c0, "c0", 2);
+  const auto gates_m = as_matrix(gates, "gates", 3);
+  const auto hs_m = as_matrix(hs, "hs", 3);
+  const auto cs_m = as_matrix(cs, "cs", 3);
+  const auto dhs_m = as_matrix(dhs, "dhs", 3);
+  const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
+  check_ndim(dW_x, "dW_x", 2);
+  check_ndim(dW_h, "dW_h", 2);
+  check_ndim(db, "db", 1);
+  Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dc0({s.B, s.H});
+  auto dx_m = as_mutable_matrix(dx);
+  auto dh0_m = as_mutable_matrix(dh0);
+  auto dc0_m = as_mutable_matrix(dc0);
+  auto dW_x_m = as_mutable_matrix(dW_x);
+  auto dW_h_m = as_mutable_matrix(dW_h);
+  auto db_v = as_mutable_vector(db);
+  {
+    py::gil_scoped_release release;
+    lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
+                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, IndexVector(), true);
+  }
+  return py::make_tuple(dx, dh0, dc0);
+}
+
 template <class Scalar>
 void define(py::module_& m) {
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
@@ -74,6 +110,12 @@ void define(py::module_& m) {
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("lengths").noconvert(),
         "(dx, dh0, dc0, dW_x, dW_h, db) = BPTT of the LSTM; see fastbptt.lstm_backward.");
+  m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
+        py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
+        py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
+        py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
+        py::arg("dW_x").noconvert(), py::arg("dW_h").noconvert(), py::arg("db").noconvert(),
+        "(dx, dh0, dc0) = BPTT of one segment, its weight gradients added to dW_x, dW_h, db in place.");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "fastbptt/build_info.hpp"
 #include "fastbptt/threads.hpp"
+#include "fastbptt/types.hpp"
 
 namespace py = pybind11;
 
@@ -19,6 +20,8 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = fastbptt::build_info().at("version");
   m.def("build_info", &fastbptt::build_info, "Describes this build of the core.");
   m.def("set_num_threads", &fastbptt::set_num_threads, py::arg("n"), "Threads of every later call (n >= 1).");
+  m.def("backward_block_steps", &fastbptt::backward_block_steps, py::arg("batch"), py::arg("gate_columns"),
+        "Time steps per block of the backward pass (checkpoint segments start at multiples of it).");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);

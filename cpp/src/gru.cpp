@@ -4,6 +4,7 @@
 #include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
+#include "time_blocks.hpp"
 
 namespace fastbptt::gru {
 namespace {
@@ -83,7 +84,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
               ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
               ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths) {
+              ConstLengthsRef lengths, bool accumulate) {
   check_inputs<Scalar>(s, x, W_x, W_h, h0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
   detail::check_shape("gates", gates, N, GH);
@@ -97,75 +98,87 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
   detail::check_shape("db", db, 1, GH);
   detail::check_shape("db_hn", db_hn, 1, H);
   const detail::ActiveRows active(s, lengths);
+  const Index block_steps = std::min(s.T, backward_block_steps(B, GH + H));
 
   // A row of dZ: [dz_r, dz_z, d(hn)] (the gradient of h_{t-1} W_h, contiguous for the per-step product), then dz_n
   // (the gradient of x W_xn + b_n, which differs from d(hn) by the factor r).
-  RowMatrix<Scalar> dZ(N, GH + H);
-  if (!active.all()) dZ.setZero();  // finished sequences add nothing to the whole-sequence products
-  RowMatrix<Scalar> direct(B, H);   // dh z: the part of dL/dh_{t-1} that bypasses the gates
+  RowMatrix<Scalar> dZ(block_steps * B, GH + H), h_prev(block_steps * B, H);
+  if (!accumulate) {
+    dW_x.setZero();
+    dW_h.setZero();
+    db.setZero();
+    db_hn.setZero();
+  }
+  RowMatrix<Scalar> direct(B, H);  // dh z: the part of dL/dh_{t-1} that bypasses the gates
   // dh0 holds dL/dh_t through the loop and dL/dh_0 at its end; a sequence that has not started yet (going
   // backwards) keeps being reset to its upstream gradient until its last step comes.
   dh0 = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
-  for (Index t = s.T - 1; t >= 0; --t) {
-    auto dz_t = dZ.middleRows(t * B, B);
-    const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
-    const Index running = active.count(t);
-    for (Index k = 0; k < running; ++k) {
-      const Index r = active.row(k);
-      const Scalar* g = gates.row(t * B + r).data();
-      const Scalar* hn_row = hn.row(t * B + r).data();
-      const Scalar* h_prev = h_prev_t.row(r).data();
-      const Scalar* dh_row = dh0.row(r).data();
-      Scalar* dz = dz_t.row(r).data();
-      Scalar* direct_row = direct.row(r).data();
-      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
-        const auto one = detail::constant<Scalar>(1);
-        const auto reset = lanes.load(g);
-        const auto update = lanes.load(g + H);
-        const auto n = lanes.load(g + 2 * H);
-        const auto dh = lanes.load(dh_row);
-        const auto dz_n = ei::pmul(ei::pmul(dh, ei::psub(one, update)), ei::psub(one, ei::pmul(n, n)));
-        const auto dz_z =
-            ei::pmul(ei::pmul(dh, ei::psub(lanes.load(h_prev), n)), ei::pmul(update, ei::psub(one, update)));
-        const auto dz_r = ei::pmul(ei::pmul(dz_n, lanes.load(hn_row)), ei::pmul(reset, ei::psub(one, reset)));
-        lanes.store(dz, dz_r);
-        lanes.store(dz + H, dz_z);
-        lanes.store(dz + 2 * H, ei::pmul(dz_n, reset));
-        lanes.store(dz + 3 * H, dz_n);
-        lanes.store(direct_row, ei::pmul(dh, update));
-      });
+  for (Index t1 = s.T; t1 > 0;) {
+    const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
+    if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
+    for (Index t = t1 - 1; t >= t0; --t) {
+      auto dz_t = dZ.middleRows((t - t0) * B, B);
+      const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
+      const Index running = active.count(t);
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
+        const Scalar* g = gates.row(t * B + r).data();
+        const Scalar* hn_row = hn.row(t * B + r).data();
+        const Scalar* h_prev_row = h_prev_t.row(r).data();
+        const Scalar* dh_row = dh0.row(r).data();
+        Scalar* dz = dz_t.row(r).data();
+        Scalar* direct_row = direct.row(r).data();
+        detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
+          const auto one = detail::constant<Scalar>(1);
+          const auto reset = lanes.load(g);
+          const auto update = lanes.load(g + H);
+          const auto n = lanes.load(g + 2 * H);
+          const auto dh = lanes.load(dh_row);
+          const auto dz_n = ei::pmul(ei::pmul(dh, ei::psub(one, update)), ei::psub(one, ei::pmul(n, n)));
+          const auto dz_z =
+              ei::pmul(ei::pmul(dh, ei::psub(lanes.load(h_prev_row), n)), ei::pmul(update, ei::psub(one, update)));
+          const auto dz_r = ei::pmul(ei::pmul(dz_n, lanes.load(hn_row)), ei::pmul(reset, ei::psub(one, reset)));
+          lanes.store(dz, dz_r);
+          lanes.store(dz + H, dz_z);
+          lanes.store(dz + 2 * H, ei::pmul(dz_n, reset));
+          lanes.store(dz + 3 * H, dz_n);
+          lanes.store(direct_row, ei::pmul(dh, update));
+        });
+      }
+      // dL/dh_{t-1} = dhs_{t-1} + dh z + [dz_r, dz_z, d(hn)] W_hᵀ
+      if (t > 0) {
+        dh0 = dhs.middleRows((t - 1) * B, B);
+      } else {
+        dh0.setZero();
+      }
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
+        Scalar* dh_row = dh0.row(r).data();
+        const Scalar* direct_row = direct.row(r).data();
+        detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
+          lanes.store(dh_row, ei::padd(lanes.load(dh_row), lanes.load(direct_row)));
+        });
+      }
+      packed_W_h_transposed.multiply(dz_t.data(), GH + H, running, dh0.data(), dh0.outerStride(), true,
+                                     active.order());
     }
-    // dL/dh_{t-1} = dhs_{t-1} + dh z + [dz_r, dz_z, d(hn)] W_hᵀ
-    if (t > 0) {
-      dh0 = dhs.middleRows((t - 1) * B, B);
-    } else {
-      dh0.setZero();
-    }
-    for (Index k = 0; k < running; ++k) {
-      const Index r = active.row(k);
-      Scalar* dh_row = dh0.row(r).data();
-      const Scalar* direct_row = direct.row(r).data();
-      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
-        lanes.store(dh_row, ei::padd(lanes.load(dh_row), lanes.load(direct_row)));
-      });
-    }
-    packed_W_h_transposed.multiply(dz_t.data(), GH + H, running, dh0.data(), dh0.outerStride(), true,
-                                   active.order());
+    // The block's share of the whole-sequence products (see time_blocks.hpp).
+    const auto dz_rz = dZ.topRows(rows).leftCols(2 * H);
+    const auto dz_n = dZ.topRows(rows).rightCols(H);
+    const auto x_block = x.middleRows(t0 * B, rows);
+    dW_x.leftCols(2 * H).noalias() += x_block.transpose() * dz_rz;
+    dW_x.rightCols(H).noalias() += x_block.transpose() * dz_n;
+    detail::gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
+    dW_h.noalias() += h_prev.topRows(rows).transpose() * dZ.topRows(rows).leftCols(GH);
+    detail::add_column_sums<Scalar>(dz_rz, db.head(2 * H));
+    detail::add_column_sums<Scalar>(dz_n, db.tail(H));
+    detail::add_column_sums<Scalar>(dZ.topRows(rows).middleCols(2 * H, H), db_hn);
+    auto dx_block = dx.middleRows(t0 * B, rows);
+    dx_block.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
+    dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
+    t1 = t0;
   }
-
-  const auto dz_rz = dZ.leftCols(2 * H);
-  const auto dz_n = dZ.rightCols(H);
-  dW_x.leftCols(2 * H).noalias() = x.transpose() * dz_rz;
-  dW_x.rightCols(H).noalias() = x.transpose() * dz_n;
-  // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
-  dW_h.noalias() = h0.transpose() * dZ.topRows(B).leftCols(GH);
-  if (s.T > 1) dW_h.noalias() += hs.topRows(N - B).transpose() * dZ.bottomRows(N - B).leftCols(GH);
-  detail::column_sums<Scalar>(dz_rz, db.head(2 * H));
-  detail::column_sums<Scalar>(dz_n, db.tail(H));
-  detail::column_sums<Scalar>(dZ.middleCols(2 * H, H), db_hn);
-  dx.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
-  dx.noalias() += dz_n * W_x.rightCols(H).transpose();
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
@@ -177,7 +190,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
                                  MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,     \
-                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef);
+                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

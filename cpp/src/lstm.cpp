@@ -4,6 +4,7 @@
 #include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
+#include "time_blocks.hpp"
 
 namespace fastbptt::lstm {
 namespace {
@@ -99,7 +100,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
               ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
               ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
-              ConstLengthsRef lengths) {
+              ConstLengthsRef lengths, bool accumulate) {
   check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
   detail::check_shape("gates", gates, N, GH);
@@ -116,64 +117,74 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   const GateColumns col(forget_gate, H);
 
   const detail::ActiveRows active(s, lengths);
+  const Index block_steps = std::min(s.T, backward_block_steps(B, GH));
 
-  RowMatrix<Scalar> dZ(N, GH);
-  if (!active.all()) dZ.setZero();  // finished sequences add nothing to the whole-sequence products
+  RowMatrix<Scalar> dZ(block_steps * B, GH), h_prev(block_steps * B, H);
+  if (!accumulate) {
+    dW_x.setZero();
+    dW_h.setZero();
+    db.setZero();
+  }
   RowMatrix<Scalar> dh_matrix = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
   dc0 = dc_T;
-  for (Index t = s.T - 1; t >= 0; --t) {
-    const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
-    auto dz_t = dZ.middleRows(t * B, B);
-    const Index running = active.count(t);
-    for (Index k = 0; k < running; ++k) {
-      const Index r = active.row(k);
-      const Scalar* z = gates.row(t * B + r).data();
-      const Scalar* c = cs.row(t * B + r).data();
-      const Scalar* c_prev = c_prev_t.row(r).data();
-      const Scalar* dh_row = dh_matrix.row(r).data();
-      Scalar* dc_row = dc0.row(r).data();
-      Scalar* dz = dz_t.row(r).data();
-      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
-        const auto one = detail::constant<Scalar>(1);
-        const auto i = lanes.load(z + col.i);
-        const auto g = lanes.load(z + col.g);
-        const auto o = lanes.load(z + col.o);
-        const auto dh = lanes.load(dh_row);
-        const auto tanh_c = detail::tanh<Scalar>(lanes.load(c));
-        // dC_t = dC_t (from step t+1) + dh_t * o * (1 - tanh^2 C_t)
-        const auto dc = ei::padd(lanes.load(dc_row),
-                                 ei::pmul(ei::pmul(dh, o), ei::psub(one, ei::pmul(tanh_c, tanh_c))));
-        lanes.store(dz + col.o, ei::pmul(ei::pmul(dh, tanh_c), ei::pmul(o, ei::psub(one, o))));
-        lanes.store(dz + col.i, ei::pmul(ei::pmul(dc, g), ei::pmul(i, ei::psub(one, i))));
-        lanes.store(dz + col.g, ei::pmul(ei::pmul(dc, i), ei::psub(one, ei::pmul(g, g))));
-        if (forget_gate) {
-          const auto f = lanes.load(z + col.f);
-          lanes.store(dz + col.f, ei::pmul(ei::pmul(dc, lanes.load(c_prev)), ei::pmul(f, ei::psub(one, f))));
-          lanes.store(dc_row, ei::pmul(dc, f));
-        } else {
-          lanes.store(dc_row, dc);
-        }
-      });
+  for (Index t1 = s.T; t1 > 0;) {
+    const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
+    if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
+    for (Index t = t1 - 1; t >= t0; --t) {
+      const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
+      auto dz_t = dZ.middleRows((t - t0) * B, B);
+      const Index running = active.count(t);
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
+        const Scalar* z = gates.row(t * B + r).data();
+        const Scalar* c = cs.row(t * B + r).data();
+        const Scalar* c_prev = c_prev_t.row(r).data();
+        const Scalar* dh_row = dh_matrix.row(r).data();
+        Scalar* dc_row = dc0.row(r).data();
+        Scalar* dz = dz_t.row(r).data();
+        detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
+          const auto one = detail::constant<Scalar>(1);
+          const auto i = lanes.load(z + col.i);
+          const auto g = lanes.load(z + col.g);
+          const auto o = lanes.load(z + col.o);
+          const auto dh = lanes.load(dh_row);
+          const auto tanh_c = detail::tanh<Scalar>(lanes.load(c));
+          // dC_t = dC_t (from step t+1) + dh_t * o * (1 - tanh^2 C_t)
+          const auto dc = ei::padd(lanes.load(dc_row),
+                                   ei::pmul(ei::pmul(dh, o), ei::psub(one, ei::pmul(tanh_c, tanh_c))));
+          lanes.store(dz + col.o, ei::pmul(ei::pmul(dh, tanh_c), ei::pmul(o, ei::psub(one, o))));
+          lanes.store(dz + col.i, ei::pmul(ei::pmul(dc, g), ei::pmul(i, ei::psub(one, i))));
+          lanes.store(dz + col.g, ei::pmul(ei::pmul(dc, i), ei::psub(one, ei::pmul(g, g))));
+          if (forget_gate) {
+            const auto f = lanes.load(z + col.f);
+            lanes.store(dz + col.f, ei::pmul(ei::pmul(dc, lanes.load(c_prev)), ei::pmul(f, ei::psub(one, f))));
+            lanes.store(dc_row, ei::pmul(dc, f));
+          } else {
+            lanes.store(dc_row, dc);
+          }
+        });
+      }
+      // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ
+      if (t > 0) {
+        dh_matrix = dhs.middleRows((t - 1) * B, B);
+        packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh_matrix.data(), H, true, active.order());
+      } else {
+        packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh0.data(), dh0.outerStride(), false,
+                                       active.order());
+      }
     }
-    // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ
-    if (t > 0) {
-      dh_matrix = dhs.middleRows((t - 1) * B, B);
-      packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh_matrix.data(), H, true, active.order());
-    } else {
-      packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh0.data(), dh0.outerStride(), false,
-                                     active.order());
-    }
+    // The block's share of the whole-sequence products: dW_x += X_blockᵀ dZ, dW_h += H_prevᵀ dZ, db, dx.
+    const auto dz_block = dZ.topRows(rows);
+    dW_x.noalias() += x.middleRows(t0 * B, rows).transpose() * dz_block;
+    detail::gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
+    dW_h.noalias() += h_prev.topRows(rows).transpose() * dz_block;
+    detail::add_column_sums<Scalar>(dz_block, db);
+    dx.middleRows(t0 * B, rows).noalias() = dz_block * W_x.transpose();
+    t1 = t0;
   }
-
-  dW_x.noalias() = x.transpose() * dZ;
-  // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
-  dW_h.noalias() = h0.transpose() * dZ.topRows(B);
-  if (s.T > 1) dW_h.noalias() += hs.topRows(N - B).transpose() * dZ.bottomRows(N - B);
-  detail::column_sums<Scalar>(dZ, db);
-  dx.noalias() = dZ * W_x.transpose();
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                            \
@@ -186,7 +197,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, MatrixRef<Scalar>,             \
                                  MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,    \
-                                 VectorRef<Scalar>, ConstLengthsRef);
+                                 VectorRef<Scalar>, ConstLengthsRef, bool);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -4,6 +4,7 @@
 #include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
+#include "time_blocks.hpp"
 
 namespace fastbptt::rnn {
 namespace {
@@ -59,7 +60,7 @@ template <class Scalar>
 void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths) {
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths, bool accumulate) {
   check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
   const Index N = s.T * s.B;
   detail::check_shape("hs", hs, N, s.H);
@@ -70,9 +71,14 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   detail::check_shape("dW_hh", dW_hh, s.H, s.H);
   detail::check_shape("db_h", db_h, 1, s.H);
   const detail::ActiveRows active(s, lengths);
+  const Index block_steps = std::min(s.T, backward_block_steps(s.B, s.H));
 
-  RowMatrix<Scalar> dZ(N, s.H);
-  if (!active.all()) dZ.setZero();  // finished sequences add nothing to the whole-sequence products
+  RowMatrix<Scalar> dZ(block_steps * s.B, s.H), h_prev(block_steps * s.B, s.H);
+  if (!accumulate) {
+    dW_xh.setZero();
+    dW_hh.setZero();
+    db_h.setZero();
+  }
   // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
   // dh0 doubles as its storage: after the loop it holds dL/dh_0. A sequence that has not started yet (going
   // backwards) keeps being reset to its upstream gradient until its last step comes.
@@ -80,31 +86,36 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   const detail::PackedWeights<Scalar> packed_W_hh_transposed(W_hh, true);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
-    for (Index t = s.T - 1; t >= 0; --t) {
-      auto dz_t = dZ.middleRows(t * s.B, s.B);
-      const Index running = active.count(t);
-      for (Index k = 0; k < running; ++k) {
-        const Index r = active.row(k);
-        Scalar* dz = dz_t.row(r).data();
-        const Scalar* dh = dh0.row(r).data();
-        const Scalar* h = hs.row(t * s.B + r).data();
-        detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
-          lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
-        });
+    for (Index t1 = s.T; t1 > 0;) {
+      const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * s.B;
+      if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
+      for (Index t = t1 - 1; t >= t0; --t) {
+        auto dz_t = dZ.middleRows((t - t0) * s.B, s.B);
+        const Index running = active.count(t);
+        for (Index k = 0; k < running; ++k) {
+          const Index r = active.row(k);
+          Scalar* dz = dz_t.row(r).data();
+          const Scalar* dh = dh0.row(r).data();
+          const Scalar* h = hs.row(t * s.B + r).data();
+          detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
+            lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
+          });
+        }
+        // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ
+        if (t > 0) dh0 = dhs.middleRows((t - 1) * s.B, s.B);
+        packed_W_hh_transposed.multiply(dz_t.data(), s.H, running, dh0.data(), dh0.outerStride(), t > 0,
+                                        active.order());
       }
-      // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ
-      if (t > 0) dh0 = dhs.middleRows((t - 1) * s.B, s.B);
-      packed_W_hh_transposed.multiply(dz_t.data(), s.H, running, dh0.data(), dh0.outerStride(), t > 0,
-                                      active.order());
+      // The block's share of the whole-sequence products (see time_blocks.hpp).
+      const auto dz_block = dZ.topRows(rows);
+      dW_xh.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
+      detail::gather_previous_states<Scalar>(h0, hs, s.B, t0, t1, h_prev);
+      dW_hh.noalias() += h_prev.topRows(rows).transpose() * dz_block;
+      detail::add_column_sums<Scalar>(dz_block, db_h);
+      dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_xh.transpose();
+      t1 = t0;
     }
   });
-
-  dW_xh.noalias() = x.transpose() * dZ;
-  // H_prev = [h0; h_1 .. h_{T-1}]: two products instead of a copy that stacks them.
-  dW_hh.noalias() = h0.transpose() * dZ.topRows(s.B);
-  if (s.T > 1) dW_hh.noalias() += hs.topRows(N - s.B).transpose() * dZ.bottomRows(N - s.B);
-  detail::column_sums<Scalar>(dZ, db_h);
-  dx.noalias() = dZ * W_xh.transpose();
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                          \
@@ -114,7 +125,7 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,    \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
                                  ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef);
+                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

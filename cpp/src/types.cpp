@@ -1,6 +1,7 @@
 // Activation names and the shape checks shared by every kernel.
 #include "fastbptt/types.hpp"
 
+#include <algorithm>
 #include <sstream>
 
 namespace fastbptt {
@@ -19,6 +20,13 @@ const char* activation_name(Activation activation) {
     case Activation::sigmoid: return "sigmoid";
   }
   return "?";
+}
+
+Index backward_block_steps(Index batch, Index gate_columns) {
+  const Index rows_per_step = std::max<Index>(1, batch);
+  const Index for_products = (256 + rows_per_step - 1) / rows_per_step;
+  const Index for_cache = (Index(1) << 18) / std::max<Index>(1, rows_per_step * gate_columns);
+  return std::max({Index(1), for_products, for_cache});
 }
 
 namespace detail {

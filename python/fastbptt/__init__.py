@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._core import __version__
 from ._core import build_info as _core_build_info
-from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
 from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
 from .functional import (
     gru_backward,
@@ -36,6 +36,7 @@ def build_info() -> dict[str, str]:
 
 
 __all__ = [
+    "CheckpointedLSTMCache",
     "GRU",
     "GRUCache",
     "GRUGrads",

@@ -148,11 +148,11 @@ def lengths_array(value, T: int, B: int) -> np.ndarray | None:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def cache_of(kind: type, cache):
+def cache_of(kind, cache):
+    """``cache`` if it is a ``kind`` (a type or a tuple of types), else TypeError naming what was expected."""
     if not isinstance(cache, kind):
-        raise TypeError(
-            f"cache: expected the {kind.__name__} returned by the forward function, got {type(cache).__name__}"
-        )
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"cache: expected the {names} returned by the forward function, got {type(cache).__name__}")
     return cache
 
 

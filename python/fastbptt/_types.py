@@ -81,6 +81,30 @@ class LSTMCache:
 
 
 @dataclass(frozen=True)
+class CheckpointedLSTMCache:
+    """What ``lstm_backward`` needs from ``lstm_forward(..., checkpoint=...)``: the inputs and the states (h, C) at
+    the start of every segment, not the activations of every step; backward recomputes each segment's forward
+    from its checkpoint (last segment first) and gives the bits of full BPTT."""
+
+    x: np.ndarray  #: [T, B, D]
+    W_x: np.ndarray  #: [D, G*H]
+    W_h: np.ndarray  #: [H, G*H]
+    b: np.ndarray  #: [G*H]
+    h_checkpoints: np.ndarray  #: [segments, B, H], h before each segment's first step (h0 first)
+    c_checkpoints: np.ndarray  #: [segments, B, H], likewise C
+    segment: int  #: steps per segment (the last one may be shorter)
+    forget_gate: bool
+
+    @property
+    def h0(self) -> np.ndarray:
+        return self.h_checkpoints[0]
+
+    @property
+    def c0(self) -> np.ndarray:
+        return self.c_checkpoints[0]
+
+
+@dataclass(frozen=True)
 class GRUCache:
     """What ``gru_backward`` needs from ``gru_forward``; inputs are held by reference, as in :class:`RNNCache`."""
 

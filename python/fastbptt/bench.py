@@ -355,23 +355,44 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     return row
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_reset() -> int:
+    """Resets this process's peak resident memory to its current value (Linux) and returns that value in bytes.
+
+    ``getrusage``'s maximum is no use in a child process: it starts at the parent's size at fork time."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_since_reset() -> int:
+    """Peak resident memory in bytes since :func:`peak_rss_reset` (Linux)."""
+    return _status_bytes("VmHWM")
+
+
 def peak_memory_row(cell: str, shape_name: str, dtype) -> dict:
     """Peak resident memory that one forward + backward adds, against ``workspace_bytes``. Runs in a fresh
     interpreter so that the peak is this call's alone."""
     import subprocess
 
     code = f"""
-import resource, numpy as np, fastbptt as fb
-from fastbptt.bench import SHAPES, numpy_runner, problem
+import numpy as np, fastbptt as fb
+from fastbptt.bench import SHAPES, numpy_runner, peak_rss_reset, peak_rss_since_reset, problem
 fb.set_num_threads(1)
 p = problem({cell!r}, SHAPES[{shape_name!r}], np.{np.dtype(dtype).name})
 run = numpy_runner(fb, {cell!r}, p)
 small = problem({cell!r}, (2, 2, 2, 2), np.{np.dtype(dtype).name})
 numpy_runner(fb, {cell!r}, small)()  # libraries loaded, allocator warmed up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_reset()
 run()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024)
+print(peak_rss_since_reset() - before)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     measured = int(done.stdout.strip().splitlines()[-1])

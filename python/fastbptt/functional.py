@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, _core
-from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from . import checkpoint as _checkpoint
+from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
 from .sequences import final_states
 
 NO_LENGTHS = np.empty(0, dtype=np.int64)  # what the core takes for "every sequence runs all T steps"
@@ -75,8 +76,8 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None
-) -> tuple[np.ndarray, np.ndarray, LSTMCache]:
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None
+) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache]:
     """Runs the LSTM over a batch of sequences.
 
     ``z_t = x_t W_x + h_{t-1} W_h + b`` split into gate blocks i, f, g, o (PyTorch's order);
@@ -94,6 +95,12 @@ def lstm_forward(
         Initial hidden and cell states; zeros when omitted.
     forget_gate : bool
         The modern cell (True) or the original one without forget gate (False).
+    checkpoint : None, "sqrt" or int
+        None: keep every step's activations for backward (``T*B*(G+2)*H`` numbers). Otherwise keep only the state
+        at the start of segments of about sqrt(T) ("sqrt") or the given number of steps (rounded up to a
+        multiple of the core's backward block, :func:`fastbptt.checkpoint.block_steps`), and let backward
+        recompute each segment: one more forward pass, memory beyond the outputs independent of T, and the
+        bits of full BPTT. Not with ``lengths``.
     lengths : integer array [B], optional
         Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
         are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
@@ -104,21 +111,33 @@ def lstm_forward(
         ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state (without lengths).
     c_T : ndarray [B, H]
         Each sequence's final cell state.
-    cache : LSTMCache
+    cache : LSTMCache or CheckpointedLSTMCache
         What :func:`lstm_backward` needs.
     """
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    if checkpoint is not None:
+        if lengths is not None:
+            raise ValueError("checkpoint: not supported together with lengths; pass one of them")
+        segment = _checkpoint.segment_steps(checkpoint, x.shape[0], x.shape[1], W_h.shape[1])
+        hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
+            _lstm_core_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
+        )
+        return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
     hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
     return hs, final_states(cs, lengths), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
 
 
-def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
+def _lstm_core_forward(x, W_x, W_h, b, h0, c0, forget_gate):
+    return _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, NO_LENGTHS)
+
+
+def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> LSTMGrads:
     """Backpropagation through time for :func:`lstm_forward`.
 
     Parameters
     ----------
-    cache : LSTMCache
+    cache : LSTMCache or CheckpointedLSTMCache
         From :func:`lstm_forward`.
     dhs : ndarray [T, B, H]
         dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
@@ -130,11 +149,14 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     LSTMGrads
         ``dx [T,B,D], dh0 [B,H], dc0 [B,H], dW_x [D,G*H], dW_h [H,G*H], db [G*H]``.
     """
-    c = _checks.cache_of(LSTMCache, cache)
-    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
+    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])
+    dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
     if dc_T is None:
         dc_T = np.zeros_like(c.c0)
-    dc_T = _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
+    dc_T = _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
+    if isinstance(c, CheckpointedLSTMCache):
+        return LSTMGrads(*_checkpoint.lstm_backward(_lstm_core_forward, _core.lstm_backward_into, c, dhs, dc_T))
     grads = _core.lstm_backward(
         c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, _core_lengths(c.lengths)
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._types import GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from . import checkpoint as _checkpoint
+from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
 from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
 from .memory import workspace_bytes
 from .sequences import final_states, reverse_sequences
@@ -113,12 +114,20 @@ def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None
-) -> tuple[np.ndarray, np.ndarray, LSTMCache]:
-    """Reference of :func:`fastbptt.lstm_forward`."""
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None
+) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache]:
+    """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache)."""
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
+    if checkpoint is not None:
+        if lengths is not None:
+            raise ValueError("checkpoint: not supported together with lengths; pass one of them")
+        segment = _checkpoint.segment_steps(checkpoint, T, B, W_h.shape[1])
+        hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
+            _segment_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
+        )
+        return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
     H = W_h.shape[0]
     blocks = _gate_blocks(forget_gate, H)
     gates = np.empty((T, B, W_h.shape[1]), dtype=x.dtype)
@@ -147,7 +156,20 @@ def lstm_forward(
     return hs, c.copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
 
 
-def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
+def _segment_forward(x, W_x, W_h, b, h0, c0, forget_gate):
+    hs, _, cache = lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate=forget_gate)
+    return hs, cache.cs, cache.gates
+
+
+def _segment_backward_into(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db):
+    grads = lstm_backward(LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate), dhs, dc_T)
+    dW_x += grads.dW_x
+    dW_h += grads.dW_h
+    db += grads.db
+    return grads.dx, grads.dh0, grads.dc0
+
+
+def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> LSTMGrads:
     """Reference of :func:`fastbptt.lstm_backward`.
 
     With ``dh = dL/dh_t`` and ``dc = dL/dC_t`` (both including what flows back from step t+1):
@@ -155,9 +177,12 @@ def lstm_backward(cache: LSTMCache, dhs, dc_T=None) -> LSTMGrads:
     ``dz_g = dc * i * (1-g²)``, ``dz_f = dc * C_{t-1} * f(1-f)``; then ``dL/dC_{t-1} = dc * f`` (``dc`` without
     forget gate) and ``dL/dh_{t-1} = dz W_hᵀ``.
     """
-    c = _checks.cache_of(LSTMCache, cache)
-    dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
+    c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
+    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])
+    dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
+    dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
+    if isinstance(c, CheckpointedLSTMCache):
+        return LSTMGrads(*_checkpoint.lstm_backward(_segment_forward, _segment_backward_into, c, dhs, dc))
     T = c.x.shape[0]
     H = c.W_h.shape[0]
     blocks = _gate_blocks(c.forget_gate, H)

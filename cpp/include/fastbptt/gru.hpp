@@ -36,8 +36,9 @@ void forward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);
 ///   d(hn) = dz_n r;  dL/dh_{t-1} = dh z + [dz_r, dz_z, d(hn)] W_hᵀ
-/// then, for the whole sequence: dW_x = Xᵀ [dz_r, dz_z, dz_n], dW_h = H_prevᵀ [dz_r, dz_z, d(hn)],
-/// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), dx = [dz_r, dz_z, dz_n] W_xᵀ.
+/// and the whole-sequence products dW_x = Xᵀ [dz_r, dz_z, dz_n], dW_h = H_prevᵀ [dz_r, dz_z, d(hn)],
+/// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), dx = [dz_r, dz_z, dz_n] W_xᵀ, a block of
+/// backward_block_steps(B, 4H) steps at a time.
 /// shape, x, W_x, W_h, h0, gates, hn, hs, lengths   in   as given to / returned by `forward`
 /// dhs   [T*B, H]    in   upstream gradient on every h_t (a gradient on a sequence's final state belongs to the
 ///                        row of its last step; rows past a sequence's end are ignored)
@@ -46,13 +47,14 @@ void forward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar
 /// dW_x  [D, 3H]     out
 /// dW_h  [H, 3H]     out
 /// db    [3H]        out
-/// db_hn [H]         out
-/// Allocates one [T*B, 4H] and two [B, H] scratch matrices per call, none inside the time loop.
+/// db_hn [H]         out  (dW_x, dW_h, db, db_hn are in/out with accumulate: this call's gradient is added)
+/// accumulate        in   add to the weight gradients instead of overwriting them
+/// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
               ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
               ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths = IndexVector());
+              ConstLengthsRef lengths = IndexVector(), bool accumulate = false);
 
 }  // namespace fastbptt::gru

@@ -28,20 +28,23 @@ void forward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
-///   dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ),  dx = dZ W_xhᵀ   (after the time loop, whole-sequence)
+///   dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ),  dx = dZ W_xhᵀ   (a block of backward_block_steps()
+///   steps at a time)
 /// shape, activation, x, W_xh, W_hh, h0, hs, lengths   in   as given to / returned by `forward`
 /// dhs    [T*B, H]  in   upstream gradient on every h_t (a gradient on a sequence's final state belongs to the row
 ///                       of its last step; rows past a sequence's end are ignored)
 /// dx     [T*B, D]  out
 /// dh0    [B, H]    out
-/// dW_xh  [D, H]    out
-/// dW_hh  [H, H]    out
-/// db_h   [H]       out
-/// Allocates one [T*B, H] scratch matrix per call, none inside the time loop.
+/// dW_xh  [D, H]    out  (in/out with accumulate: this call's gradient is added)
+/// dW_hh  [H, H]    out  (likewise)
+/// db_h   [H]       out  (likewise)
+/// accumulate       in   add to the weight gradients instead of overwriting them (see lstm::backward)
+/// Allocates scratch of one block of steps per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths = IndexVector());
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths = IndexVector(),
+              bool accumulate = false);
 
 }  // namespace fastbptt::rnn

@@ -49,6 +49,12 @@ enum class Activation { tanh, relu, sigmoid };
 Activation parse_activation(const std::string& name);
 const char* activation_name(Activation activation);
 
+/// Time steps per block of the backward pass (see time_blocks.hpp in the sources): at least 256 rows per block
+/// so that its products run efficiently, and a block of dZ of about 2^18 scalars so that it stays in cache. It does
+/// not depend on T: backward calls over segments that start at multiples of it, with the weight gradients
+/// accumulated, give the same bits as one call (checkpointed BPTT).
+Index backward_block_steps(Index batch, Index gate_columns);
+
 namespace detail {
 
 /// Throws std::invalid_argument unless T, B, D, H are all >= 1.
