@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import lstm_problem, rnn_problem
+from conftest import gru_problem, lstm_problem, rnn_problem
 
 import fastbptt as fb
 from fastbptt import diagnostics as dg
@@ -136,27 +136,59 @@ def test_lstm_hidden_jacobian_matches_finite_differences(rng):
     assert np.all(result.norms <= result.data_bound * (1 + 1e-10))
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_hidden_gradient_norms_are_what_bptt_carries(rng, cell):
-    T = 8
+@pytest.mark.parametrize("lengths", [None, [8, 5, 1]], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_hidden_gradient_norms_are_what_bptt_carries(rng, cell, lengths):
+    """dL/dh_k is the upstream gradient at k plus dh0 of the backward pass over the steps after k, run from the
+    state at k: checked against that for every k (k = T: the upstream gradient alone; k = 0: dh0)."""
+    T, B = 8, 3
     if cell == "rnn":
-        p = rnn_problem(rng, T=T, B=3, D=4, H=5)
-        _, cache = fb.rnn_forward(*(p[k] for k in RNN_INPUTS))
-        full = fb.rnn_backward(cache, p["dhs"]).dh0
+        p = rnn_problem(rng, T=T, B=B, D=4, H=5)
+        weights = (p["W_xh"], p["W_hh"], p["b_h"])
+        _, cache = fb.rnn_forward(p["x"], *weights, p["h0"], lengths=lengths)
+
+        def tail_dh0(k, L):
+            _, tail = fb.rnn_forward(p["x"][k:], *weights, cache.hs[k - 1], lengths=L)
+            return fb.rnn_backward(tail, p["dhs"][k:]).dh0
+
+    elif cell == "lstm":
+        p = lstm_problem(rng, T=T, B=B, D=4, H=5)
+        weights = (p["W_x"], p["W_h"], p["b"])
+        _, _, cache = fb.lstm_forward(p["x"], *weights, p["h0"], p["c0"], lengths=lengths)
+
+        def tail_dh0(k, L):
+            _, _, tail = fb.lstm_forward(p["x"][k:], *weights, cache.hs[k - 1], cache.cs[k - 1], lengths=L)
+            return fb.lstm_backward(tail, p["dhs"][k:], p["dc_T"]).dh0
+
     else:
-        p = lstm_problem(rng, T=T, B=3, D=4, H=5)
-        _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS))
-        full = fb.lstm_backward(cache, p["dhs"]).dh0
-    norms = dg.hidden_gradient_norms(cache, p["dhs"])
-    np.testing.assert_allclose(norms.per_sequence[0], np.linalg.norm(full, axis=1), rtol=1e-10)
-    np.testing.assert_allclose(norms.per_sequence[T], np.linalg.norm(p["dhs"][-1], axis=1), rtol=1e-12)
+        p = gru_problem(rng, T=T, B=B, D=4, H=5)
+        weights = (p["W_x"], p["W_h"], p["b"], p["b_hn"])
+        _, cache = fb.gru_forward(p["x"], *weights, p["h0"], lengths=lengths)
+
+        def tail_dh0(k, L):
+            _, tail = fb.gru_forward(p["x"][k:], *weights, cache.hs[k - 1], lengths=L)
+            return fb.gru_backward(tail, p["dhs"][k:]).dh0
+
+    if cell == "lstm":
+        norms = dg.hidden_gradient_norms(cache, p["dhs"], p["dc_T"])
+        full = fb.lstm_backward(cache, p["dhs"], p["dc_T"])
+    else:
+        norms = dg.hidden_gradient_norms(cache, p["dhs"])
+        full = (fb.rnn_backward if cell == "rnn" else fb.gru_backward)(cache, p["dhs"])
+    np.testing.assert_allclose(norms.per_sequence[0], np.linalg.norm(full.dh0, axis=1), rtol=1e-12)
+    steps = np.full(B, T) if lengths is None else np.asarray(lengths)
+    for k in range(1, T + 1):
+        for b in range(B):
+            if k > steps[b]:
+                assert norms.per_sequence[k, b] == 0
+                continue
+            if k == steps[b]:  # a sequence's last state gets its upstream gradient only (dc_T enters through C)
+                expected = p["dhs"][k - 1, b]
+            else:
+                L = None if lengths is None else np.maximum(steps - k, 1)
+                expected = p["dhs"][k - 1, b] + tail_dh0(k, L)[b]
+            np.testing.assert_allclose(norms.per_sequence[k, b], np.linalg.norm(expected), rtol=1e-10)
     np.testing.assert_allclose(norms.mean, norms.per_sequence.mean(axis=1))
-    if cell == "rnn":  # dL/dh_k is dh0 of the backward pass over the steps after k, started from h_k
-        k = 3
-        hs = cache.hs
-        _, tail = fb.rnn_forward(p["x"][k:], p["W_xh"], p["W_hh"], p["b_h"], hs[k - 1])
-        expected = fb.rnn_backward(tail, p["dhs"][k:]).dh0 + p["dhs"][k - 1]
-        np.testing.assert_allclose(norms.per_sequence[k], np.linalg.norm(expected, axis=1), rtol=1e-10)
 
 
 def test_diagnose_command_prints_the_table(tmp_path):

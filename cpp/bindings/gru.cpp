@@ -1,6 +1,9 @@
 // Binding of the GRU kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/gru.hpp"
 
+#include <optional>
+#include <vector>
+
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -33,7 +36,8 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
 template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
-                       const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths) {
+                       const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
+                       bool hidden_grad_norms) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = gru::gate_count * s.H;
   const auto x_m = as_matrix(x, "x", 3);
@@ -52,11 +56,15 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   auto dW_h_m = as_mutable_matrix(dW_h);
   auto db_v = as_mutable_vector(db);
   auto db_hn_v = as_mutable_vector(db_hn);
+  std::optional<Array<Scalar>> norms;
+  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
   {
     py::gil_scoped_release release;
     gru::backward<Scalar>(s, x_m, W_x_m, W_h_m, h0_m, gates_m, hn_m, hs_m, dhs_m, dx_m, dh0_m, dW_x_m, dW_h_m, db_v,
-                          db_hn_v, lengths_v);
+                          db_hn_v, lengths_v, false,
+                          norms ? norms->mutable_data() : nullptr);
   }
+  if (norms) return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn, *norms);
   return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn);
 }
 
@@ -69,7 +77,8 @@ void define(py::module_& m) {
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
-        py::arg("lengths").noconvert(), "(dx, dh0, dW_x, dW_h, db, db_hn) = BPTT of the GRU; see fastbptt.gru_backward.");
+        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false,
+        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward.");
 }
 
 }  // namespace

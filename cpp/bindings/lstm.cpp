@@ -1,6 +1,9 @@
 // Binding of the LSTM kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/lstm.hpp"
 
+#include <optional>
+#include <vector>
+
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -34,7 +37,8 @@ template <class Scalar>
 py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
-                        const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths) {
+                        const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
+                        bool hidden_grad_norms) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
   const auto x_m = as_matrix(x, "x", 3);
@@ -55,11 +59,15 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   auto dW_x_m = as_mutable_matrix(dW_x);
   auto dW_h_m = as_mutable_matrix(dW_h);
   auto db_v = as_mutable_vector(db);
+  std::optional<Array<Scalar>> norms;
+  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
   {
     py::gil_scoped_release release;
     lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v);
+                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v, false,
+                          norms ? norms->mutable_data() : nullptr);
   }
+  if (norms) return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db, *norms);
   return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db);
 }
 
@@ -103,13 +111,14 @@ template <class Scalar>
 void define(py::module_& m) {
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
-        py::arg("forget_gate"), py::arg("lengths").noconvert(), "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
+        py::arg("forget_gate"), py::arg("lengths").noconvert(),
+        "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
-        py::arg("lengths").noconvert(),
-        "(dx, dh0, dc0, dW_x, dW_h, db) = BPTT of the LSTM; see fastbptt.lstm_backward.");
+        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false,
+        "(dx, dh0, dc0, dW_x, dW_h, db[, dh_norms [T+1,B]]) = BPTT of the LSTM; see fastbptt.lstm_backward.");
   m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),

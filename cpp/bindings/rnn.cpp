@@ -1,6 +1,9 @@
 // Binding of the plain RNN kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/rnn.hpp"
 
+#include <optional>
+#include <vector>
+
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -30,7 +33,7 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
 template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
-                       const std::string& activation, const LengthsArray& lengths) {
+                       const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms) {
   const Shape s = sequence_shape(x, W_hh.ndim() == 2 ? W_hh.shape(0) : 0);
   const Activation phi = parse_activation(activation);
   const auto x_m = as_matrix(x, "x", 3);
@@ -46,11 +49,15 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   auto dW_xh_m = as_mutable_matrix(dW_xh);
   auto dW_hh_m = as_mutable_matrix(dW_hh);
   auto db_h_v = as_mutable_vector(db_h);
+  std::optional<Array<Scalar>> norms;
+  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
   {
     py::gil_scoped_release release;
     rnn::backward<Scalar>(s, phi, x_m, W_xh_m, W_hh_m, h0_m, hs_m, dhs_m, dx_m, dh0_m, dW_xh_m, dW_hh_m, db_h_v,
-                          lengths_v);
+                          lengths_v, false,
+                          norms ? norms->mutable_data() : nullptr);
   }
+  if (norms) return py::make_tuple(dx, dh0, dW_xh, dW_hh, db_h, *norms);
   return py::make_tuple(dx, dh0, dW_xh, dW_hh, db_h);
 }
 
@@ -62,6 +69,7 @@ void define(py::module_& m) {
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
+        py::arg("hidden_grad_norms") = false,
         "(dx, dh0, dW_xh, dW_hh, db_h) = BPTT of the RNN; see fastbptt.rnn_backward.");
 }
 

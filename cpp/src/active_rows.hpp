@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -54,6 +55,19 @@ class ActiveRows {
   std::vector<Index> order_;
   std::vector<Index> running_;
 };
+
+/// norms[r] = ||row r of m||_2 (accumulated in double) for the rows running at step t, 0 for the others; a no-op
+/// when norms is null. BPTT's dL/dh norms per step come out of the backward loop this way, at O(B*H) per step.
+template <class Scalar>
+void record_row_norms(const Eigen::Ref<const RowMatrix<Scalar>>& m, const ActiveRows& active, Index t,
+                      Scalar* norms) {
+  if (norms == nullptr) return;
+  std::fill(norms, norms + m.rows(), Scalar(0));
+  for (Index k = 0; k < active.count(t); ++k) {
+    const Index r = active.row(k);
+    norms[r] = static_cast<Scalar>(std::sqrt(m.row(r).template cast<double>().squaredNorm()));
+  }
+}
 
 /// out = x W for the rows that run each step: one product over all T*B rows when every sequence runs every step,
 /// else one per step over its running rows (a row's bits are the same either way; padding rows are left alone).

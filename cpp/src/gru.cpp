@@ -84,7 +84,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
               ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
               ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths, bool accumulate) {
+              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
   check_inputs<Scalar>(s, x, W_x, W_h, h0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
   detail::check_shape("gates", gates, N, GH);
@@ -121,6 +121,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
       auto dz_t = dZ.middleRows((t - t0) * B, B);
       const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
       const Index running = active.count(t);
+      detail::record_row_norms<Scalar>(dh0, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
       for (Index k = 0; k < running; ++k) {
         const Index r = active.row(k);
         const Scalar* g = gates.row(t * B + r).data();
@@ -179,6 +180,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
     dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
     t1 = t0;
   }
+  detail::record_row_norms<Scalar>(dh0, active, 0, dh_norms);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
@@ -190,7 +192,7 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
                                  MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,     \
-                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool);
+                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

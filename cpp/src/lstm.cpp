@@ -100,7 +100,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
               ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
               ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
-              ConstLengthsRef lengths, bool accumulate) {
+              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
   check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
   detail::check_shape("gates", gates, N, GH);
@@ -137,6 +137,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
       const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
       auto dz_t = dZ.middleRows((t - t0) * B, B);
       const Index running = active.count(t);
+      detail::record_row_norms<Scalar>(dh_matrix, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
       for (Index k = 0; k < running; ++k) {
         const Index r = active.row(k);
         const Scalar* z = gates.row(t * B + r).data();
@@ -185,6 +186,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
     dx.middleRows(t0 * B, rows).noalias() = dz_block * W_x.transpose();
     t1 = t0;
   }
+  detail::record_row_norms<Scalar>(dh0, active, 0, dh_norms);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                            \
@@ -197,7 +199,7 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
                                  ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, MatrixRef<Scalar>,             \
                                  MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,    \
-                                 VectorRef<Scalar>, ConstLengthsRef, bool);
+                                 VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

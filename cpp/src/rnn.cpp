@@ -60,7 +60,8 @@ template <class Scalar>
 void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths, bool accumulate) {
+              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths, bool accumulate,
+              Scalar* dh_norms) {
   check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
   const Index N = s.T * s.B;
   detail::check_shape("hs", hs, N, s.H);
@@ -92,6 +93,7 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * s.B, s.B);
         const Index running = active.count(t);
+        detail::record_row_norms<Scalar>(dh0, active, t, dh_norms ? dh_norms + (t + 1) * s.B : nullptr);
         for (Index k = 0; k < running; ++k) {
           const Index r = active.row(k);
           Scalar* dz = dz_t.row(r).data();
@@ -116,16 +118,18 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
       t1 = t0;
     }
   });
+  detail::record_row_norms<Scalar>(dh0, active, 0, dh_norms);
 }
 
-#define FASTBPTT_INSTANTIATE(Scalar)                                                                          \
-  template void forward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,     \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,       \
-                                MatrixRef<Scalar>, ConstLengthsRef);                                                           \
-  template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,    \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
-                                 ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool);
+#define FASTBPTT_INSTANTIATE(Scalar)                                                                           \
+  template void forward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
+                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,        \
+                                MatrixRef<Scalar>, ConstLengthsRef);                                           \
+  template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,     \
+                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,       \
+                                 ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                 \
+                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool, \
+                                 Scalar*);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -18,8 +18,9 @@ inline Index block_start(Index t1, Index block_steps) { return (t1 - 1) / block_
 /// out.topRows((t1-t0)*B) = [h_{t0-1}; ...; h_{t1-2}], the states before steps t0 .. t1-1 (h_{-1} = h0), stacked
 /// so that one product covers the block.
 template <class Scalar>
-void gather_previous_states(const Eigen::Ref<const RowMatrix<Scalar>>& h0, const Eigen::Ref<const RowMatrix<Scalar>>& hs,
-                            Index B, Index t0, Index t1, RowMatrix<Scalar>& out) {
+void gather_previous_states(const Eigen::Ref<const RowMatrix<Scalar>>& h0,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& hs, Index B, Index t0, Index t1,
+                            RowMatrix<Scalar>& out) {
   const Index rows = (t1 - t0) * B;
   if (t0 > 0) {
     out.topRows(rows) = hs.middleRows((t0 - 1) * B, rows);

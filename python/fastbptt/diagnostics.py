@@ -6,7 +6,8 @@ For the plain RNN (column-vector form of ``h_j = phi(h_{j-1} W_hh + ...)``) the 
 ``(h, C)``; the spec's full ``dC_t/dC_{t-1}`` goes through ``h_{t-1}`` into every gate, not only through ``f_t``.
 
 States are numbered as in the spec: ``h_0`` is the initial state and ``h_t = hs[t-1]`` for ``t = 1 .. T``.
-Everything here is computed in NumPy in the dtype of the cache, from a cache of either backend.
+The Jacobian products and spectra are computed exactly in NumPy (LAPACK for the SVDs) in the dtype of the cache,
+from a cache of either backend; the per-step gradient norms come out of the core's backward pass.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks
-from ._types import LSTMCache, RNNCache
+from ._types import GRUCache, LSTMCache, RNNCache
 
 #: sup |phi'| for each activation: the spec's gamma_h
 GAMMA_H = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
@@ -44,7 +45,7 @@ class CellJacobians(NamedTuple):
 
 
 class GradientNorms(NamedTuple):
-    per_sequence: np.ndarray  #: [T+1, B] ||dL/dh_k|| for k = 0 .. T (k = 0: the initial state)
+    per_sequence: np.ndarray  #: [T+1, B] ||dL/dh_k|| for k = 0 .. T (k = 0: the initial state), the cache's dtype
     mean: np.ndarray  #: [T+1] averaged over the batch
 
 
@@ -194,29 +195,35 @@ def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None) -> JacobianNorms
     return JacobianNorms(t, lags, norms, data_bound.max(axis=1), data_bound)
 
 
-def hidden_gradient_norms(cache, dhs) -> GradientNorms:
+def hidden_gradient_norms(cache, dhs, dc_T=None) -> GradientNorms:
     """``||dL/dh_k||`` for every state ``k = 0 .. T``: what BPTT carries back to each step (the upstream
-    gradient of step ``k`` plus everything from later steps), per sequence and averaged."""
-    kind = LSTMCache if isinstance(cache, LSTMCache) else RNNCache
-    cache = _checks.cache_of(kind, cache)
+    gradient of step ``k`` plus everything from later steps), per sequence and averaged.
+
+    Computed by the core's backward pass, which records the norm of dL/dh at every step as it goes (O(B*H) per
+    step beside the backward itself), from an RNN, LSTM or GRU cache of either backend; ``dc_T`` as for
+    :func:`fastbptt.lstm_backward`. With lengths, norms past a sequence's length are 0.
+    """
+    from . import _core
+    from .functional import _core_lengths
+
+    cache = _checks.cache_of((RNNCache, LSTMCache, GRUCache), cache)
     dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
-    T, B, H = cache.hs.shape
-    carried = np.empty((T + 1, B))
-    if kind is RNNCache:
-        phi_prime = _phi_prime(cache.activation, cache.hs)
-        g = dhs[T - 1]
-        for k in range(T, 0, -1):  # g = dL/dh_k; dL/dh_{k-1} = dhs_{k-1} + (g * phi'(z_k)) W_hhᵀ
-            carried[k] = np.linalg.norm(g, axis=1)
-            g = (g * phi_prime[k - 1]) @ cache.W_hh.T + (dhs[k - 2] if k >= 2 else 0)
+    lengths = _core_lengths(cache.lengths)
+    if isinstance(cache, RNNCache):
+        c = cache
+        out = _core.rnn_backward(c.x, c.W_xh, c.W_hh, c.h0, c.hs, dhs, c.activation, lengths, True)
+    elif isinstance(cache, LSTMCache):
+        c = cache
+        dc_T = np.zeros_like(c.c0) if dc_T is None else dc_T
+        dc_T = _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
+        out = _core.lstm_backward(
+            c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, lengths, True
+        )
     else:
-        g = np.concatenate([dhs[T - 1], np.zeros_like(dhs[T - 1])], axis=1)  # (dL/dh_T, dL/dC_T)
-        for k in range(T, 0, -1):
-            carried[k] = np.linalg.norm(g[:, :H], axis=1)
-            g = np.einsum("bi,bij->bj", g, lstm_state_jacobians(cache, k - 1, k)[0])
-            if k >= 2:
-                g[:, :H] += dhs[k - 2]
-    carried[0] = np.linalg.norm(g[:, :H] if kind is LSTMCache else g, axis=1)
-    return GradientNorms(carried, carried.mean(axis=1))
+        c = cache
+        out = _core.gru_backward(c.x, c.W_x, c.W_h, c.h0, c.gates, c.hn, c.hs, dhs, lengths, True)
+    norms = out[-1]
+    return GradientNorms(norms, norms.mean(axis=1))
 
 
 SWEEP_RADII = (0.5, 0.9, 1.0, 1.1, 1.5)

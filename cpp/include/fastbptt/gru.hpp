@@ -49,12 +49,14 @@ void forward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar
 /// db    [3H]        out
 /// db_hn [H]         out  (dW_x, dW_h, db, db_hn are in/out with accumulate: this call's gradient is added)
 /// accumulate        in   add to the weight gradients instead of overwriting them
+/// dh_norms [T+1, B] out  optional (null: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state),
+///                        what BPTT carries back to each step; 0 past a sequence's length
 /// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
               ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
               ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths = IndexVector(), bool accumulate = false);
+              ConstLengthsRef lengths = IndexVector(), bool accumulate = false, Scalar* dh_norms = nullptr);
 
 }  // namespace fastbptt::gru

@@ -38,8 +38,8 @@ void forward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, Con
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):
 ///   dC_t += dh_t * o_t * (1 - tanh²C_t);  dz_o = dh_t * tanh C_t * o(1-o);  dz_i = dC_t * g * i(1-i);
 ///   dz_g = dC_t * i * (1-g²);  dz_f = dC_t * C_{t-1} * f(1-f)
-/// and the whole-sequence products dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ, computed a block
-/// of backward_block_steps() steps at a time.
+/// and the whole-sequence products dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ, computed
+/// a block of backward_block_steps() steps at a time.
 /// shape, forget_gate, x, W_x, W_h, h0, c0, gates, hs, cs, lengths   in   as given to / returned by `forward`
 /// dhs   [T*B, H]    in   upstream gradient on every h_t (a gradient on a sequence's final hidden state belongs to
 ///                        the row of its last step; rows past a sequence's end are ignored)
@@ -53,6 +53,8 @@ void forward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, Con
 /// accumulate        in   add to dW_x, dW_h and db instead of overwriting them: with segments that start at
 ///                        multiples of backward_block_steps(B, G*H), run last first with dh0/dc0 passed on, the
 ///                        result has the bits of one call over the whole sequence
+/// dh_norms [T+1, B] out  optional (null: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state),
+///                        what BPTT carries back to each step; 0 past a sequence's length
 /// Allocates scratch of one block of steps ([block*B, G*H] and [block*B, H]) and a [B, H] matrix per call, none
 /// inside the time loop; memory beyond the outputs does not grow with T.
 template <class Scalar>
@@ -61,6 +63,6 @@ void backward(const Shape& shape, bool forget_gate, ConstMatrixRef<Scalar> x, Co
               ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
               ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
               MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
-              ConstLengthsRef lengths = IndexVector(), bool accumulate = false);
+              ConstLengthsRef lengths = IndexVector(), bool accumulate = false, Scalar* dh_norms = nullptr);
 
 }  // namespace fastbptt::lstm

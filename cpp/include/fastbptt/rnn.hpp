@@ -39,12 +39,14 @@ void forward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x
 /// dW_hh  [H, H]    out  (likewise)
 /// db_h   [H]       out  (likewise)
 /// accumulate       in   add to the weight gradients instead of overwriting them (see lstm::backward)
+/// dh_norms [T+1, B] out  optional (null: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state),
+///                        what BPTT carries back to each step; 0 past a sequence's length
 /// Allocates scratch of one block of steps per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
               ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
               ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
               MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths = IndexVector(),
-              bool accumulate = false);
+              bool accumulate = false, Scalar* dh_norms = nullptr);
 
 }  // namespace fastbptt::rnn
