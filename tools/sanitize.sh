@@ -14,7 +14,8 @@
 #
 # The Python interpreter is not instrumented, so the ASan runtime of the compiler and libstdc++ are preloaded
 # (LD_PRELOAD) ahead of everything else. CPython frees little at exit by design, so leak detection is off
-# (detect_leaks=0); the leak tests of the suite measure the resident set instead. ASan and UBSan reports are
+# (detect_leaks=0); the leak tests of the suite measure the resident set instead. allocator_may_return_null=1 lets
+# an impossible allocation fail as malloc does (the suite checks that it becomes MemoryError) instead of aborting. ASan and UBSan reports are
 # written to build/sanitize/reports.*; the script fails when there is any. The suite sees FASTBPTT_SANITIZED, which
 # turns on the canary test (tests/test_reliability.py::test_sanitizers_are_active) and skips the RSS-based leak
 # tests (ASan's quarantine holds freed memory on purpose). The default build (pip install .) is unchanged:
@@ -60,7 +61,7 @@ status=0
   # Run from the tests directory so that the suite imports the installed (sanitized) package, not python/.
   cd "$root/tests"
   LD_PRELOAD="$preload" \
-  ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$out/reports.asan" \
+  ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$out/reports.asan" \
   UBSAN_OPTIONS="print_stacktrace=1:report_error_type=1:log_path=$out/reports.ubsan" \
   FASTBPTT_SANITIZED="$sanitizers" \
   FASTBPTT_SANITIZE_LOGS="$out" \
