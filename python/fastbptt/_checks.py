@@ -124,7 +124,7 @@ def choice(name: str, value, allowed: Sequence[str]) -> str:
 def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarray:
     """Class indices ``[T, B]`` in ``0 .. K-1`` (or ``ignore_index``) as C-contiguous int64."""
     array = as_array("targets", value)
-    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+    if array.dtype.kind not in "iu":  # not bool, and not timedelta64 (which NumPy counts as a signed integer)
         raise TypeError(
             f"targets: expected an integer array of class indices, got dtype {array.dtype}; "
             "convert it first, e.g. targets.astype(np.int64)"
