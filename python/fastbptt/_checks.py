@@ -13,15 +13,26 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 ACTIVATIONS = ("tanh", "relu", "sigmoid")
 REDUCTIONS = ("sum", "mean")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def as_array(name: str, value) -> np.ndarray:
+    """``np.asarray(value)``; ValueError naming the argument when NumPy cannot make an array of it (a ragged list)."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name}: cannot be read as an array ({error})") from error
 
 
 def float_array(name: str, value, dtype: np.dtype | None = None, like: str = "x") -> np.ndarray:
-    """``value`` as a C-contiguous float32/float64 array; with ``dtype`` given (the dtype of the argument named
-    ``like``), it must have exactly that dtype.
+    """``value`` as a C-contiguous, aligned float32/float64 array; with ``dtype`` given (the dtype of the argument
+    named ``like``), it must have exactly that dtype.
 
-    Non-contiguous, Fortran-order and strided inputs are copied here, once; contiguous ones are returned as they are.
+    Non-contiguous, Fortran-order, strided and unaligned inputs are copied here, once (the core reads whole
+    elements: a float at an odd address would be undefined behaviour); others are returned as they are. A copy too
+    large to allocate (e.g. of a zero-stride broadcast view with huge sides) raises MemoryError naming ``name``.
     """
-    array = np.asarray(value)
+    array = as_array(name, value)
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name}: expected a float32 or float64 array, got dtype {array.dtype}; "
@@ -32,7 +43,14 @@ def float_array(name: str, value, dtype: np.dtype | None = None, like: str = "x"
             f"{name}: has dtype {array.dtype} but {like} has dtype {dtype}; all arrays of one call must share one "
             f"dtype: convert with {name}.astype(np.{dtype})"
         )
-    return np.ascontiguousarray(array)
+    try:
+        contiguous = np.ascontiguousarray(array)
+        return contiguous if contiguous.flags.aligned else contiguous.copy()
+    except (MemoryError, ValueError) as error:  # NumPy says ValueError when the byte count exceeds its index type
+        raise MemoryError(
+            f"{name}: a C-contiguous copy of this {array.dtype} array of shape {array.shape} "
+            f"({array.size * array.itemsize} bytes) cannot be allocated ({error})"
+        ) from None
 
 
 def check_shape(name: str, array: np.ndarray, expected: Sequence[int], symbols: str) -> None:
@@ -88,7 +106,10 @@ def positive_int(name: str, value) -> int:
 
 def float_dtype(name: str, dtype) -> np.dtype:
     """``dtype`` as float32 or float64; TypeError otherwise."""
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r} ({error})") from None
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected float32 or float64, got {dtype}")
     return dtype
@@ -102,8 +123,8 @@ def choice(name: str, value, allowed: Sequence[str]) -> str:
 
 def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarray:
     """Class indices ``[T, B]`` in ``0 .. K-1`` (or ``ignore_index``) as C-contiguous int64."""
-    array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+    array = as_array("targets", value)
+    if array.dtype.kind not in "iu":  # not bool, and not timedelta64 (which NumPy counts as a signed integer)
         raise TypeError(
             f"targets: expected an integer array of class indices, got dtype {array.dtype}; "
             "convert it first, e.g. targets.astype(np.int64)"
@@ -111,6 +132,8 @@ def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarra
     check_shape("targets", array, (T, B), "[T, B]")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    if not INT64_MIN <= int(ignore_index) <= INT64_MAX:
+        raise ValueError(f"ignore_index: must fit in int64 ({INT64_MIN} .. {INT64_MAX}), got {ignore_index}")
     if 0 <= ignore_index < K:
         raise ValueError(f"ignore_index: must lie outside the class indices 0 .. {K - 1}, got {ignore_index}")
     counted = array[array != ignore_index]
