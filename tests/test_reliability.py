@@ -444,9 +444,9 @@ def test_errors_in_concurrent_calls_reach_each_caller(threads, rng, restore_thre
     p = read_only(as_dtype(lstm_problem(rng, 30, 16, 24, 40), np.float32))
     good_expected = lstm_run(p)
     _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS))
-    # hs of another T: the Python layer checks dhs against cache.hs, the core finds gates and x disagree with it
-    forged = dataclasses.replace(cache, hs=np.zeros((29, 16, 40), np.float32))
-    bad_dhs = np.zeros((29, 16, 40), np.float32)
+    # gates of another T: the Python layer checks dhs against x, the core finds that gates disagree with it
+    forged = dataclasses.replace(cache, gates=np.zeros((29, 16, 160), np.float32))
+    bad_dhs = np.zeros((30, 16, 40), np.float32)
     start = threading.Barrier(8)
     failures: list[str] = []
 
@@ -466,7 +466,7 @@ def test_errors_in_concurrent_calls_reach_each_caller(threads, rng, restore_thre
                     fb.lstm_backward(forged, bad_dhs)
                 failures.append(f"thread {index}: a bad call (kind {kind}) returned")
             except ValueError as error:
-                expected = "W_x: expected shape" if kind == 1 else "hs: expected shape"
+                expected = "W_x: expected shape" if kind == 1 else "gates: expected shape"
                 if not str(error).startswith(expected):
                     failures.append(f"thread {index}: kind {kind} raised {error}")
             except Exception as error:

@@ -10,7 +10,10 @@ Activation parse_activation(const std::string& name) {
   if (name == "tanh") return Activation::tanh;
   if (name == "relu") return Activation::relu;
   if (name == "sigmoid") return Activation::sigmoid;
-  throw std::invalid_argument("activation: expected one of 'tanh', 'relu', 'sigmoid', got '" + name + "'");
+  // Only printable ASCII is quoted back: the message becomes a Python str, which must be valid UTF-8.
+  std::string shown;
+  for (const char c : name) shown += (c >= 0x20 && c < 0x7f) ? std::string(1, c) : std::string("?");
+  throw std::invalid_argument("activation: expected one of 'tanh', 'relu', 'sigmoid', got '" + shown + "'");
 }
 
 const char* activation_name(Activation activation) {

@@ -156,8 +156,8 @@ def lengths_array(value, T: int, B: int) -> np.ndarray | None:
     """
     if value is None:
         return None
-    array = np.asarray(value)
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+    array = as_array("lengths", value)
+    if array.dtype.kind not in "iu":  # not bool, float or timedelta64
         raise TypeError(
             f"lengths: expected integers (one length per sequence), got dtype {array.dtype}; "
             "convert it first, e.g. np.asarray(lengths, dtype=np.int64)"

@@ -172,7 +172,7 @@ class _RecurrentLayer:
     # -- layouts and states -------------------------------------------------------------------------------------
     def _time_major(self, name: str, array):
         """``array`` as ``[T, B, ...]``: swaps the first two axes when the layer is batch_first."""
-        array = np.asarray(array)
+        array = _checks.as_array(name, array)
         if self.batch_first:
             if array.ndim < 2:
                 raise ValueError(f"{name}: expected [B, T, ...] (batch_first=True), got shape {array.shape}")
