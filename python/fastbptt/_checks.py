@@ -6,6 +6,7 @@ each naming the argument, what was expected and what was given.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -176,6 +177,23 @@ def cache_of(kind, cache):
     if not isinstance(cache, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise TypeError(f"cache: expected the {names} returned by the forward function, got {type(cache).__name__}")
+    # The core reads a cache's arrays where they lie: a hand-built cache must hold arrays it can read.
+    dtype = getattr(cache, "x", None).dtype if isinstance(getattr(cache, "x", None), np.ndarray) else None
+    for field in dataclasses.fields(cache):
+        value = getattr(cache, field.name)
+        if field.name == "lengths" and value is None:
+            continue
+        if not isinstance(value, np.ndarray):
+            if field.type in ("np.ndarray", "np.ndarray | None"):
+                raise TypeError(f"cache.{field.name}: expected an array, got {type(value).__name__}")
+            continue
+        expected = np.dtype(np.int64) if field.name == "lengths" else dtype
+        if value.dtype != expected or not (value.flags.c_contiguous and value.flags.aligned):
+            raise ValueError(
+                f"cache.{field.name}: expected a C-contiguous, aligned {expected} array as the forward function "
+                f"returns, got dtype {value.dtype} (C-contiguous: {value.flags.c_contiguous}, aligned: "
+                f"{value.flags.aligned})"
+            )
     return cache
 
 
