@@ -170,6 +170,8 @@ def test_lengths_errors():
         fb.gru_forward(x, np.zeros((D, 3 * H)), np.zeros((H, 3 * H)), np.zeros(3 * H), np.zeros(H), lengths=[True] * B)
     with pytest.raises(ValueError, match=r"state: expected shape \[num_layers \* num_directions, B, H\]"):
         layer.forward(x, np.zeros((B, H)))
+    with pytest.raises(TypeError, match=r"x: has dtype float32 but this GRU layer computes in float64: convert x"):
+        layer.forward(x.astype(np.float32))
     layer.forward(x)
     with pytest.raises(ValueError, match="state_at: only a one-directional layer"):
         layer.state_at(1)

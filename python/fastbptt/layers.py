@@ -238,6 +238,14 @@ class _RecurrentLayer:
         the layout of ``state``. Keeps the cache for :meth:`backward`.
         """
         x = _checks.sequence("x", self._time_major("x", x))
+        if x.shape[2] != self.input_size:
+            layout = "[B, T, D]" if self.batch_first else "[T, B, D]"
+            raise ValueError(f"x: expected {layout} with D = input_size = {self.input_size}, got {x.shape[2]} features")
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"x: has dtype {x.dtype} but this {self.kind} layer computes in {self.dtype}: convert x with "
+                f"x.astype(np.{self.dtype}), or make the layer with dtype=np.{x.dtype}"
+            )
         T, B, _ = x.shape
         lengths = _checks.lengths_array(lengths, T, B)
         states = self._split_state("state", state, x.dtype, B)
