@@ -660,7 +660,7 @@ def test_sanitizers_are_active(tmp_path):
             x = raw[1:].view(np.float64).reshape(2, 2, 2)
             assert not x.flags.aligned and x.flags.c_contiguous
             ones = np.ones
-            _core.rnn_forward(x, ones((2, 3)), ones((3, 3)), ones(3), ones((2, 3)), "tanh")
+            _core.rnn_forward(x, ones((2, 3)), ones((3, 3)), ones(3), ones((2, 3)), "tanh", np.empty(0, np.int64))
             print("returned")
             """,
             tmp_path,
