@@ -172,6 +172,14 @@ def lengths_array(value, T: int, B: int) -> np.ndarray | None:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+#: ndim of every array a cache holds, by field name
+CACHE_NDIM = {
+    **dict.fromkeys(("x", "gates", "hs", "cs", "hn", "h_checkpoints", "c_checkpoints"), 3),
+    **dict.fromkeys(("W_x", "W_h", "W_xh", "W_hh", "h0", "c0"), 2),
+    **dict.fromkeys(("b", "lengths"), 1),
+}
+
+
 def cache_of(kind, cache):
     """``cache`` if it is a ``kind`` (a type or a tuple of types), else TypeError naming what was expected."""
     if not isinstance(cache, kind):
@@ -187,6 +195,9 @@ def cache_of(kind, cache):
             if field.type in ("np.ndarray", "np.ndarray | None"):
                 raise TypeError(f"cache.{field.name}: expected an array, got {type(value).__name__}")
             continue
+        ndim = CACHE_NDIM.get(field.name)
+        if ndim is not None and value.ndim != ndim:
+            raise ValueError(f"cache.{field.name}: expected a {ndim}-D array, got shape {value.shape}")
         expected = np.dtype(np.int64) if field.name == "lengths" else dtype
         if value.dtype != expected or not (value.flags.c_contiguous and value.flags.aligned):
             raise ValueError(
