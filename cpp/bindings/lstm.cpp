@@ -33,14 +33,15 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   return py::make_tuple(hs, cs, gates);
 }
 
+/// The LSTM's BPTT into the given weight-gradient arrays (overwritten, or added to with accumulate); returns
+/// (dx, dh0, dc0).
 template <class Scalar>
-py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
-                        const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
-                        bool hidden_grad_norms) {
+                        const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar>& dW_x, Array<Scalar>& dW_h,
+                        Array<Scalar>& db, const LengthsArray& lengths, bool accumulate, Scalar* dh_norms) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const Index GH = lstm::gate_count(forget_gate) * s.H;
   const auto x_m = as_matrix(x, "x", 3);
   const auto W_x_m = as_matrix(W_x, "W_x", 2);
   const auto W_h_m = as_matrix(W_h, "W_h", 2);
@@ -52,43 +53,6 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   const auto dhs_m = as_matrix(dhs, "dhs", 3);
   const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dc0({s.B, s.H}), dW_x({s.D, GH}), dW_h({s.H, GH}), db({GH});
-  auto dx_m = as_mutable_matrix(dx);
-  auto dh0_m = as_mutable_matrix(dh0);
-  auto dc0_m = as_mutable_matrix(dc0);
-  auto dW_x_m = as_mutable_matrix(dW_x);
-  auto dW_h_m = as_mutable_matrix(dW_h);
-  auto db_v = as_mutable_vector(db);
-  std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
-  {
-    py::gil_scoped_release release;
-    lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v, false,
-                          norms ? norms->mutable_data() : nullptr);
-  }
-  if (norms) return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db, *norms);
-  return py::make_tuple(dx, dh0, dc0, dW_x, dW_h, db);
-}
-
-/// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).
-template <class Scalar>
-py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
-                             const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
-                             const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
-                             const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar> dW_x, Array<Scalar> dW_h,
-                             Array<Scalar> db) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto c0_m = as_matrix(c0, "c0", 2);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto hs_m = as_matrix(hs, "hs", 3);
-  const auto cs_m = as_matrix(cs, "cs", 3);
-  const auto dhs_m = as_matrix(dhs, "dhs", 3);
-  const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
   check_ndim(dW_x, "dW_x", 2);
   check_ndim(dW_h, "dW_h", 2);
   check_ndim(db, "db", 1);
@@ -102,9 +66,37 @@ py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, c
   {
     py::gil_scoped_release release;
     lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, IndexVector(), true);
+                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v, accumulate, dh_norms);
   }
   return py::make_tuple(dx, dh0, dc0);
+}
+
+template <class Scalar>
+py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                        const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
+                        const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
+                        const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
+                        bool hidden_grad_norms) {
+  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
+  const Index GH = lstm::gate_count(forget_gate) * s.H;
+  Array<Scalar> dW_x({s.D, GH}), dW_h({s.H, GH}), db({GH});
+  std::optional<Array<Scalar>> norms;
+  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+  const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h,
+                                            db, lengths, false, norms ? norms->mutable_data() : nullptr);
+  if (norms) return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db, *norms);
+  return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db);
+}
+
+/// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).
+template <class Scalar>
+py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                             const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
+                             const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
+                             const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar> dW_x, Array<Scalar> dW_h,
+                             Array<Scalar> db) {
+  return backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db,
+                               LengthsArray(0), true, nullptr);
 }
 
 template <class Scalar>
