@@ -13,6 +13,7 @@ void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
 void bind_loss(py::module_& m);
+void bind_diagnostics(py::module_& m);
 }  // namespace fastbptt::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -27,4 +28,5 @@ PYBIND11_MODULE(_core, m) {
   fastbptt::bindings::bind_lstm(m);
   fastbptt::bindings::bind_gru(m);
   fastbptt::bindings::bind_loss(m);
+  fastbptt::bindings::bind_diagnostics(m);
 }

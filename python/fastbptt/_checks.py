@@ -105,6 +105,13 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def flag(name: str, value) -> bool:
+    """``value`` as a bool: TypeError for anything but True or False (NumPy's included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def float_dtype(name: str, dtype) -> np.dtype:
     """``dtype`` as float32 or float64; TypeError otherwise."""
     try:
@@ -232,9 +239,7 @@ def rnn_args(x, W_xh, W_hh, b_h, h0, activation):
 
 def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
     """Validated ``(x, W_x, W_h, b, h0, c0, forget_gate)`` of ``lstm_forward``; None states become zeros."""
-    if not isinstance(forget_gate, (bool, np.bool_)):
-        raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
-    forget_gate = bool(forget_gate)
+    forget_gate = flag("forget_gate", forget_gate)
     G = 4 if forget_gate else 3
     cell = (
         "the LSTM with forget gate (blocks i, f, g, o)"

@@ -99,3 +99,23 @@ def softmax_cross_entropy(
     ignore_index: int,
     reduction: str,
 ) -> tuple[float, npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def spectral_norms(matrices: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def rnn_jacobian_norms(
+    phi_prime: npt.NDArray[np.float64], W_hh: npt.NDArray[np.float64], t: int
+) -> npt.NDArray[np.float64]: ...
+def lstm_jacobian_norms(
+    gates: npt.NDArray[np.float64],
+    cs: npt.NDArray[np.float64],
+    c0: npt.NDArray[np.float64],
+    W_h: npt.NDArray[np.float64],
+    forget_gate: bool,
+    t: int,
+    step_norms: bool,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def lstm_cell_jacobians(
+    gates: npt.NDArray[np.float64],
+    cs: npt.NDArray[np.float64],
+    c0: npt.NDArray[np.float64],
+    W_h: npt.NDArray[np.float64],
+    forget_gate: bool,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...

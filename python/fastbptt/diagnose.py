@@ -10,26 +10,46 @@ from typing import TextIO
 import numpy as np
 
 from .diagnostics import gradient_flow_sweep, rnn_jacobian_norms
+from .threads import get_num_threads
 
 
-def time_jacobian_sweep(T: int = 100, B: int = 16, H: int = 128, seed: int = 0) -> float:
-    """Seconds for the exact ``||dh_T/dh_k||_2`` of every ``k`` and sequence of one tanh RNN of that size."""
-    from .functional import rnn_forward
+def time_jacobian_sweeps(T: int = 100, B: int = 16, H: int = 128, seed: int = 0) -> dict[str, float]:
+    """Seconds for the exact ``||dh_T/dh_k||_2`` of every ``k`` and sequence (a tanh RNN and an LSTM with
+    PyTorch's initialisation, inputs N(0, 1)) and for the LSTM's full ``dC_t/dC_{t-1}`` of every step."""
+    from .diagnostics import lstm_cell_jacobians, lstm_jacobian_norms
+    from .functional import lstm_forward, rnn_forward
 
     rng = np.random.default_rng(seed)
     k = 1 / np.sqrt(H)
-    _, cache = rnn_forward(
-        rng.standard_normal((T, B, H)), rng.uniform(-k, k, (H, H)), rng.uniform(-k, k, (H, H)), np.zeros(H)
-    )
-    start = time.perf_counter()
-    rnn_jacobian_norms(cache)
-    return time.perf_counter() - start
+    x = rng.standard_normal((T, B, H))
+    _, rnn_cache = rnn_forward(x, rng.uniform(-k, k, (H, H)), rng.uniform(-k, k, (H, H)), np.zeros(H))
+    _, _, lstm_cache = lstm_forward(x, rng.uniform(-k, k, (H, 4 * H)), rng.uniform(-k, k, (H, 4 * H)), np.zeros(4 * H))
+    sweeps = {
+        "tanh RNN ||dh_T/dh_k||_2, all k, with bounds": lambda: rnn_jacobian_norms(rnn_cache),
+        "LSTM ||dh_T/dh_k||_2, all k, with bounds": lambda: lstm_jacobian_norms(lstm_cache),
+        "LSTM ||dh_T/dh_k||_2, all k, bounds=False": lambda: lstm_jacobian_norms(lstm_cache, bounds=False),
+        "LSTM full dC_t/dC_{t-1} and norms, all t": lambda: lstm_cell_jacobians(lstm_cache),
+    }
+    seconds = {}
+    for name, sweep in sweeps.items():
+        start = time.perf_counter()
+        sweep()
+        seconds[name] = time.perf_counter() - start
+    return seconds
 
 
 def run_diagnose(
-    *, T: int = 100, B: int = 16, H: int = 64, seed: int = 0, out_dir="fastbptt-diagnose", out: TextIO = sys.stdout
+    *,
+    T: int = 100,
+    B: int = 16,
+    H: int = 64,
+    seed: int = 0,
+    out_dir="fastbptt-diagnose",
+    out: TextIO = sys.stdout,
+    timed_shape: tuple[int, int, int] = (100, 16, 128),
 ) -> list[dict]:
-    """Runs :func:`fastbptt.diagnostics.gradient_flow_sweep`, prints the table, saves the figure."""
+    """Runs :func:`fastbptt.diagnostics.gradient_flow_sweep`, prints the table, times the exact sweeps at
+    ``timed_shape`` (T, B, H), saves the figure."""
     rows = gradient_flow_sweep(T, B, H, seed)
     print(
         f"||dh_T/dh_k||_2 averaged over {B} sequences, T={T}, H={H}; W_hh = rho x orthogonal for the RNNs "
@@ -49,8 +69,12 @@ def run_diagnose(
             f"{values} | {row['bound'][lags[-1]]:.3g} |",
             file=out,
         )
-    seconds = time_jacobian_sweep(seed=seed)
-    print(f"exact Jacobian sweep (all k against t = T) for a tanh RNN, T=100, B=16, H=128: {seconds:.2f} s", file=out)
+    timed_T, timed_B, timed_H = timed_shape
+    threads = get_num_threads()
+    print(f"\nexact Jacobian sweeps at T={timed_T}, B={timed_B}, H={timed_H}, {threads} threads:", file=out)
+    print("| sweep | seconds |\n|---|---|", file=out)
+    for name, seconds in time_jacobian_sweeps(timed_T, timed_B, timed_H, seed).items():
+        print(f"| {name} | {seconds:.2f} |", file=out)
     _save_figure(Path(out_dir), rows, out)
     return rows
 
@@ -70,9 +94,9 @@ def _save_figure(out_dir: Path, rows: list[dict], out: TextIO) -> None:
         for row in (r for r in rows if r["model"] == model):
             label = "PyTorch initialisation" if row["rho"] is None else f"rho = {row['rho']:.2f}"
             line = axis.semilogy(row["lags"][1:], row["mean_norm"][1:], label=label)[0]
-            if model != "LSTM":
-                axis.semilogy(row["lags"][1:], row["bound"][1:], linestyle=":", color=line.get_color())
-        axis.set(title=model + (" (dotted: the spec's bound)" if model != "LSTM" else ""), xlabel="lag t - k")
+            axis.semilogy(row["lags"][1:], row["bound"][1:], linestyle=":", color=line.get_color())
+        bound = "the spec's bound" if model != "LSTM" else "product of the step Jacobians' norms"
+        axis.set(title=f"{model} (dotted: {bound})", xlabel="lag t - k")
         axis.set_ylim(1e-30, 1e20)
         axis.legend(fontsize=8)
     axes[0].set_ylabel("mean ||dh_T / dh_k||_2")

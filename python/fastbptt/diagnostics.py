@@ -6,8 +6,11 @@ For the plain RNN (column-vector form of ``h_j = phi(h_{j-1} W_hh + ...)``) the 
 ``(h, C)``; the spec's full ``dC_t/dC_{t-1}`` goes through ``h_{t-1}`` into every gate, not only through ``f_t``.
 
 States are numbered as in the spec: ``h_0`` is the initial state and ``h_t = hs[t-1]`` for ``t = 1 .. T``.
-The Jacobian products and spectra are computed exactly in NumPy (LAPACK for the SVDs) in the dtype of the cache,
-from a cache of either backend; the per-step gradient norms come out of the core's backward pass.
+The Jacobian products and their spectral norms are computed exactly by the core, in float64 whatever the cache's
+dtype (the Jacobians are exact functions of the stored activations; long products leave float32's range), one
+sequence per thread. The per-step gradient norms come out of the core's backward pass. The explicit step
+Jacobians (:func:`rnn_step_jacobians`, :func:`lstm_state_jacobians`) are NumPy, the reference the tests check the
+core against. With variable lengths, a sequence shorter than ``t`` has no ``h_t``: its norms are NaN.
 """
 
 from __future__ import annotations
@@ -33,8 +36,15 @@ class JacobianNorms(NamedTuple):
     t: int  #: the later state
     lags: np.ndarray  #: [t+1] t - k for k = 0 .. t
     norms: np.ndarray  #: [t+1, B] ||dh_t/dh_k||_2 for k = 0 .. t (lag 0: the identity, norm 1)
-    bound: np.ndarray  #: [t+1] (gamma_W gamma_h)^(t-k), the spec's bound with the activation's sup |phi'|
-    data_bound: np.ndarray  #: [t+1, B] prod_{j=k+1..t} gamma_W max|phi'(z_j)|, the tighter data-dependent bound
+    bound: np.ndarray | None  #: [t+1] (gamma_W gamma_h)^(t-k), the spec's bound with the activation's sup |phi'|
+    #: [t+1, B] prod_{j=k+1..t} gamma_W max|phi'(z_j)|, the tighter data-dependent bound (LSTM: see there)
+    data_bound: np.ndarray | None
+
+
+class JacobianNormPairs(NamedTuple):
+    norms: np.ndarray  #: [T+1, T+1, B] norms[t, k] = ||dh_t/dh_k||_2 for k <= t; NaN for k > t
+    bound: np.ndarray | None  #: [T+1, T+1] the bound of :class:`JacobianNorms` for every pair; NaN for k > t
+    data_bound: np.ndarray | None  #: [T+1, T+1, B] likewise
 
 
 class CellJacobians(NamedTuple):
@@ -59,6 +69,38 @@ def spectrum(W_hh) -> Spectrum:
     return Spectrum(eigenvalues, float(np.abs(eigenvalues[0])), np.linalg.svd(W, compute_uv=False))
 
 
+def spectral_norms(matrices) -> np.ndarray:
+    """``||A||_2`` (the largest singular value) of each matrix in a stack ``[..., r, c]``, in float64, computed by
+    the core: the largest eigenvalue of the (power-of-two scaled) Gram matrix, to a few units in the last place."""
+    from . import _core
+
+    A = np.asarray(matrices)
+    if A.ndim < 2 or not (np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)):
+        raise ValueError(f"matrices: expected a real array of shape [..., r, c], got {A.dtype} {A.shape}")
+    stacked = np.ascontiguousarray(A.reshape((-1,) + A.shape[-2:]), dtype=np.float64)
+    return _core.spectral_norms(stacked).reshape(A.shape[:-2])
+
+
+def _float64(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _mask_short_sequences(cache, t: int, *arrays: np.ndarray) -> None:
+    """Sequences that end before step t have no h_t: NaN in their column of every [.., B] array."""
+    if cache.lengths is not None:
+        short = np.asarray(cache.lengths) < t
+        for array in arrays:
+            array[..., short] = np.nan
+
+
+def _products_back(factors: np.ndarray, t: int) -> np.ndarray:
+    """``out[k] = prod_{j=k+1..t} factors[j-1]`` for ``k = 0 .. t`` (``out[t] = 1``); factors ``[T, B]``."""
+    out = np.ones((t + 1,) + factors.shape[1:])
+    for k in range(t - 1, -1, -1):
+        out[k] = out[k + 1] * factors[k]
+    return out
+
+
 def _phi_prime(activation: str, h: np.ndarray) -> np.ndarray:
     if activation == "tanh":
         return 1 - h * h
@@ -69,10 +111,6 @@ def _phi_prime(activation: str, h: np.ndarray) -> np.ndarray:
 
 def _state(cache, j: int) -> np.ndarray:
     return cache.h0 if j == 0 else cache.hs[j - 1]
-
-
-def _spectral_norms(matrices: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(matrices, ord=2, axis=(-2, -1))
 
 
 def _check_t(t, T: int) -> int:
@@ -89,30 +127,60 @@ def rnn_step_jacobians(cache: RNNCache) -> np.ndarray:
     return d[..., :, None] * cache.W_hh.T[None, None]
 
 
-def rnn_jacobian_norms(cache: RNNCache, t: int | None = None) -> JacobianNorms:
-    """``||dh_t/dh_k||_2`` for every ``k <= t`` and every sequence, with the spec's bounds beside it.
+class _RNNJacobians:
+    """What every ``t`` of one RNN cache shares: phi' in float64, gamma_W and the per-step data bounds."""
 
-    Exact products of the step Jacobians, accumulated backwards from ``t``: ``T * B`` products of ``H x H``
-    matrices and as many spectral norms.
+    def __init__(self, cache: RNNCache):
+        self.cache = cache
+        self.phi_prime = _phi_prime(cache.activation, _float64(cache.hs))  # [T, B, H]
+        self.W_hh = _float64(cache.W_hh)
+        self.gamma_W = float(spectral_norms(self.W_hh))
+        self.gamma_h = GAMMA_H[cache.activation]
+        self.step_bounds = self.gamma_W * np.max(np.abs(self.phi_prime), axis=-1)  # [T, B]
+
+    def norms(self, t: int) -> JacobianNorms:
+        from . import _core
+
+        norms = _core.rnn_jacobian_norms(self.phi_prime, self.W_hh, t)
+        data_bound = _products_back(self.step_bounds, t)
+        _mask_short_sequences(self.cache, t, norms, data_bound)
+        lags = t - np.arange(t + 1)
+        return JacobianNorms(t, lags, norms, (self.gamma_W * self.gamma_h) ** lags.astype(float), data_bound)
+
+
+def rnn_jacobian_norms(cache: RNNCache, t: int | None = None) -> JacobianNorms:
+    """``||dh_t/dh_k||_2`` for every ``k <= t`` (default ``t = T``) and every sequence, with the spec's bounds
+    beside it.
+
+    Exact products of the step Jacobians ``diag(phi'(z_j)) W_hhᵀ``, accumulated backwards from ``t`` in the core:
+    ``t * B`` products of ``H x H`` matrices and as many spectral norms.
     """
     cache = _checks.cache_of(RNNCache, cache)
-    T, B, _ = cache.hs.shape
-    t = _check_t(t, T)
-    phi_prime = _phi_prime(cache.activation, cache.hs)  # [T, B, H]
-    gamma_W = float(np.linalg.norm(cache.W_hh, ord=2))
-    gamma_h = GAMMA_H[cache.activation]
-    max_phi = np.max(np.abs(phi_prime), axis=-1)  # [T, B]
-    H = cache.W_hh.shape[0]
-    product = np.broadcast_to(np.eye(H, dtype=cache.hs.dtype), (B, H, H)).copy()
-    norms = np.empty((t + 1, B))
-    data_bound = np.empty((t + 1, B))
-    norms[t], data_bound[t] = 1.0, 1.0
-    for k in range(t - 1, -1, -1):  # d h_t / d h_k = (d h_t / d h_{k+1}) diag(phi'(z_{k+1})) W_hhᵀ
-        product = (product * phi_prime[k][:, None, :]) @ cache.W_hh.T
-        norms[k] = _spectral_norms(product)
-        data_bound[k] = data_bound[k + 1] * gamma_W * max_phi[k]
-    lags = t - np.arange(t + 1)
-    return JacobianNorms(t, lags, norms, (gamma_W * gamma_h) ** lags.astype(float), data_bound)
+    t = _check_t(t, cache.hs.shape[0])
+    return _RNNJacobians(cache).norms(t)
+
+
+def rnn_jacobian_norm_pairs(cache: RNNCache) -> JacobianNormPairs:
+    """:func:`rnn_jacobian_norms` for every ``t`` at once: ``||dh_t/dh_k||_2`` for all pairs ``k <= t``
+    (``T (T+1) / 2 * B`` products and spectral norms)."""
+    cache = _checks.cache_of(RNNCache, cache)
+    jacobians = _RNNJacobians(cache)
+    return _pairs(cache.hs.shape[0], cache.hs.shape[1], jacobians.norms)
+
+
+def _pairs(T: int, B: int, norms_for_t) -> JacobianNormPairs:
+    norms = np.full((T + 1, T + 1, B), np.nan)
+    norms[0, 0] = 1.0
+    bound = data_bound = None
+    for t in range(1, T + 1):
+        result = norms_for_t(t)
+        norms[t, : t + 1] = result.norms
+        if result.bound is not None:
+            if bound is None:
+                bound, data_bound = np.full((T + 1, T + 1), np.nan), np.full((T + 1, T + 1, B), np.nan)
+                bound[0, 0], data_bound[0, 0] = 1.0, 1.0
+            bound[t, : t + 1], data_bound[t, : t + 1] = result.bound, result.data_bound
+    return JacobianNormPairs(norms, bound, data_bound)
 
 
 def _lstm_blocks(cache: LSTMCache):
@@ -156,43 +224,74 @@ def lstm_state_jacobians(cache: LSTMCache, start: int = 0, stop: int | None = No
     return J
 
 
+def _lstm_arrays(cache: LSTMCache):
+    return _float64(cache.gates), _float64(cache.cs), _float64(cache.c0), _float64(cache.W_h), cache.forget_gate
+
+
 def lstm_cell_jacobians(cache: LSTMCache) -> CellJacobians:
-    """The spec's full ``dC_t/dC_{t-1}`` for every step, next to the naive ``diag(f_t)``.
+    """The spec's full ``dC_t/dC_{t-1}`` for every step, next to the naive ``diag(f_t)``, computed by the core.
 
     ``C_{t-1}`` reaches ``C_t`` directly (``f_t``) and through ``h_{t-1} = o_{t-1} tanh(C_{t-1})`` into the input,
     forget and candidate gates: ``full = diag(f_t) + (dC_t/dh_{t-1}) diag(o_{t-1} (1 - tanh^2 C_{t-1}))``. At
     ``t = 1``, ``h_0`` is an input, not a function of ``C_0``, so the full derivative is ``diag(f_1)``.
+    ``full`` takes ``T * B * H * H`` float64 values.
     """
+    from . import _core
+
     cache = _checks.cache_of(LSTMCache, cache)
-    T, B, H = cache.hs.shape
-    J = lstm_state_jacobians(cache)
-    dC_dh, dC_dC = J[..., H:, :H], J[..., H:, H:]
-    o = cache.gates[..., _lstm_blocks(cache)["o"]]
-    through_h = np.zeros((T, B, H), dtype=cache.hs.dtype)
-    through_h[1:] = o[:-1] * (1 - np.tanh(cache.cs[:-1]) ** 2)  # dh_{t-1}/dC_{t-1}, t >= 2
-    full = dC_dC + dC_dh * through_h[..., None, :]
-    naive = np.diagonal(dC_dC, axis1=-2, axis2=-1).copy()
-    return CellJacobians(full, naive, _spectral_norms(full), np.max(np.abs(naive), axis=-1))
+    full, full_norms = _core.lstm_cell_jacobians(*_lstm_arrays(cache))
+    if cache.forget_gate:
+        naive = _float64(cache.gates[..., _lstm_blocks(cache)["f"]])
+    else:
+        naive = np.ones(cache.hs.shape)
+    naive_norms = np.max(np.abs(naive), axis=-1)
+    if cache.lengths is not None:  # steps past a sequence's end do not exist
+        past_end = np.arange(1, cache.hs.shape[0] + 1)[:, None] > np.asarray(cache.lengths)[None, :]
+        full[past_end], naive[past_end] = np.nan, np.nan
+        full_norms[past_end], naive_norms[past_end] = np.nan, np.nan
+    return CellJacobians(full, naive, full_norms, naive_norms)
 
 
-def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None) -> JacobianNorms:
+class _LSTMJacobians:
+    """What every ``t`` of one LSTM cache shares: the float64 arrays and the step Jacobians' norms."""
+
+    def __init__(self, cache: LSTMCache, last_t: int, bounds: bool):
+        from . import _core
+
+        self.cache = cache
+        self.arrays = _lstm_arrays(cache)
+        self.step_norms = _core.lstm_jacobian_norms(*self.arrays, last_t, True)[1] if bounds else None
+
+    def norms(self, t: int) -> JacobianNorms:
+        from . import _core
+
+        norms, _ = _core.lstm_jacobian_norms(*self.arrays, t, False)
+        _mask_short_sequences(self.cache, t, norms)
+        bound = data_bound = None
+        if self.step_norms is not None:
+            data_bound = _products_back(self.step_norms, t)
+            _mask_short_sequences(self.cache, t, data_bound)
+            has_t = ~np.isnan(norms).all(axis=0)  # sequences that reach step t
+            bound = data_bound[:, has_t].max(axis=1) if has_t.any() else np.full(t + 1, np.nan)
+        return JacobianNorms(t, t - np.arange(t + 1), norms, bound, data_bound)
+
+
+def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None, *, bounds: bool = True) -> JacobianNorms:
     """``||dh_t/dh_k||_2`` for the LSTM: a perturbation of ``h_k`` alone (``C_k`` is not a function of ``h_k``)
-    carried through the full ``(h, C)`` recursion to ``h_t``. ``bound`` and ``data_bound`` hold the product of
-    the state Jacobians' spectral norms (there is no activation-only bound for the gated cell)."""
+    carried through the full ``(h, C)`` recursion to ``h_t``, computed by the core. ``data_bound`` holds the
+    product of the ``[2H, 2H]`` state Jacobians' spectral norms and ``bound`` its maximum over the batch (there is
+    no activation-only bound for the gated cell). Those norms cost about three times the products themselves:
+    ``bounds=False`` skips them and leaves ``bound`` and ``data_bound`` None."""
     cache = _checks.cache_of(LSTMCache, cache)
-    T, B, H = cache.hs.shape
-    t = _check_t(t, T)
-    product = np.broadcast_to(np.eye(2 * H, dtype=cache.hs.dtype), (B, 2 * H, 2 * H)).copy()
-    norms = np.empty((t + 1, B))
-    data_bound = np.empty((t + 1, B))
-    norms[t], data_bound[t] = 1.0, 1.0
-    for k in range(t - 1, -1, -1):  # one step's Jacobian at a time: memory B (2H)^2, not T B (2H)^2
-        step = lstm_state_jacobians(cache, k, k + 1)[0]
-        product = product @ step
-        norms[k] = _spectral_norms(product[:, :H, :H])
-        data_bound[k] = data_bound[k + 1] * _spectral_norms(step)
-    lags = t - np.arange(t + 1)
-    return JacobianNorms(t, lags, norms, data_bound.max(axis=1), data_bound)
+    t = _check_t(t, cache.hs.shape[0])
+    return _LSTMJacobians(cache, t, _checks.flag("bounds", bounds)).norms(t)
+
+
+def lstm_jacobian_norm_pairs(cache: LSTMCache, *, bounds: bool = True) -> JacobianNormPairs:
+    """:func:`lstm_jacobian_norms` for every ``t`` at once: all pairs ``k <= t``."""
+    cache = _checks.cache_of(LSTMCache, cache)
+    T, B, _ = cache.hs.shape
+    return _pairs(T, B, _LSTMJacobians(cache, T, _checks.flag("bounds", bounds)).norms)
 
 
 def hidden_gradient_norms(cache, dhs, dc_T=None) -> GradientNorms:

@@ -105,9 +105,7 @@ class _RecurrentLayer:
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = _checks.flag("bidirectional", bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         self.batch_first = bool(batch_first)
         self.dtype = _checks.float_dtype("dtype", dtype)
@@ -493,9 +491,7 @@ class LSTM(_RecurrentLayer):
             dtype=dtype,
             backend=backend,
         )
-        if not isinstance(forget_gate, (bool, np.bool_)):
-            raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
-        self.forget_gate = bool(forget_gate)
+        self.forget_gate = _checks.flag("forget_gate", forget_gate)
         if init == "identity":
             raise ValueError(
                 "init: 'identity' is the IRNN scheme of the plain ReLU RNN; use 'uniform' or 'orthogonal' for the LSTM"

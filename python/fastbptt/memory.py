@@ -40,8 +40,7 @@ def workspace_bytes(
     itemsize = _checks.float_dtype("dtype", dtype).itemsize
     if checkpoint is not None and cell != "lstm":
         raise ValueError(f"checkpoint: only the LSTM has a checkpointed mode, got cell={cell!r}")
-    if not isinstance(forget_gate, (bool, np.bool_)):
-        raise TypeError(f"forget_gate: expected True or False, got {forget_gate!r}")
+    _checks.flag("forget_gate", forget_gate)
     GH = {"rnn": H, "lstm": (4 if forget_gate else 3) * H, "gru": 3 * H}[cell]
     dZ_columns = GH + H if cell == "gru" else GH
     block_rows = min(T, block_steps(B, dZ_columns)) * B
