@@ -66,19 +66,31 @@ def test_linear_rnn_with_symmetric_weights_decays_as_the_spectral_radius(rng):
     np.testing.assert_allclose(result.norms, (rho ** result.lags.astype(float))[:, None] * np.ones((1, 3)), rtol=1e-10)
 
 
-def test_bound_holds_for_random_and_trained_networks(rng):
-    for scale in (0.5, 1.0, 2.0):
+def assert_bounds_hold_on_every_pair(pairs: dg.JacobianNormPairs) -> None:
+    measured = ~np.isnan(pairs.norms)
+    assert measured.sum() > 0
+    norms, data_bound = pairs.norms[measured], pairs.data_bound[measured]
+    assert np.all(norms <= data_bound * (1 + 1e-10) + 1e-300)
+    if pairs.bound is not None:
+        bound = np.broadcast_to(pairs.bound[..., None], pairs.norms.shape)[measured]
+        assert np.all(data_bound <= bound * (1 + 1e-10))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_bound_holds_for_random_and_trained_networks(rng, activation):
+    for scale in (0.5, 1.0, 2.0, 4.0):
         p = rnn_problem(rng, T=20, B=3, D=4, H=8)
-        _, cache = fb.rnn_forward(p["x"], p["W_xh"], scale * p["W_hh"], p["b_h"], activation="tanh")
-        result = dg.rnn_jacobian_norms(cache)
-        assert np.all(result.norms <= result.data_bound * (1 + 1e-10) + 1e-300)
-    model = fb.SequenceModel(5, 8, cell="rnn", seed=0, dtype=np.float64)
+        _, cache = fb.rnn_forward(p["x"], p["W_xh"], scale * p["W_hh"], p["b_h"], activation=activation)
+        assert_bounds_hold_on_every_pair(dg.rnn_jacobian_norm_pairs(cache))
+    model = fb.SequenceModel(5, 8, cell="rnn", activation=activation, seed=0, dtype=np.float64)
     stream = rng.integers(0, 5, size=(41, 4))
     fb.train_tbptt(model, stream[:-1], stream[1:], fb.Adam(model.params, lr=0.05), k1=10)
     model.loss_and_grad(stream[:-1], stream[1:])
-    result = dg.rnn_jacobian_norms(model.rnn.cell_cache())
-    assert np.all(result.norms <= result.data_bound * (1 + 1e-10) + 1e-300)
-    assert np.all(result.data_bound <= result.bound[:, None] * (1 + 1e-10))
+    assert_bounds_hold_on_every_pair(dg.rnn_jacobian_norm_pairs(model.rnn.cell_cache()))
+    lstm = fb.SequenceModel(5, 8, cell="lstm", seed=0, dtype=np.float64)
+    fb.train_tbptt(lstm, stream[:-1], stream[1:], fb.Adam(lstm.params, lr=0.05), k1=10)
+    lstm.loss_and_grad(stream[:-1], stream[1:])
+    assert_bounds_hold_on_every_pair(dg.lstm_jacobian_norm_pairs(lstm.rnn.cell_cache()))
 
 
 def test_spectrum():
