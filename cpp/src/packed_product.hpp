@@ -45,16 +45,22 @@ class PackedWeights {
   /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
                 const Index* row_index = nullptr) const {
-    // A's rows of one block (about 256 KiB) stay in the L2 cache while every panel of W passes over them; whole
-    // kernels, no ragged tail.
-    const Index row_block =
-        kernel_rows * std::max<Index>(10, (Index(1) << 18) / (std::max<Index>(K_, 1) * Index(sizeof(Scalar))) /
-                                              kernel_rows);
+    // A's rows of one block (at most about 256 KiB) stay in the L2 cache while the panels of W pass over them.
+    // Blocks are of equal size in whole kernels, and a task is one block times one panel pair, numbered panel
+    // pair first: the threads' static shares are then ranges of panels over all rows, equal work, each thread
+    // streaming its own part of W once per block.
+    if (rows <= 0) return;
+    const Index max_block = std::max<Index>(
+        10 * kernel_rows, (Index(1) << 18) / (std::max<Index>(K_, 1) * Index(sizeof(Scalar))));
+    const Index fewest_blocks = (rows + max_block - 1) / max_block;
+    const Index even_share = (rows + fewest_blocks - 1) / fewest_blocks;
+    const Index row_block = (even_share + kernel_rows - 1) / kernel_rows * kernel_rows;
+    const Index blocks = (rows + row_block - 1) / row_block;
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
-    const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
+    const Index tasks = blocks * panel_pairs;
     const Rows layout{A, lda, C, ldc, row_index};
     const auto task = [&](Index i) {
-      const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
+      const Index r0 = i % blocks * row_block, r1 = std::min(rows, r0 + row_block), p = i / blocks * 2;
       if (p + 2 <= panels_) {
         sweep_rows<2>(layout, r0, r1, p, accumulate);
       } else {
