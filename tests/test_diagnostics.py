@@ -254,8 +254,12 @@ def test_spectral_norms_of_extreme_scales_nan_inf_and_zero(rng):
     symmetric = rng.standard_normal((8, 8))
     symmetric = symmetric + symmetric.T
     assert dg.spectral_norms(symmetric) == pytest.approx(np.max(np.abs(np.linalg.eigvalsh(symmetric))), rel=1e-13)
-    with pytest.raises(ValueError, match="matrices"):
-        dg.spectral_norms(np.ones(3))
+    np.testing.assert_array_equal(dg.spectral_norms(np.zeros((2, 0, 3))), [0.0, 0.0])
+    assert dg.spectral_norms(np.zeros((0, 3, 3))).shape == (0,)
+    assert dg.spectral_norms([[3, 4]]) == 5.0
+    for bad in (np.ones(3), np.ones((2, 2), complex), [[1.0, 2.0], [3.0]]):
+        with pytest.raises(ValueError, match="matrices"):
+            dg.spectral_norms(bad)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])

@@ -74,10 +74,11 @@ def spectral_norms(matrices) -> np.ndarray:
     the core: the largest eigenvalue of the (power-of-two scaled) Gram matrix, to a few units in the last place."""
     from . import _core
 
-    A = np.asarray(matrices)
+    A = _checks.as_array("matrices", matrices)
     if A.ndim < 2 or not (np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)):
         raise ValueError(f"matrices: expected a real array of shape [..., r, c], got {A.dtype} {A.shape}")
-    stacked = np.ascontiguousarray(A.reshape((-1,) + A.shape[-2:]), dtype=np.float64)
+    count = int(np.prod(A.shape[:-2], dtype=np.int64))
+    stacked = np.ascontiguousarray(A.reshape((count,) + A.shape[-2:]), dtype=np.float64)
     return _core.spectral_norms(stacked).reshape(A.shape[:-2])
 
 
