@@ -45,22 +45,12 @@ class PackedWeights {
   /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
                 const Index* row_index = nullptr) const {
-    // A's rows of one block (at most about 256 KiB) stay in the L2 cache while the panels of W pass over them.
-    // Blocks are of equal size in whole kernels, and a task is one block times one panel pair, numbered panel
-    // pair first: the threads' static shares are then ranges of panels over all rows, equal work, each thread
-    // streaming its own part of W once per block.
-    if (rows <= 0) return;
-    const Index max_block = std::max<Index>(
-        10 * kernel_rows, (Index(1) << 18) / (std::max<Index>(K_, 1) * Index(sizeof(Scalar))));
-    const Index fewest_blocks = (rows + max_block - 1) / max_block;
-    const Index even_share = (rows + fewest_blocks - 1) / fewest_blocks;
-    const Index row_block = (even_share + kernel_rows - 1) / kernel_rows * kernel_rows;
-    const Index blocks = (rows + row_block - 1) / row_block;
+    constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
-    const Index tasks = blocks * panel_pairs;
+    const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
     const Rows layout{A, lda, C, ldc, row_index};
     const auto task = [&](Index i) {
-      const Index r0 = i % blocks * row_block, r1 = std::min(rows, r0 + row_block), p = i / blocks * 2;
+      const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
       if (p + 2 <= panels_) {
         sweep_rows<2>(layout, r0, r1, p, accumulate);
       } else {
@@ -92,32 +82,23 @@ class PackedWeights {
     Index at(Index r) const { return index ? index[r] : r; }
   };
 
-  /// Rows of C per kernel call: with Panels = 2, 2 * kernel_rows accumulators plus the two weight packets and a
-  /// broadcast fill the 16 vector registers of AVX2 (12 + 3), or half of AVX-512's 32. Fewer rows leave the two
-  /// FMA units waiting on the 4-cycle FMA latency and spend more loads per FMA (4 rows: 6 loads per 8 FMAs).
-  static constexpr int kernel_rows = lanes >= 16 ? 8 : 6;
-
   template <int Panels>
   void sweep_rows(const Rows& rows, Index r0, Index r1, Index p, bool accumulate) const {
-    for (Index r = r0; r < r1; r += kernel_rows) {
-      const Scalar* a[kernel_rows];
-      Scalar* c[kernel_rows];
-      const Index n = std::min<Index>(kernel_rows, r1 - r);
+    for (Index r = r0; r < r1; r += 4) {
+      const Scalar* a[4];
+      Scalar* c[4];
+      const Index n = std::min<Index>(4, r1 - r);
       for (Index i = 0; i < n; ++i) {
         a[i] = rows.A + rows.at(r + i) * rows.lda;
         c[i] = rows.C + rows.at(r + i) * rows.ldc;
       }
-      kernel_for<kernel_rows, Panels>(n, a, c, p, accumulate);
+      switch (n) {
+        case 4: kernel<4, Panels>(a, c, p, accumulate); break;
+        case 3: kernel<3, Panels>(a, c, p, accumulate); break;
+        case 2: kernel<2, Panels>(a, c, p, accumulate); break;
+        default: kernel<1, Panels>(a, c, p, accumulate); break;
+      }
     }
-  }
-
-  /// kernel<n, Panels> for a runtime n in 1 .. MaxRows.
-  template <int MaxRows, int Panels>
-  void kernel_for(Index n, const Scalar* const* a, Scalar* const* c, Index p, bool accumulate) const {
-    if constexpr (MaxRows > 1) {
-      if (n < MaxRows) return kernel_for<MaxRows - 1, Panels>(n, a, c, p, accumulate);
-    }
-    kernel<MaxRows, Panels>(a, c, p, accumulate);
   }
 
   /// Rows x (Panels * lanes) block of C from Rows rows of A and panels p .. p+Panels-1.
