@@ -126,8 +126,9 @@ double times_power_of_two(double value, long exponent) {
   return std::ldexp(value, static_cast<int>(std::clamp(exponent, -4000L, 4000L)));
 }
 
-/// Every task (a sequence, or a step of a sequence) on its own thread, each with its own scratch (allocated before the threads start, so that a
-/// failed allocation is an exception of the calling thread, not a crash inside a parallel region).
+/// Every task (a sequence, or a step of a sequence) on one thread, with that thread's scratch (allocated before
+/// the threads start, so that a failed allocation is an exception of the calling thread, not a crash inside a
+/// parallel region).
 template <class Scratch, class Work>
 void for_each_task(Index tasks, std::vector<Scratch>& scratch, const Work& work) {
 #if defined(_OPENMP)
@@ -168,11 +169,29 @@ struct LstmStep {
   }
 };
 
-/// W_qᵀ, the transposed column block of gate q (in W_h's order) as [H, H].
-Matrix gate_block_transposed(const Eigen::Ref<const Matrix>& W_h, Index q) {
-  const Index H = W_h.rows();
-  return W_h.middleCols(q * H, H).transpose();
-}
+/// The gates' column blocks of W_h, transposed: W_qᵀ [H, H] maps dh_{j-1} to gate q's pre-activation.
+struct TransposedGateWeights {
+  Index f = -1, g, o;  // block indices in W_h's order (i is 0; f is absent without a forget gate)
+  std::vector<Matrix> blocks;
+
+  TransposedGateWeights(const Eigen::Ref<const Matrix>& W_h, bool forget_gate)
+      : f(forget_gate ? 1 : -1), g(forget_gate ? 2 : 1), o(forget_gate ? 3 : 2) {
+    const Index H = W_h.rows();
+    for (Index q = 0; q < lstm::gate_count(forget_gate); ++q) {
+      blocks.push_back(W_h.middleCols(q * H, H).transpose());
+    }
+  }
+
+  const Matrix& operator[](Index q) const { return blocks[static_cast<std::size_t>(q)]; }
+
+  /// D = dC_j/dh_{j-1} = diag(in_i) W_iᵀ + diag(in_f) W_fᵀ + diag(in_g) W_gᵀ for step coefficients c.
+  template <class Out>
+  void cell_from_hidden(const LstmStep& c, Out&& D) const {
+    D.noalias() = c.in_i.asDiagonal() * (*this)[0];
+    if (f >= 0) D.noalias() += c.in_f.asDiagonal() * (*this)[f];
+    D.noalias() += c.in_g.asDiagonal() * (*this)[g];
+  }
+};
 
 void check_lstm(const Shape& s, bool forget_gate, const Eigen::Ref<const Matrix>& gates,
                 const Eigen::Ref<const Matrix>& cs, const Eigen::Ref<const Matrix>& c0,
@@ -249,7 +268,6 @@ void lstm_jacobian_norms(const Shape& s, bool forget_gate, ConstMatrixRef<double
   const Index H = s.H, G = lstm::gate_count(forget_gate), B = s.B;
   // Columns of gate q in the product M W_hᵀ below; the forget block multiplies zeros without a forget gate.
   const Matrix W_h_t = W_h.transpose();  // [G*H, H]
-  const Index f_block = forget_gate ? 1 : -1, g_block = forget_gate ? 2 : 1, o_block = forget_gate ? 3 : 2;
 
   struct Scratch {
     Matrix P_h, P_c, Q, M, step;
@@ -260,10 +278,7 @@ void lstm_jacobian_norms(const Shape& s, bool forget_gate, ConstMatrixRef<double
           coefficients(H), norm(H, H), step_norm(steps ? 2 * H : 0, steps ? 2 * H : 0) {}
   };
   std::vector<Scratch> scratch(static_cast<std::size_t>(threads_for(B)), Scratch(H, G, step_norms != nullptr));
-  std::vector<Matrix> W_t;  // W_qᵀ per gate, for the explicit step Jacobians
-  if (step_norms) {
-    for (Index q = 0; q < G; ++q) W_t.push_back(gate_block_transposed(W_h, q));
-  }
+  const TransposedGateWeights W_t(W_h, forget_gate);
   for_each_task(B, scratch, [&](Index b, Scratch& w) {
     // [P_h, P_c] = d h_t / d(h_k, C_k) / 2^exponent, from k = t down. With Q = P_h diag(out_gain) + P_c (the
     // gradient reaching C_k's successor), one step back is
@@ -279,9 +294,9 @@ void lstm_jacobian_norms(const Shape& s, bool forget_gate, ConstMatrixRef<double
       w.Q.noalias() = w.P_h * c.out_gain.asDiagonal();
       w.Q += w.P_c;
       w.M.middleCols(0, H).noalias() = w.Q * c.in_i.asDiagonal();
-      if (forget_gate) w.M.middleCols(f_block * H, H).noalias() = w.Q * c.in_f.asDiagonal();
-      w.M.middleCols(g_block * H, H).noalias() = w.Q * c.in_g.asDiagonal();
-      w.M.middleCols(o_block * H, H).noalias() = w.P_h * c.in_o.asDiagonal();
+      if (forget_gate) w.M.middleCols(W_t.f * H, H).noalias() = w.Q * c.in_f.asDiagonal();
+      w.M.middleCols(W_t.g * H, H).noalias() = w.Q * c.in_g.asDiagonal();
+      w.M.middleCols(W_t.o * H, H).noalias() = w.P_h * c.in_o.asDiagonal();
       w.P_h.noalias() = w.M * W_h_t;
       w.P_c.noalias() = w.Q * c.dC_dC.asDiagonal();
       // One power of two for both halves keeps them on the same scale.
@@ -293,10 +308,8 @@ void lstm_jacobian_norms(const Shape& s, bool forget_gate, ConstMatrixRef<double
       if (step_norms) {
         // J_k = [[diag(in_o) W_oᵀ + diag(out_gain) D, diag(out_gain dC_dC)], [D, diag(dC_dC)]]
         auto D = w.step.bottomLeftCorner(H, H);
-        D.noalias() = c.in_i.asDiagonal() * W_t[0];
-        if (forget_gate) D.noalias() += c.in_f.asDiagonal() * W_t[static_cast<std::size_t>(f_block)];
-        D.noalias() += c.in_g.asDiagonal() * W_t[static_cast<std::size_t>(g_block)];
-        w.step.topLeftCorner(H, H).noalias() = c.in_o.asDiagonal() * W_t[static_cast<std::size_t>(o_block)];
+        W_t.cell_from_hidden(c, D);
+        w.step.topLeftCorner(H, H).noalias() = c.in_o.asDiagonal() * W_t[W_t.o];
         w.step.topLeftCorner(H, H).noalias() += c.out_gain.asDiagonal() * D;
         w.step.topRightCorner(H, H) = c.out_gain.cwiseProduct(c.dC_dC).asDiagonal();
         w.step.bottomRightCorner(H, H) = c.dC_dC.asDiagonal();
@@ -310,11 +323,10 @@ void lstm_cell_jacobians(const Shape& s, bool forget_gate, ConstMatrixRef<double
                          ConstMatrixRef<double> c0, ConstMatrixRef<double> W_h, MatrixRef<double> full,
                          MatrixRef<double> full_norms) {
   check_lstm(s, forget_gate, gates, cs, c0, W_h);
-  const Index H = s.H, G = lstm::gate_count(forget_gate), B = s.B;
+  const Index H = s.H, B = s.B;
   detail::check_shape("full", full, s.T * B * H, H);
   detail::check_shape("full_norms", full_norms, s.T, B);
-  std::vector<Matrix> W_t;
-  for (Index q = 0; q < G; ++q) W_t.push_back(gate_block_transposed(W_h, q));
+  const TransposedGateWeights W_t(W_h, forget_gate);
 
   struct Scratch {
     LstmStep coefficients, previous;
@@ -331,10 +343,7 @@ void lstm_cell_jacobians(const Shape& s, bool forget_gate, ConstMatrixRef<double
       J.setZero();
     } else {
       w.previous.compute(s, forget_gate, gates, cs, c0, t - 1, b);
-      const LstmStep& c = w.coefficients;
-      J.noalias() = c.in_i.asDiagonal() * W_t[0];
-      if (forget_gate) J.noalias() += c.in_f.asDiagonal() * W_t[1];
-      J.noalias() += c.in_g.asDiagonal() * W_t[forget_gate ? 2 : 1];
+      W_t.cell_from_hidden(w.coefficients, J);
       J = J * w.previous.out_gain.asDiagonal();
     }
     J.diagonal() += w.coefficients.dC_dC.transpose();
