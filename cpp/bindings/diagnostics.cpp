@@ -38,26 +38,30 @@ Array64 rnn_jacobian_norms(const Array64& phi_prime, const Array64& W_hh, Index 
   return norms;
 }
 
-Shape lstm_shape(const Array64& gates, const Array64& W_h) {
-  check_ndim(gates, "gates", 3);
-  check_ndim(W_h, "W_h", 2);
-  return {gates.shape(0), gates.shape(1), 0, W_h.shape(0)};
-}
+/// The arrays of an LSTM cache that the diagnostics read, as matrices, and the shape they imply.
+struct LstmCache {
+  ConstMatrixMap<double> gates, cs, c0, W_h;  // first: as_matrix checks the ndim that `s` relies on
+  Shape s;
+
+  LstmCache(const Array64& gates_, const Array64& cs_, const Array64& c0_, const Array64& W_h_)
+      : gates(as_matrix(gates_, "gates", 3)),
+        cs(as_matrix(cs_, "cs", 3)),
+        c0(as_matrix(c0_, "c0", 2)),
+        W_h(as_matrix(W_h_, "W_h", 2)),
+        s{gates_.shape(0), gates_.shape(1), 0, W_h_.shape(0)} {}
+};
 
 py::tuple lstm_jacobian_norms(const Array64& gates, const Array64& cs, const Array64& c0, const Array64& W_h,
                               bool forget_gate, Index t, bool step_norms) {
-  const Shape s = lstm_shape(gates, W_h);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto cs_m = as_matrix(cs, "cs", 3);
-  const auto c0_m = as_matrix(c0, "c0", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
+  const LstmCache c(gates, cs, c0, W_h);
+  const Shape& s = c.s;
   if (t < 1 || t > s.T) throw py::value_error("t: expected a state index in 1 .. " + std::to_string(s.T));
   Array64 norms({t + 1, s.B});
   auto norms_m = as_mutable_matrix(norms);
   Array64 steps(std::vector<py::ssize_t>{step_norms ? t : 0, s.B});
   {
     py::gil_scoped_release release;
-    diagnostics::lstm_jacobian_norms(s, forget_gate, gates_m, cs_m, c0_m, W_h_m, t, norms_m,
+    diagnostics::lstm_jacobian_norms(s, forget_gate, c.gates, c.cs, c.c0, c.W_h, t, norms_m,
                                      step_norms ? steps.mutable_data() : nullptr);
   }
   return py::make_tuple(norms, steps);
@@ -65,17 +69,14 @@ py::tuple lstm_jacobian_norms(const Array64& gates, const Array64& cs, const Arr
 
 py::tuple lstm_cell_jacobians(const Array64& gates, const Array64& cs, const Array64& c0, const Array64& W_h,
                               bool forget_gate) {
-  const Shape s = lstm_shape(gates, W_h);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto cs_m = as_matrix(cs, "cs", 3);
-  const auto c0_m = as_matrix(c0, "c0", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
+  const LstmCache c(gates, cs, c0, W_h);
+  const Shape& s = c.s;
   Array64 full({s.T, s.B, s.H, s.H}), full_norms({s.T, s.B});
   auto full_m = as_mutable_matrix(full);
   auto full_norms_m = as_mutable_matrix(full_norms);
   {
     py::gil_scoped_release release;
-    diagnostics::lstm_cell_jacobians(s, forget_gate, gates_m, cs_m, c0_m, W_h_m, full_m, full_norms_m);
+    diagnostics::lstm_cell_jacobians(s, forget_gate, c.gates, c.cs, c.c0, c.W_h, full_m, full_norms_m);
   }
   return py::make_tuple(full, full_norms);
 }
