@@ -4,6 +4,7 @@
 #include <optional>
 #include <vector>
 
+#include "array_cache.hpp"
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -22,7 +23,9 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
   const auto b_hn_v = as_vector(b_hn, "b_hn");
   const auto h0_m = as_matrix(h0, "h0", 2);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> hs({s.T, s.B, s.H}), hn({s.T, s.B, s.H}), gates({s.T, s.B, GH});
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto hn = new_array<Scalar>({s.T, s.B, s.H});
+  auto gates = new_array<Scalar>({s.T, s.B, GH});
   auto hs_m = as_mutable_matrix(hs);
   auto hn_m = as_mutable_matrix(hn);
   auto gates_m = as_mutable_matrix(gates);
@@ -49,7 +52,12 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto hs_m = as_matrix(hs, "hs", 3);
   const auto dhs_m = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dW_x({s.D, GH}), dW_h({s.H, GH}), db({GH}), db_hn({s.H});
+  auto dx = new_array<Scalar>({s.T, s.B, s.D});
+  auto dh0 = new_array<Scalar>({s.B, s.H});
+  auto dW_x = new_array<Scalar>({s.D, GH});
+  auto dW_h = new_array<Scalar>({s.H, GH});
+  auto db = new_array<Scalar>({GH});
+  auto db_hn = new_array<Scalar>({s.H});
   auto dx_m = as_mutable_matrix(dx);
   auto dh0_m = as_mutable_matrix(dh0);
   auto dW_x_m = as_mutable_matrix(dW_x);

@@ -1,6 +1,7 @@
 // Binding of the softmax / cross-entropy output layer: validate, allocate, release the GIL, call the core.
 #include "fastbptt/loss.hpp"
 
+#include "array_cache.hpp"
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -20,8 +21,9 @@ py::tuple softmax_cross_entropy(const Array<Scalar>& hs, const Array<Scalar>& W_
                           std::to_string(hs.shape(1)) + "] (the leading sides of hs), got [" +
                           std::to_string(targets.shape(0)) + ", " + std::to_string(targets.shape(1)) + "]");
   }
-  Array<Scalar> dhs({hs.shape(0), hs.shape(1), hs.shape(2)}), dW_yh({W_yh.shape(0), W_yh.shape(1)}),
-      db_y({b_y.shape(0)});
+  auto dhs = new_array<Scalar>({hs.shape(0), hs.shape(1), hs.shape(2)});
+  auto dW_yh = new_array<Scalar>({W_yh.shape(0), W_yh.shape(1)});
+  auto db_y = new_array<Scalar>({b_y.shape(0)});
   auto dhs_m = as_mutable_matrix(dhs);
   auto dW_yh_m = as_mutable_matrix(dW_yh);
   auto db_y_v = as_mutable_vector(db_y);

@@ -4,6 +4,7 @@
 #include <optional>
 #include <vector>
 
+#include "array_cache.hpp"
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -22,7 +23,9 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto h0_m = as_matrix(h0, "h0", 2);
   const auto c0_m = as_matrix(c0, "c0", 2);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> hs({s.T, s.B, s.H}), cs({s.T, s.B, s.H}), gates({s.T, s.B, GH});
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto cs = new_array<Scalar>({s.T, s.B, s.H});
+  auto gates = new_array<Scalar>({s.T, s.B, GH});
   auto hs_m = as_mutable_matrix(hs);
   auto cs_m = as_mutable_matrix(cs);
   auto gates_m = as_mutable_matrix(gates);
@@ -56,7 +59,9 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   check_ndim(dW_x, "dW_x", 2);
   check_ndim(dW_h, "dW_h", 2);
   check_ndim(db, "db", 1);
-  Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dc0({s.B, s.H});
+  auto dx = new_array<Scalar>({s.T, s.B, s.D});
+  auto dh0 = new_array<Scalar>({s.B, s.H});
+  auto dc0 = new_array<Scalar>({s.B, s.H});
   auto dx_m = as_mutable_matrix(dx);
   auto dh0_m = as_mutable_matrix(dh0);
   auto dc0_m = as_mutable_matrix(dc0);
@@ -79,7 +84,9 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         bool hidden_grad_norms) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
-  Array<Scalar> dW_x({s.D, GH}), dW_h({s.H, GH}), db({GH});
+  auto dW_x = new_array<Scalar>({s.D, GH});
+  auto dW_h = new_array<Scalar>({s.H, GH});
+  auto db = new_array<Scalar>({GH});
   std::optional<Array<Scalar>> norms;
   if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
   const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h,

@@ -14,6 +14,7 @@ void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_diagnostics(py::module_& m);
+void bind_array_cache(py::module_& m);
 }  // namespace fastbptt::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -29,4 +30,5 @@ PYBIND11_MODULE(_core, m) {
   fastbptt::bindings::bind_gru(m);
   fastbptt::bindings::bind_loss(m);
   fastbptt::bindings::bind_diagnostics(m);
+  fastbptt::bindings::bind_array_cache(m);
 }

@@ -4,6 +4,7 @@
 #include <optional>
 #include <vector>
 
+#include "array_cache.hpp"
 #include "arrays.hpp"
 
 namespace fastbptt::bindings {
@@ -21,7 +22,7 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
   const auto b_h_v = as_vector(b_h, "b_h");
   const auto h0_m = as_matrix(h0, "h0", 2);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> hs({s.T, s.B, s.H});
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto hs_m = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
@@ -43,7 +44,11 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   const auto hs_m = as_matrix(hs, "hs", 3);
   const auto dhs_m = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  Array<Scalar> dx({s.T, s.B, s.D}), dh0({s.B, s.H}), dW_xh({s.D, s.H}), dW_hh({s.H, s.H}), db_h({s.H});
+  auto dx = new_array<Scalar>({s.T, s.B, s.D});
+  auto dh0 = new_array<Scalar>({s.B, s.H});
+  auto dW_xh = new_array<Scalar>({s.D, s.H});
+  auto dW_hh = new_array<Scalar>({s.H, s.H});
+  auto db_h = new_array<Scalar>({s.H});
   auto dx_m = as_mutable_matrix(dx);
   auto dh0_m = as_mutable_matrix(dh0);
   auto dW_xh_m = as_mutable_matrix(dW_xh);

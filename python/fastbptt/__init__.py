@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._core import __version__
 from ._core import build_info as _core_build_info
 from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from .array_cache import array_cache_info, empty_array_cache, set_array_cache_limit
 from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
 from .functional import (
     gru_backward,
@@ -53,8 +54,10 @@ __all__ = [
     "TrainResult",
     "Window",
     "__version__",
+    "array_cache_info",
     "build_info",
     "clip_grad_norm",
+    "empty_array_cache",
     "final_states",
     "get_num_threads",
     "gru_backward",
@@ -68,6 +71,7 @@ __all__ = [
     "reverse_sequences",
     "rnn_backward",
     "rnn_forward",
+    "set_array_cache_limit",
     "set_num_threads",
     "softmax_cross_entropy",
     "tbptt_windows",

@@ -247,6 +247,9 @@ class _RecurrentLayer:
         T, B, _ = x.shape
         lengths = _checks.lengths_array(lengths, T, B)
         states = self._split_state("state", state, x.dtype, B)
+        # The last forward's cache goes first: held through this one, it would double the peak memory, and its
+        # arrays' memory is what this forward's arrays can reuse (see set_array_cache_limit).
+        self.cache = None
         layer_input, caches, finals = x, [], []
         for layer in range(self.num_layers):
             outputs = []
