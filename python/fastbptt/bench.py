@@ -2,8 +2,9 @@
 
 Every row times forward + backward to all parameters and the input (loss = sum of the outputs; ``--forward-only``:
 the forward pass alone, recording what backward needs) for the same
-shapes, dtype and thread count, and reports medians of repeated runs, the ratios, fastbptt's GFLOP/s and the
-fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
+shapes, dtype and thread count, and reports medians of repeated runs (fastbptt, torch.nn and fastbptt.torch timed
+in turn within every round, so that the machine's changing load falls on all three alike), the ratios, fastbptt's
+GFLOP/s and the fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
 FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 3 for the GRU, 4 for the LSTM) per
 layer and direction (layer k > 0 has D = directions * H); a third of that for the forward pass alone. "lstm-2bi" is
 a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM).
@@ -46,6 +47,20 @@ def median_ms(run, repeats: int) -> tuple[float, list[float]]:
         run()
         times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times), times
+
+
+def medians_interleaved(runs: dict, repeats: int) -> dict:
+    """(median ms, all times) of each run, the runs timed in turn within every round, so that a change in the
+    machine's load during the measurement falls on all of them alike: their ratios are what this is for."""
+    for run in runs.values():
+        run()  # warm-up
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: (statistics.median(samples), samples) for name, samples in times.items()}
 
 
 def blas_limits(threads: int):
@@ -334,14 +349,14 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
         "matmul_gflops": matmul_gflops,
         "backward": backward,
     }
-    row["fastbptt_ms"], row["fastbptt_times"] = median_ms(numpy_runner(fast, cell, p, backward), repeats)
-    row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
+    runs = {"fastbptt": numpy_runner(fast, cell, p, backward)}
     if torch is not None:
         dropin_class, torch_class = module_classes(torch, fbt, cell)
-        row["torch_ms"], row["torch_times"] = median_ms(torch_runner(torch, torch_class, cell, p, backward)[0], repeats)
-        row["dropin_ms"], row["dropin_times"] = median_ms(
-            torch_runner(torch, dropin_class, cell, p, backward)[0], repeats
-        )
+        runs["torch"] = torch_runner(torch, torch_class, cell, p, backward)[0]
+        runs["dropin"] = torch_runner(torch, dropin_class, cell, p, backward)[0]
+    row["torch_ms"] = row["dropin_ms"] = row["reference_ms"] = None
+    for name, (median, samples) in medians_interleaved(runs, repeats).items():
+        row[name + "_ms"], row[name + "_times"] = median, samples
     if with_reference and threads == 1 and flops <= REFERENCE_FLOP_LIMIT:
         with blas_limits(threads):
             row["reference_ms"], row["reference_times"] = median_ms(
@@ -431,10 +446,9 @@ def run_scaling(out=sys.stdout) -> list:
     set_num_threads(1)
     try:
         for cell in ("rnn", "lstm", "gru"):
-            times = []
-            for T in (1000, 10000):
-                p = problem(cell, (T, 8, 64, 64), np.float32)
-                times.append(median_ms(numpy_runner(fast, cell, p), 3)[0])
+            runs = {T: numpy_runner(fast, cell, problem(cell, (T, 8, 64, 64), np.float32)) for T in (1000, 10000)}
+            medians = medians_interleaved(runs, 7)
+            times = [medians[1000][0], medians[10000][0]]
             rows.append({"cell": cell, "T1000_ms": times[0], "T10000_ms": times[1], "ratio": times[1] / times[0]})
             print(
                 f"| {cell} | float32 | {times[0]:.1f} | {times[1]:.1f} | {times[1] / times[0]:.2f} |",
