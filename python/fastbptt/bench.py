@@ -4,7 +4,8 @@ Every row times forward + backward to all parameters and the input (loss = sum o
 the forward pass alone, recording what backward needs) for the same
 shapes, dtype and thread count, and reports medians of repeated runs (fastbptt, torch.nn and fastbptt.torch timed
 in turn within every round, so that the machine's changing load falls on all three alike), the ratios, fastbptt's
-GFLOP/s and the fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a 2048 x 2048 product).
+GFLOP/s and the fraction of the machine's matrix-product rate measured in the same run (NumPy's BLAS on a
+2048 x 2048 product).
 FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 3 for the GRU, 4 for the LSTM) per
 layer and direction (layer k > 0 has D = directions * H); a third of that for the forward pass alone. "lstm-2bi" is
 a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM).
@@ -49,14 +50,30 @@ def median_ms(run, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+SETTLE_S = 0.02  # longer than the idle spinning of OpenMP and OpenBLAS worker threads after a call (a few ms)
+
+
+def settle(run, last_ms: float | None) -> None:
+    """Brings a library to the state of a training loop before it is timed: untimed calls for SETTLE_S (at least
+    one), so that its own threads are awake and the previous library's idle threads, which spin for a while after
+    their last call, no longer compete for the cores. For calls over 200 ms that spinning is lost in the noise, and
+    an untimed call would double the run: there it is a pause."""
+    if last_ms is not None and last_ms > 200:
+        time.sleep(SETTLE_S)
+        return
+    start = time.perf_counter()
+    run()
+    while time.perf_counter() - start < SETTLE_S:
+        run()
+
+
 def medians_interleaved(runs: dict, repeats: int) -> dict:
     """(median ms, all times) of each run, the runs timed in turn within every round, so that a change in the
     machine's load during the measurement falls on all of them alike: their ratios are what this is for."""
-    for run in runs.values():
-        run()  # warm-up
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            settle(run, times[name][-1] if times[name] else None)
             start = time.perf_counter()
             run()
             times[name].append(1e3 * (time.perf_counter() - start))
