@@ -4,6 +4,7 @@
 #include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
+#include "step_team.hpp"
 #include "time_blocks.hpp"
 
 namespace fastbptt::lstm {
@@ -55,43 +56,52 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
   // The input projection of all steps is one product, the recurrence one product per step, both with weights
   // packed once here. The packed product rounds a row the same whatever rows a call covers, so chunked runs
   // equal one run bit for bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false);
+  const Index G = gate_count(forget_gate);
+  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false, G);
   detail::project_inputs(packed_W_x, x, gates, s, active);
-  for (Index t = 0; t < s.T; ++t) {
-    auto z_t = gates.middleRows(t * B, B);
-    const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
-    const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
-    const Index running = active.count(t);
-    packed_W_h.multiply(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), gates.outerStride(), true,
-                        active.order());
-    // One pass per row: pre-activations in, activated gates back in place, C_t and h_t out.
-    for (Index k = 0; k < running; ++k) {
-      const Index r = active.row(k);
-      Scalar* z = z_t.row(r).data();
-      const Scalar* c_prev = c_prev_t.row(r).data();
-      Scalar* c = cs.row(t * B + r).data();
-      Scalar* h = hs.row(t * B + r).data();
-      detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
-        const auto gate = [&](Index column) { return ei::padd(lanes.load(z + column), lanes.load(b.data() + column)); };
-        const auto i = detail::sigmoid<Scalar>(gate(col.i));
-        const auto g = detail::tanh<Scalar>(gate(col.g));
-        const auto o = detail::sigmoid<Scalar>(gate(col.o));
-        auto c_new = ei::pmul(i, g);
-        if (forget_gate) {
-          const auto f = detail::sigmoid<Scalar>(gate(col.f));
-          c_new = ei::padd(ei::pmul(f, lanes.load(c_prev)), c_new);
-          lanes.store(z + col.f, f);
-        } else {
-          c_new = ei::padd(lanes.load(c_prev), c_new);
-        }
-        lanes.store(z + col.i, i);
-        lanes.store(z + col.g, g);
-        lanes.store(z + col.o, o);
-        lanes.store(c, c_new);
-        lanes.store(h, ei::pmul(o, detail::tanh<Scalar>(c_new)));
-      });
+  const Index unit_panels = packed_W_h.group_panels();
+  const int team = detail::team_size(B, H, GH, unit_panels);
+  detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+    for (Index t = 0; t < s.T; ++t) {
+      auto z_t = gates.middleRows(t * B, B);
+      const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
+      const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
+      const Index running = active.count(t);
+      packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), gates.outerStride(),
+                                true, active.order(), own.q0, own.q1);
+      // One pass per row over this thread's units: pre-activations in, activated gates back in place, C_t and h_t
+      // out.
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
+        Scalar* z = z_t.row(r).data();
+        const Scalar* c_prev = c_prev_t.row(r).data();
+        Scalar* c = cs.row(t * B + r).data();
+        Scalar* h = hs.row(t * B + r).data();
+        detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+          const auto gate = [&](Index column) {
+            return ei::padd(lanes.load(z + column), lanes.load(b.data() + column));
+          };
+          const auto i = detail::sigmoid<Scalar>(gate(col.i));
+          const auto g = detail::tanh<Scalar>(gate(col.g));
+          const auto o = detail::sigmoid<Scalar>(gate(col.o));
+          auto c_new = ei::pmul(i, g);
+          if (forget_gate) {
+            const auto f = detail::sigmoid<Scalar>(gate(col.f));
+            c_new = ei::padd(ei::pmul(f, lanes.load(c_prev)), c_new);
+            lanes.store(z + col.f, f);
+          } else {
+            c_new = ei::padd(lanes.load(c_prev), c_new);
+          }
+          lanes.store(z + col.i, i);
+          lanes.store(z + col.g, g);
+          lanes.store(z + col.o, o);
+          lanes.store(c, c_new);
+          lanes.store(h, ei::pmul(o, detail::tanh<Scalar>(c_new)));
+        });
+      }
+      detail::team_barrier();  // step t+1 multiplies all of h_t
     }
-  }
+  });
 }
 
 template <class Scalar>
@@ -125,58 +135,66 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
     dW_h.setZero();
     db.setZero();
   }
-  RowMatrix<Scalar> dh_matrix = dhs.bottomRows(B);
+  // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
+  RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, H), RowMatrix<Scalar>(B, H)};
+  dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
+  const Index unit_panels = packed_W_h_transposed.group_panels();
+  const int team = detail::team_size(B, GH, H, unit_panels);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
   dc0 = dc_T;
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    for (Index t = t1 - 1; t >= t0; --t) {
-      const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
-      auto dz_t = dZ.middleRows((t - t0) * B, B);
-      const Index running = active.count(t);
-      detail::record_row_norms<Scalar>(dh_matrix, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
-      for (Index k = 0; k < running; ++k) {
-        const Index r = active.row(k);
-        const Scalar* z = gates.row(t * B + r).data();
-        const Scalar* c = cs.row(t * B + r).data();
-        const Scalar* c_prev = c_prev_t.row(r).data();
-        const Scalar* dh_row = dh_matrix.row(r).data();
-        Scalar* dc_row = dc0.row(r).data();
-        Scalar* dz = dz_t.row(r).data();
-        detail::for_each_packet<Scalar>(H, [&](const detail::Lanes<Scalar>& lanes) {
-          const auto one = detail::constant<Scalar>(1);
-          const auto i = lanes.load(z + col.i);
-          const auto g = lanes.load(z + col.g);
-          const auto o = lanes.load(z + col.o);
-          const auto dh = lanes.load(dh_row);
-          const auto tanh_c = detail::tanh<Scalar>(lanes.load(c));
-          // dC_t = dC_t (from step t+1) + dh_t * o * (1 - tanh^2 C_t)
-          const auto dc = ei::padd(lanes.load(dc_row),
-                                   ei::pmul(ei::pmul(dh, o), ei::psub(one, ei::pmul(tanh_c, tanh_c))));
-          lanes.store(dz + col.o, ei::pmul(ei::pmul(dh, tanh_c), ei::pmul(o, ei::psub(one, o))));
-          lanes.store(dz + col.i, ei::pmul(ei::pmul(dc, g), ei::pmul(i, ei::psub(one, i))));
-          lanes.store(dz + col.g, ei::pmul(ei::pmul(dc, i), ei::psub(one, ei::pmul(g, g))));
-          if (forget_gate) {
-            const auto f = lanes.load(z + col.f);
-            lanes.store(dz + col.f, ei::pmul(ei::pmul(dc, lanes.load(c_prev)), ei::pmul(f, ei::psub(one, f))));
-            lanes.store(dc_row, ei::pmul(dc, f));
-          } else {
-            lanes.store(dc_row, dc);
-          }
-        });
+    detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+      const Index units = own.u1 - own.u0;
+      for (Index t = t1 - 1; t >= t0; --t) {
+        const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
+        auto dz_t = dZ.middleRows((t - t0) * B, B);
+        const Index running = active.count(t);
+        const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
+        for (Index k = 0; k < running; ++k) {
+          const Index r = active.row(k);
+          const Scalar* z = gates.row(t * B + r).data();
+          const Scalar* c = cs.row(t * B + r).data();
+          const Scalar* c_prev = c_prev_t.row(r).data();
+          const Scalar* dh_row = dh_t.row(r).data();
+          Scalar* dc_row = dc0.row(r).data();
+          Scalar* dz = dz_t.row(r).data();
+          detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+            const auto one = detail::constant<Scalar>(1);
+            const auto i = lanes.load(z + col.i);
+            const auto g = lanes.load(z + col.g);
+            const auto o = lanes.load(z + col.o);
+            const auto dh = lanes.load(dh_row);
+            const auto tanh_c = detail::tanh<Scalar>(lanes.load(c));
+            // dC_t = dC_t (from step t+1) + dh_t * o * (1 - tanh^2 C_t)
+            const auto dc = ei::padd(lanes.load(dc_row),
+                                     ei::pmul(ei::pmul(dh, o), ei::psub(one, ei::pmul(tanh_c, tanh_c))));
+            lanes.store(dz + col.o, ei::pmul(ei::pmul(dh, tanh_c), ei::pmul(o, ei::psub(one, o))));
+            lanes.store(dz + col.i, ei::pmul(ei::pmul(dc, g), ei::pmul(i, ei::psub(one, i))));
+            lanes.store(dz + col.g, ei::pmul(ei::pmul(dc, i), ei::psub(one, ei::pmul(g, g))));
+            if (forget_gate) {
+              const auto f = lanes.load(z + col.f);
+              lanes.store(dz + col.f, ei::pmul(ei::pmul(dc, lanes.load(c_prev)), ei::pmul(f, ei::psub(one, f))));
+              lanes.store(dc_row, ei::pmul(dc, f));
+            } else {
+              lanes.store(dc_row, dc);
+            }
+          });
+        }
+        detail::team_barrier();  // dL/dh_{t-1} needs every column of dz_t
+        if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
+          detail::record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
+        }
+        // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ, for this thread's units (dL/dh_0 has no upstream term)
+        auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
+        if (t > 0) dh_prev.middleCols(own.u0, units) = dhs.middleRows((t - 1) * B, B).middleCols(own.u0, units);
+        packed_W_h_transposed.multiply_units(dz_t.data(), GH, running, dh_prev.data(), dh_prev.outerStride(), t > 0,
+                                             active.order(), own.q0, own.q1);
       }
-      // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hᵀ
-      if (t > 0) {
-        dh_matrix = dhs.middleRows((t - 1) * B, B);
-        packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh_matrix.data(), H, true, active.order());
-      } else {
-        packed_W_h_transposed.multiply(dz_t.data(), GH, running, dh0.data(), dh0.outerStride(), false,
-                                       active.order());
-      }
-    }
+    });
     // The block's share of the whole-sequence products: dW_x += X_blockᵀ dZ, dW_h += H_prevᵀ dZ, db, dx.
     const auto dz_block = dZ.topRows(rows);
     dW_x.noalias() += x.middleRows(t0 * B, rows).transpose() * dz_block;

@@ -5,6 +5,9 @@
 // for the small row counts of a recurrent step (the batch) that packing costs as much as the arithmetic.
 // Every element is sum_k A(r, k) W(k, n) accumulated in k order with FMAs, whatever rows the call covers and
 // however they are grouped: a step computes the same bits whether the sequence is run whole or in chunks.
+// The columns may form equal groups (an LSTM's gate blocks), each padded to whole panels on its own, so that panel q
+// of every group holds the same hidden units: a thread of the time loop's team then computes the columns of its own
+// units in every gate and applies the gates to them, without waiting for the other threads within a step.
 #pragma once
 
 #include <vector>
@@ -19,17 +22,19 @@ class PackedWeights {
   using P = Packet<Scalar>;
   static constexpr Index lanes = packet_size<Scalar>;
 
-  /// Packs W [K, N], or Wᵀ when `transpose` is true (then W is [N, K]).
-  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, bool transpose)
+  /// Packs W [K, N], or Wᵀ when `transpose` is true (then W is [N, K]); `groups` must divide N.
+  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, bool transpose, Index groups = 1)
       : K_(transpose ? W.cols() : W.rows()),
         N_(transpose ? W.rows() : W.cols()),
-        panels_((N_ + lanes - 1) / lanes),
+        group_width_(N_ / groups),
+        group_panels_((group_width_ + lanes - 1) / lanes),
+        panels_(groups * group_panels_),
         data_(static_cast<std::size_t>(panels_ * K_ * lanes + lanes), Scalar(0)) {
     for (Index p = 0; p < panels_; ++p) {
       for (Index k = 0; k < K_; ++k) {
         Scalar* out = panel(p) + k * lanes;
-        for (Index lane = 0; lane < lanes && p * lanes + lane < N_; ++lane) {
-          const Index n = p * lanes + lane;
+        for (Index lane = 0; lane < width(p); ++lane) {
+          const Index n = column(p) + lane;
           out[lane] = transpose ? W(n, k) : W(k, n);
         }
       }
@@ -38,6 +43,8 @@ class PackedWeights {
 
   Index depth() const { return K_; }
   Index cols() const { return N_; }
+  /// Panels per column group: the hidden units of a group come in this many packets.
+  Index group_panels() const { return group_panels_; }
 
   /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
   /// With `row_index`, row r of the product is row row_index[r] of A and of C (a subset of rows in any order,
@@ -45,17 +52,12 @@ class PackedWeights {
   /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
                 const Index* row_index = nullptr) const {
-    constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
     const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
     const Rows layout{A, lda, C, ldc, row_index};
     const auto task = [&](Index i) {
       const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
-      if (p + 2 <= panels_) {
-        sweep_rows<2>(layout, r0, r1, p, accumulate);
-      } else {
-        sweep_rows<1>(layout, r0, r1, p, accumulate);
-      }
+      sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), accumulate);
     };
 #if defined(_OPENMP)
     const int threads = Eigen::nbThreads();
@@ -68,9 +70,27 @@ class PackedWeights {
     for (Index i = 0; i < tasks; ++i) task(i);
   }
 
+  /// As multiply, but only the columns of panels q0 .. q1-1 of every group (the hidden units
+  /// q0 * lanes .. q1 * lanes - 1 of every gate), on the calling thread.
+  void multiply_units(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
+                      const Index* row_index, Index q0, Index q1) const {
+    const Rows layout{A, lda, C, ldc, row_index};
+    for (Index r0 = 0; r0 < rows; r0 += row_block) {
+      const Index r1 = std::min(rows, r0 + row_block);
+      for (Index g = 0; g * group_panels_ < panels_; ++g) {
+        sweep_panels(layout, r0, r1, g * group_panels_ + q0, g * group_panels_ + q1, accumulate);
+      }
+    }
+  }
+
  private:
+  static constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
+
   const Scalar* panel(Index p) const { return data_.data() + p * K_ * lanes; }
   Scalar* panel(Index p) { return data_.data() + p * K_ * lanes; }
+  /// The first column of C that panel p covers, and how many it covers (fewer than lanes at a group's end).
+  Index column(Index p) const { return p / group_panels_ * group_width_ + p % group_panels_ * lanes; }
+  Index width(Index p) const { return std::min(lanes, group_width_ - p % group_panels_ * lanes); }
 
   /// Where row r of a product's A and C lie.
   struct Rows {
@@ -81,6 +101,17 @@ class PackedWeights {
     const Index* index;
     Index at(Index r) const { return index ? index[r] : r; }
   };
+
+  /// Rows r0 .. r1-1 times panels p0 .. p1-1, two panels at a time.
+  void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, bool accumulate) const {
+    for (Index p = p0; p < p1; p += 2) {
+      if (p + 2 <= p1) {
+        sweep_rows<2>(rows, r0, r1, p, accumulate);
+      } else {
+        sweep_rows<1>(rows, r0, r1, p, accumulate);
+      }
+    }
+  }
 
   template <int Panels>
   void sweep_rows(const Rows& rows, Index r0, Index r1, Index p, bool accumulate) const {
@@ -120,8 +151,7 @@ class PackedWeights {
       }
     }
     for (int j = 0; j < Panels; ++j) {
-      const Index n0 = (p + j) * lanes;
-      const Lanes<Scalar> out{n0, std::min(lanes, N_ - n0)};
+      const Lanes<Scalar> out{column(p + j), width(p + j)};
       for (int i = 0; i < Rows; ++i) {
         Scalar* c = c_rows[i];
         out.store(c, accumulate ? ei::padd(out.load(c), acc[i][j]) : acc[i][j]);
@@ -129,7 +159,7 @@ class PackedWeights {
     }
   }
 
-  Index K_, N_, panels_;
+  Index K_, N_, group_width_, group_panels_, panels_;
   std::vector<Scalar, Eigen::aligned_allocator<Scalar>> data_;
 };
 

@@ -49,11 +49,17 @@ struct Lanes {
   }
 };
 
+/// Calls body(Lanes) for each packet of elements begin .. end-1 of a row (begin a multiple of the packet size).
+template <class Scalar, class Body>
+void for_each_packet(Index begin, Index end, Body&& body) {
+  constexpr Index P = packet_size<Scalar>;
+  for (Index j = begin; j < end; j += P) body(Lanes<Scalar>{j, std::min(P, end - j)});
+}
+
 /// Calls body(Lanes) for each packet of a row of n elements.
 template <class Scalar, class Body>
 void for_each_packet(Index n, Body&& body) {
-  constexpr Index P = packet_size<Scalar>;
-  for (Index j = 0; j < n; j += P) body(Lanes<Scalar>{j, std::min(P, n - j)});
+  for_each_packet<Scalar>(0, n, body);
 }
 
 template <class Scalar>

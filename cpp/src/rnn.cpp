@@ -4,6 +4,7 @@
 #include "active_rows.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
+#include "step_team.hpp"
 #include "time_blocks.hpp"
 
 namespace fastbptt::rnn {
@@ -38,21 +39,26 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
   // recurrence, with weights packed once (see lstm.cpp for why the packed product keeps chunked runs exact).
   const detail::PackedWeights<Scalar> packed_W_xh(W_xh, false), packed_W_hh(W_hh, false);
   detail::project_inputs(packed_W_xh, x, hs, s, active);
+  const Index unit_panels = packed_W_hh.group_panels();
+  const int team = detail::team_size(s.B, s.H, s.H, unit_panels);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
-    for (Index t = 0; t < s.T; ++t) {
-      auto z_t = hs.middleRows(t * s.B, s.B);
-      const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
-      const Index running = active.count(t);
-      packed_W_hh.multiply(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), hs.outerStride(), true,
-                           active.order());
-      for (Index k = 0; k < running; ++k) {
-        Scalar* z = z_t.row(active.row(k)).data();
-        detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
-          lanes.store(z, Phi::template value<Scalar>(ei::padd(lanes.load(z), lanes.load(b_h.data()))));
-        });
+    detail::run_team(team, s.H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+      for (Index t = 0; t < s.T; ++t) {
+        auto z_t = hs.middleRows(t * s.B, s.B);
+        const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
+        const Index running = active.count(t);
+        packed_W_hh.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), hs.outerStride(),
+                                   true, active.order(), own.q0, own.q1);
+        for (Index k = 0; k < running; ++k) {
+          Scalar* z = z_t.row(active.row(k)).data();
+          detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+            lanes.store(z, Phi::template value<Scalar>(ei::padd(lanes.load(z), lanes.load(b_h.data()))));
+          });
+        }
+        detail::team_barrier();  // step t+1 multiplies all of h_t
       }
-    }
+    });
   });
 }
 
@@ -80,34 +86,44 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
     dW_hh.setZero();
     db_h.setZero();
   }
-  // dh holds dL/dh_t: the upstream gradient of step t plus what flows back from step t+1.
-  // dh0 doubles as its storage: after the loop it holds dL/dh_0. A sequence that has not started yet (going
-  // backwards) keeps being reset to its upstream gradient until its last step comes.
-  dh0 = dhs.bottomRows(s.B);
+  // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
+  // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
+  RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(s.B, s.H), RowMatrix<Scalar>(s.B, s.H)};
+  dh_steps[(s.T - 1) % 2] = dhs.bottomRows(s.B);
   const detail::PackedWeights<Scalar> packed_W_hh_transposed(W_hh, true);
+  const Index unit_panels = packed_W_hh_transposed.group_panels();
+  const int team = detail::team_size(s.B, s.H, s.H, unit_panels);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t1 = s.T; t1 > 0;) {
       const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * s.B;
       if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-      for (Index t = t1 - 1; t >= t0; --t) {
-        auto dz_t = dZ.middleRows((t - t0) * s.B, s.B);
-        const Index running = active.count(t);
-        detail::record_row_norms<Scalar>(dh0, active, t, dh_norms ? dh_norms + (t + 1) * s.B : nullptr);
-        for (Index k = 0; k < running; ++k) {
-          const Index r = active.row(k);
-          Scalar* dz = dz_t.row(r).data();
-          const Scalar* dh = dh0.row(r).data();
-          const Scalar* h = hs.row(t * s.B + r).data();
-          detail::for_each_packet<Scalar>(s.H, [&](const detail::Lanes<Scalar>& lanes) {
-            lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
-          });
+      detail::run_team(team, s.H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+        const Index units = own.u1 - own.u0;
+        for (Index t = t1 - 1; t >= t0; --t) {
+          auto dz_t = dZ.middleRows((t - t0) * s.B, s.B);
+          const Index running = active.count(t);
+          const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
+          for (Index k = 0; k < running; ++k) {
+            const Index r = active.row(k);
+            Scalar* dz = dz_t.row(r).data();
+            const Scalar* dh = dh_t.row(r).data();
+            const Scalar* h = hs.row(t * s.B + r).data();
+            detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+              lanes.store(dz, Phi::template gradient<Scalar>(lanes.load(dh), lanes.load(h)));
+            });
+          }
+          detail::team_barrier();  // dL/dh_{t-1} needs every column of dz_t
+          if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
+            detail::record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * s.B : nullptr);
+          }
+          // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ, for this thread's units (dL/dh_0 has no upstream term)
+          auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
+          if (t > 0) dh_prev.middleCols(own.u0, units) = dhs.middleRows((t - 1) * s.B, s.B).middleCols(own.u0, units);
+          packed_W_hh_transposed.multiply_units(dz_t.data(), s.H, running, dh_prev.data(), dh_prev.outerStride(), t > 0,
+                                                active.order(), own.q0, own.q1);
         }
-        // dL/dh_{t-1} = dhs_{t-1} + dz_t W_hhᵀ
-        if (t > 0) dh0 = dhs.middleRows((t - 1) * s.B, s.B);
-        packed_W_hh_transposed.multiply(dz_t.data(), s.H, running, dh0.data(), dh0.outerStride(), t > 0,
-                                        active.order());
-      }
+      });
       // The block's share of the whole-sequence products (see time_blocks.hpp).
       const auto dz_block = dZ.topRows(rows);
       dW_xh.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;

@@ -1,0 +1,62 @@
+// The threads of a time loop, each owning a slice of the hidden units (private to the core).
+//
+// Within a step a thread computes the recurrent product's columns of its own units in every gate block
+// (PackedWeights::multiply_units) and then applies the gates to those units; the threads wait for each other once
+// per step, where the next step needs every unit of the state. A parallel product followed by a one-thread gate
+// pass would start and stop the threads at every step and leave one of them idle during the gate pass.
+// Every element is computed by the same code whatever the slice, so results do not depend on the team's size.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "fastbptt/types.hpp"
+
+namespace fastbptt::detail {
+
+/// One member's share: panels q0 .. q1-1 of every gate block, which hold the hidden units u0 .. u1-1.
+struct UnitSlice {
+  int member;  // 0 .. team size - 1; member 0 also does what one thread must do alone
+  Index q0, q1;
+  Index u0, u1;
+};
+
+/// The team size for a loop whose steps multiply `rows` x `depth` by `depth` x `columns` (gate columns of
+/// `unit_panels` packets per gate): Eigen::nbThreads(), fewer when there are fewer packets of units than threads,
+/// and one thread when a step is too small to repay a wait for the other thread.
+inline int team_size(Index rows, Index depth, Index columns, Index unit_panels) {
+  constexpr Index min_step_work = Index(1) << 16;  // multiply-adds per step; below it one thread is as fast
+  const Index threads = std::min<Index>(Eigen::nbThreads(), unit_panels);
+  return rows * depth * columns < min_step_work ? 1 : static_cast<int>(std::max<Index>(1, threads));
+}
+
+/// Runs body(UnitSlice) on `threads` threads, the H hidden units (`unit_panels` packets of `lanes`) split into
+/// contiguous slices. The body separates steps with team_barrier().
+template <class Body>
+void run_team(int threads, Index H, Index unit_panels, Index lanes, Body&& body) {
+  const auto slice = [&](int member, int size) {
+    const Index q0 = unit_panels * member / size, q1 = unit_panels * (member + 1) / size;
+    return UnitSlice{member, q0, q1, std::min(H, q0 * lanes), std::min(H, q1 * lanes)};
+  };
+#if defined(_OPENMP)
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    body(slice(omp_get_thread_num(), omp_get_num_threads()));
+    return;
+  }
+#endif
+  body(slice(0, 1));
+}
+
+/// Waits until every member of the team has arrived (nothing to wait for with one thread).
+inline void team_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+
+}  // namespace fastbptt::detail
