@@ -53,22 +53,21 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
     cs.setZero();
   }
 
-  // The input projection of all steps is one product, the recurrence one product per step, both with weights
-  // packed once here. The packed product rounds a row the same whatever rows a call covers, so chunked runs
-  // equal one run bit for bit (Eigen's general product picks its code path by a row's position).
+  // Each step's pre-activations are one product, [x_t, h_{t-1}] [W_x; W_h], with the weights packed once here. The
+  // packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for bit
+  // (Eigen's general product picks its code path by a row's position).
   const Index G = gate_count(forget_gate);
-  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false, G);
-  detail::project_inputs(packed_W_x, x, gates, s, active);
-  const Index unit_panels = packed_W_h.group_panels();
-  const int team = detail::team_size(B, H, GH, unit_panels);
+  const detail::PackedWeights<Scalar> packed_W(W_x, W_h, G);
+  const Index unit_panels = packed_W.group_panels();
+  const int team = detail::team_size(B, s.D + H, GH, unit_panels);
   detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
     for (Index t = 0; t < s.T; ++t) {
       auto z_t = gates.middleRows(t * B, B);
       const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
       const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
       const Index running = active.count(t);
-      packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), gates.outerStride(),
-                                true, active.order(), own.q0, own.q1);
+      packed_W.multiply_units(x.row(t * B).data(), x.outerStride(), running, z_t.data(), gates.outerStride(), false,
+                              active.order(), own.q0, own.q1, h_prev_t.data(), h_prev_t.outerStride());
       // One pass per row over this thread's units: pre-activations in, activated gates back in place, C_t and h_t
       // out.
       for (Index k = 0; k < running; ++k) {

@@ -8,8 +8,12 @@
 // The columns may form equal groups (an LSTM's gate blocks), each padded to whole panels on its own, so that panel q
 // of every group holds the same hidden units: a thread of the time loop's team then computes the columns of its own
 // units in every gate and applies the gates to them, without waiting for the other threads within a step.
+// W may also be two matrices stacked, [W_x; W_h], multiplied by rows [x_t, h_{t-1}] whose two parts lie apart: a
+// step's whole pre-activation is then one product that writes it, rather than an input projection computed for all
+// steps beforehand, which the step's product would find gone from cache by the time it adds to it.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "pointwise.hpp"
@@ -24,21 +28,18 @@ class PackedWeights {
 
   /// Packs W [K, N], or Wᵀ when `transpose` is true (then W is [N, K]); `groups` must divide N.
   PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, bool transpose, Index groups = 1)
-      : K_(transpose ? W.cols() : W.rows()),
-        N_(transpose ? W.rows() : W.cols()),
-        group_width_(N_ / groups),
-        group_panels_((group_width_ + lanes - 1) / lanes),
-        panels_(groups * group_panels_),
-        data_(static_cast<std::size_t>(panels_ * K_ * lanes + lanes), Scalar(0)) {
-    for (Index p = 0; p < panels_; ++p) {
-      for (Index k = 0; k < K_; ++k) {
-        Scalar* out = panel(p) + k * lanes;
-        for (Index lane = 0; lane < width(p); ++lane) {
-          const Index n = column(p) + lane;
-          out[lane] = transpose ? W(n, k) : W(k, n);
-        }
-      }
-    }
+      : PackedWeights(transpose ? W.cols() : W.rows(), transpose ? W.rows() : W.cols(), groups) {
+    for (Index k = 0; k < K_; ++k) pack_row(k, [&](Index n) { return transpose ? W(n, k) : W(k, n); });
+    split_ = K_;
+  }
+
+  /// Packs [W_top; W_bottom] ([K1 + K2, N]); rows then come in two parts, K1 values and K2 values (multiply_units).
+  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W_top, const Eigen::Ref<const RowMatrix<Scalar>>& W_bottom,
+                Index groups)
+      : PackedWeights(W_top.rows() + W_bottom.rows(), W_top.cols(), groups) {
+    split_ = W_top.rows();
+    for (Index k = 0; k < split_; ++k) pack_row(k, [&](Index n) { return W_top(k, n); });
+    for (Index k = split_; k < K_; ++k) pack_row(k, [&](Index n) { return W_bottom(k - split_, n); });
   }
 
   Index depth() const { return K_; }
@@ -54,7 +55,7 @@ class PackedWeights {
                 const Index* row_index = nullptr) const {
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
     const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
-    const Rows layout{A, lda, C, ldc, row_index};
+    const Rows layout{A, lda, C, ldc, row_index, nullptr, 0};
     const auto task = [&](Index i) {
       const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
       sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), accumulate);
@@ -70,11 +71,12 @@ class PackedWeights {
     for (Index i = 0; i < tasks; ++i) task(i);
   }
 
-  /// As multiply, but only the columns of panels q0 .. q1-1 of every group (the hidden units
-  /// q0 * lanes .. q1 * lanes - 1 of every gate), on the calling thread.
+  /// As multiply, for the columns of panels q0 .. q1-1 of every group (the hidden units q0 * lanes .. q1 * lanes - 1
+  /// of every gate), on the calling thread. For stacked weights a row's first K1 values come from A and the other
+  /// K2 from A2 (row stride lda2, rows picked by row_index alike).
   void multiply_units(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
-                      const Index* row_index, Index q0, Index q1) const {
-    const Rows layout{A, lda, C, ldc, row_index};
+                      const Index* row_index, Index q0, Index q1, const Scalar* A2 = nullptr, Index lda2 = 0) const {
+    const Rows layout{A, lda, C, ldc, row_index, A2, lda2};
     for (Index r0 = 0; r0 < rows; r0 += row_block) {
       const Index r1 = std::min(rows, r0 + row_block);
       for (Index g = 0; g * group_panels_ < panels_; ++g) {
@@ -85,6 +87,23 @@ class PackedWeights {
 
  private:
   static constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
+
+  PackedWeights(Index K, Index N, Index groups)
+      : K_(K),
+        N_(N),
+        group_width_(N_ / groups),
+        group_panels_((group_width_ + lanes - 1) / lanes),
+        panels_(groups * group_panels_),
+        data_(static_cast<std::size_t>(panels_ * K_ * lanes + lanes), Scalar(0)) {}
+
+  /// Row k of the packed matrix, W(k, n) = value(n); the padding lanes stay zero.
+  template <class Value>
+  void pack_row(Index k, Value&& value) {
+    for (Index p = 0; p < panels_; ++p) {
+      Scalar* out = panel(p) + k * lanes;
+      for (Index lane = 0; lane < width(p); ++lane) out[lane] = value(column(p) + lane);
+    }
+  }
 
   const Scalar* panel(Index p) const { return data_.data() + p * K_ * lanes; }
   Scalar* panel(Index p) { return data_.data() + p * K_ * lanes; }
@@ -99,6 +118,8 @@ class PackedWeights {
     Scalar* C;
     Index ldc;
     const Index* index;
+    const Scalar* A2;  // the rows' second part, for stacked weights
+    Index lda2;
     Index at(Index r) const { return index ? index[r] : r; }
   };
 
@@ -117,39 +138,35 @@ class PackedWeights {
   void sweep_rows(const Rows& rows, Index r0, Index r1, Index p, bool accumulate) const {
     for (Index r = r0; r < r1; r += 4) {
       const Scalar* a[4];
+      const Scalar* a2[4];
       Scalar* c[4];
       const Index n = std::min<Index>(4, r1 - r);
       for (Index i = 0; i < n; ++i) {
         a[i] = rows.A + rows.at(r + i) * rows.lda;
+        a2[i] = rows.A2 + rows.at(r + i) * rows.lda2;
         c[i] = rows.C + rows.at(r + i) * rows.ldc;
       }
       switch (n) {
-        case 4: kernel<4, Panels>(a, c, p, accumulate); break;
-        case 3: kernel<3, Panels>(a, c, p, accumulate); break;
-        case 2: kernel<2, Panels>(a, c, p, accumulate); break;
-        default: kernel<1, Panels>(a, c, p, accumulate); break;
+        case 4: kernel<4, Panels>(a, a2, c, p, accumulate); break;
+        case 3: kernel<3, Panels>(a, a2, c, p, accumulate); break;
+        case 2: kernel<2, Panels>(a, a2, c, p, accumulate); break;
+        default: kernel<1, Panels>(a, a2, c, p, accumulate); break;
       }
     }
   }
 
-  /// Rows x (Panels * lanes) block of C from Rows rows of A and panels p .. p+Panels-1.
+  /// Rows x (Panels * lanes) block of C from Rows rows of A (the first split_ values of a row from a_rows, the rest
+  /// from a2_rows) and panels p .. p+Panels-1: one chain of FMAs per element, in k order.
   template <int Rows, int Panels>
-  void kernel(const Scalar* const* a_rows, Scalar* const* c_rows, Index p, bool accumulate) const {
+  void kernel(const Scalar* const* a_rows, const Scalar* const* a2_rows, Scalar* const* c_rows, Index p,
+              bool accumulate) const {
     P acc[Rows][Panels];
     for (int i = 0; i < Rows; ++i)
       for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pset1<P>(Scalar(0));
     const Scalar* w[Panels];
     for (int j = 0; j < Panels; ++j) w[j] = panel(p + j);
-    const Scalar* a[Rows];
-    for (int i = 0; i < Rows; ++i) a[i] = a_rows[i];
-    for (Index k = 0; k < K_; ++k) {
-      P wk[Panels];
-      for (int j = 0; j < Panels; ++j) wk[j] = ei::pload<P>(w[j] + k * lanes);
-      for (int i = 0; i < Rows; ++i) {
-        const P a_ik = ei::pset1<P>(a[i][k]);
-        for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pmadd(a_ik, wk[j], acc[i][j]);
-      }
-    }
+    add_products<Rows, Panels>(acc, w, a_rows, 0, split_);
+    if (split_ < K_) add_products<Rows, Panels>(acc, w, a2_rows, split_, K_);
     for (int j = 0; j < Panels; ++j) {
       const Lanes<Scalar> out{column(p + j), width(p + j)};
       for (int i = 0; i < Rows; ++i) {
@@ -159,7 +176,26 @@ class PackedWeights {
     }
   }
 
+  /// acc += sum over k = k0 .. k1-1 of A(row, k) W(k, panel columns), where a_rows[i][0] is A(row i, k0).
+  template <int Rows, int Panels>
+  EIGEN_ALWAYS_INLINE void add_products(P (&acc)[Rows][Panels], const Scalar* const* w, const Scalar* const* a_rows,
+                                        Index k0, Index k1) const {
+    const Scalar* a[Rows];
+    for (int i = 0; i < Rows; ++i) a[i] = a_rows[i];
+    const Scalar* w0[Panels];
+    for (int j = 0; j < Panels; ++j) w0[j] = w[j] + k0 * lanes;
+    for (Index k = 0; k < k1 - k0; ++k) {
+      P wk[Panels];
+      for (int j = 0; j < Panels; ++j) wk[j] = ei::pload<P>(w0[j] + k * lanes);
+      for (int i = 0; i < Rows; ++i) {
+        const P a_ik = ei::pset1<P>(a[i][k]);
+        for (int j = 0; j < Panels; ++j) acc[i][j] = ei::pmadd(a_ik, wk[j], acc[i][j]);
+      }
+    }
+  }
+
   Index K_, N_, group_width_, group_panels_, panels_;
+  Index split_;  // a row's first split_ values come from A, the others (stacked weights) from A2
   std::vector<Scalar, Eigen::aligned_allocator<Scalar>> data_;
 };
 

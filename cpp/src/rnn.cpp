@@ -35,12 +35,11 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) hs.setZero();  // the outputs of finished sequences
 
-  // hs first holds z_t of every step: one product for all input projections, then one per step for the
-  // recurrence, with weights packed once (see lstm.cpp for why the packed product keeps chunked runs exact).
-  const detail::PackedWeights<Scalar> packed_W_xh(W_xh, false), packed_W_hh(W_hh, false);
-  detail::project_inputs(packed_W_xh, x, hs, s, active);
-  const Index unit_panels = packed_W_hh.group_panels();
-  const int team = detail::team_size(s.B, s.H, s.H, unit_panels);
+  // z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product per step, written into hs and activated in place (see
+  // lstm.cpp for why the packed product keeps chunked runs exact).
+  const detail::PackedWeights<Scalar> packed_W(W_xh, W_hh, 1);
+  const Index unit_panels = packed_W.group_panels();
+  const int team = detail::team_size(s.B, s.D + s.H, s.H, unit_panels);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     detail::run_team(team, s.H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
@@ -48,8 +47,8 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
         auto z_t = hs.middleRows(t * s.B, s.B);
         const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
         const Index running = active.count(t);
-        packed_W_hh.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, z_t.data(), hs.outerStride(),
-                                   true, active.order(), own.q0, own.q1);
+        packed_W.multiply_units(x.row(t * s.B).data(), x.outerStride(), running, z_t.data(), hs.outerStride(), false,
+                                active.order(), own.q0, own.q1, h_prev_t.data(), h_prev_t.outerStride());
         for (Index k = 0; k < running; ++k) {
           Scalar* z = z_t.row(active.row(k)).data();
           detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
