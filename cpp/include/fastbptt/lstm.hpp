@@ -11,9 +11,8 @@ constexpr Index gate_count(bool forget_gate) { return forget_gate ? 4 : 3; }
 /// Runs the LSTM over all T steps and keeps what `backward` needs.
 ///   z_t = x_t W_x + h_{t-1} W_h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
 ///   C_t = f_t * C_{t-1} + i_t * g_t   (without forget gate: C_t = C_{t-1} + i_t * g_t);  h_t = o_t * tanh(C_t)
-/// One matrix product computes the input projections of all steps into `gates`; each step then adds one product
-/// for the recurrence to its block and one vectorised pass turns the block into the activated gates and writes
-/// C_t and h_t. Results do not depend on T: a sequence run in chunks with (h, C) carried gives the same bits.
+/// Each step writes its block of `gates` with one product [x_t, h_{t-1}] [W_x; W_h], and one vectorised pass turns
+/// the block into the activated gates and writes C_t and h_t. Results do not depend on T: a sequence run in chunks with (h, C) carried gives the same bits.
 /// shape        in   T, B, D, H (all >= 1)
 /// forget_gate  in   selects the cell; G = gate_count(forget_gate)
 /// x     [T*B, D]    in   step t is rows t*B .. t*B+B-1 (time-major)

@@ -6,8 +6,8 @@
 namespace fastbptt::rnn {
 
 /// Runs the RNN over all T steps:  h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h),  t = 1..T.
-/// One matrix product computes the input projections of all steps into hs; each step then adds one product for
-/// the recurrence to its block and applies phi in place in one vectorised pass. Results do not depend on T: a
+/// Each step writes its block of hs with one product [x_t, h_{t-1}] [W_xh; W_hh] and applies phi in place in one
+/// vectorised pass. Results do not depend on T: a
 /// sequence run in chunks with the state carried gives the same bits as one run.
 /// hs is all backward needs besides the inputs (phi' is computed from h = phi(z)).
 /// shape        in   T, B, D, H (all >= 1)
