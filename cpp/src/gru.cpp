@@ -47,9 +47,7 @@ void forward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_
   detail::project_inputs(packed_W_x, x, gates, s, active);
   // Unlike the LSTM's, the recurrent product cannot be added onto the input projection: r scales its n block.
   RowMatrix<Scalar> recurrent(B, GH);
-  const Index unit_panels = packed_W_h.group_panels();
-  const int team = detail::team_size(B, H, GH, unit_panels);
-  detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+  detail::run_team(packed_W_h, B, [&](const detail::UnitSlice& own) {
     for (Index t = 0; t < s.T; ++t) {
       auto z_t = gates.middleRows(t * B, B);
       const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
@@ -121,12 +119,10 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, H), RowMatrix<Scalar>(B, H)};
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
-  const Index unit_panels = packed_W_h_transposed.group_panels();
-  const int team = detail::team_size(B, GH, H, unit_panels);
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+    detail::run_team(packed_W_h_transposed, B, [&](const detail::UnitSlice& own) {
       const Index units = own.u1 - own.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);

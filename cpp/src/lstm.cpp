@@ -58,9 +58,7 @@ void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMa
   // (Eigen's general product picks its code path by a row's position).
   const Index G = gate_count(forget_gate);
   const detail::PackedWeights<Scalar> packed_W(W_x, W_h, G);
-  const Index unit_panels = packed_W.group_panels();
-  const int team = detail::team_size(B, s.D + H, GH, unit_panels);
-  detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+  detail::run_team(packed_W, B, [&](const detail::UnitSlice& own) {
     for (Index t = 0; t < s.T; ++t) {
       auto z_t = gates.middleRows(t * B, B);
       const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);
@@ -138,15 +136,13 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, H), RowMatrix<Scalar>(B, H)};
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
   const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
-  const Index unit_panels = packed_W_h_transposed.group_panels();
-  const int team = detail::team_size(B, GH, H, unit_panels);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
   dc0 = dc_T;
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    detail::run_team(team, H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+    detail::run_team(packed_W_h_transposed, B, [&](const detail::UnitSlice& own) {
       const Index units = own.u1 - own.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         const auto c_prev_t = detail::previous_state<Scalar>(c0, cs, t, B);

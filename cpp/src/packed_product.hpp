@@ -44,7 +44,8 @@ class PackedWeights {
 
   Index depth() const { return K_; }
   Index cols() const { return N_; }
-  /// Panels per column group: the hidden units of a group come in this many packets.
+  /// Columns per group (an LSTM's H) and panels per group: the hidden units of a group come in that many packets.
+  Index group_width() const { return group_width_; }
   Index group_panels() const { return group_panels_; }
 
   /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.

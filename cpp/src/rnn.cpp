@@ -38,11 +38,9 @@ void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, Co
   // z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product per step, written into hs and activated in place (see
   // lstm.cpp for why the packed product keeps chunked runs exact).
   const detail::PackedWeights<Scalar> packed_W(W_xh, W_hh, 1);
-  const Index unit_panels = packed_W.group_panels();
-  const int team = detail::team_size(s.B, s.D + s.H, s.H, unit_panels);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
-    detail::run_team(team, s.H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+    detail::run_team(packed_W, s.B, [&](const detail::UnitSlice& own) {
       for (Index t = 0; t < s.T; ++t) {
         auto z_t = hs.middleRows(t * s.B, s.B);
         const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, s.B);
@@ -90,14 +88,12 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(s.B, s.H), RowMatrix<Scalar>(s.B, s.H)};
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(s.B);
   const detail::PackedWeights<Scalar> packed_W_hh_transposed(W_hh, true);
-  const Index unit_panels = packed_W_hh_transposed.group_panels();
-  const int team = detail::team_size(s.B, s.H, s.H, unit_panels);
   detail::with_activation(activation, [&](auto phi) {
     using Phi = decltype(phi);
     for (Index t1 = s.T; t1 > 0;) {
       const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * s.B;
       if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-      detail::run_team(team, s.H, unit_panels, detail::packet_size<Scalar>, [&](const detail::UnitSlice& own) {
+      detail::run_team(packed_W_hh_transposed, s.B, [&](const detail::UnitSlice& own) {
         const Index units = own.u1 - own.u0;
         for (Index t = t1 - 1; t >= t0; --t) {
           auto dz_t = dZ.middleRows((t - t0) * s.B, s.B);

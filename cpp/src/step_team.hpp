@@ -15,6 +15,7 @@
 #endif
 
 #include "fastbptt/types.hpp"
+#include "packed_product.hpp"
 
 namespace fastbptt::detail {
 
@@ -25,26 +26,22 @@ struct UnitSlice {
   Index u0, u1;
 };
 
-/// The team size for a loop whose steps multiply `rows` x `depth` by `depth` x `columns` (gate columns of
-/// `unit_panels` packets per gate): Eigen::nbThreads(), fewer when there are fewer packets of units than threads,
-/// and one thread when a step is too small to repay a wait for the other thread.
-inline int team_size(Index rows, Index depth, Index columns, Index unit_panels) {
+/// Runs body(UnitSlice) on a team whose members split the hidden units of W's column groups (the gate blocks)
+/// into contiguous slices, for a loop whose steps multiply `rows` rows by W. The team has Eigen::nbThreads()
+/// members, fewer when the units come in fewer packets, and one when a step is too small to repay a wait for the
+/// other thread. The body separates steps with team_barrier().
+template <class Scalar, class Body>
+void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
   constexpr Index min_step_work = Index(1) << 16;  // multiply-adds per step; below it one thread is as fast
-  const Index threads = std::min<Index>(Eigen::nbThreads(), unit_panels);
-  return rows * depth * columns < min_step_work ? 1 : static_cast<int>(std::max<Index>(1, threads));
-}
-
-/// Runs body(UnitSlice) on `threads` threads, the H hidden units (`unit_panels` packets of `lanes`) split into
-/// contiguous slices. The body separates steps with team_barrier().
-template <class Body>
-void run_team(int threads, Index H, Index unit_panels, Index lanes, Body&& body) {
+  const Index unit_panels = W.group_panels(), units = W.group_width(), lanes = PackedWeights<Scalar>::lanes;
   const auto slice = [&](int member, int size) {
     const Index q0 = unit_panels * member / size, q1 = unit_panels * (member + 1) / size;
-    return UnitSlice{member, q0, q1, std::min(H, q0 * lanes), std::min(H, q1 * lanes)};
+    return UnitSlice{member, q0, q1, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
   };
 #if defined(_OPENMP)
-  if (threads > 1) {
-#pragma omp parallel num_threads(threads)
+  const Index threads = std::min<Index>(Eigen::nbThreads(), unit_panels);
+  if (threads > 1 && rows * W.depth() * W.cols() >= min_step_work) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
     body(slice(omp_get_thread_num(), omp_get_num_threads()));
     return;
   }
