@@ -225,6 +225,29 @@ def module_output(module, cell: str, p) -> np.ndarray:
     return module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])[0]
 
 
+def cpu_description() -> str:
+    """The CPU's model name, family/model numbers and widest SIMD extension (Linux; the model name elsewhere): the
+    same model name covers machines whose vector units differ by a factor of two or more."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "?"
+    flags = set(fields.get("flags", "").split())
+    simd = next(
+        (name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "SSE"
+    )
+    if "fma" in flags:
+        simd += "+FMA"
+    family = f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
+    return ", ".join(part for part in (fields.get("model name", "?"), family, simd) if part)
+
+
 def header(torch, out) -> None:
     from . import build_info
 
@@ -234,21 +257,19 @@ def header(torch, out) -> None:
         f"Python {platform.python_version()}",
         file=out,
     )
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    except OSError:
-        model = platform.processor() or "?"
-    print(f"CPU: {model}, {os.cpu_count()} cores", file=out)
+    print(f"CPU: {cpu_description()}, {os.cpu_count()} cores", file=out)
     try:
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():
-            print(
-                f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture', '?')}, "
-                f"{pool.get('num_threads')} threads)",
-                file=out,
+            details = ", ".join(
+                str(value)
+                for value in (pool.get("version"), pool.get("architecture"), f"{pool.get('num_threads')} threads")
+                if value
             )
+            api = pool.get("user_api", "?")
+            name = pool.get("internal_api") if pool.get("internal_api") != api else pool.get("prefix")
+            print(f"{api}: {name} ({details})", file=out)
     except ImportError:
         print("BLAS: threadpoolctl not installed, thread limits of NumPy's BLAS not applied", file=out)
     slowed = [name for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]
