@@ -20,7 +20,8 @@ namespace fastbptt::bindings {
 
 class ArrayCache {
  public:
-  /// Smaller arrays come from NumPy: glibc keeps and reuses blocks of this size without the OS.
+  /// Smaller arrays come from NumPy. glibc mostly reuses such blocks without the OS, but may still trim them off
+  /// the top of its heap (README: "How the core computes").
   static constexpr std::size_t min_bytes = std::size_t(1) << 20;
 
   struct Stats {
