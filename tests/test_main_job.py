@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fastbptt.demo import load_corpus, remember_first_batch, run_demo
 
@@ -55,3 +57,14 @@ def test_bench_smoke():
     assert len(rows) == 4 and all(row["fastbptt_ms"] > 0 and row["reference_ms"] > 0 for row in rows)
     for cell in cells:
         assert f"| {cell} | float32 | 1 | S |" in out.getvalue()
+
+
+def test_bench_header_names_the_cpus_vector_extension():
+    from fastbptt.bench import cpu_description
+
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("the SIMD extension is read from /proc/cpuinfo (Linux)")
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    expected = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "SSE"
+    assert cpu_description().split(", ")[-1].removesuffix("+FMA") == expected
