@@ -20,8 +20,8 @@ namespace fastbptt::bindings {
 
 class ArrayCache {
  public:
-  /// Smaller arrays come from NumPy. glibc mostly reuses such blocks without the OS, but may still trim them off
-  /// the top of its heap (README: "How the core computes").
+  /// Smaller arrays come from NumPy: glibc reuses such blocks, though it may trim them off the top of its heap
+  /// (see backward_scratch.hpp for the core's own scratch).
   static constexpr std::size_t min_bytes = std::size_t(1) << 20;
 
   struct Stats {

@@ -2,6 +2,7 @@
 #include "fastbptt/gru.hpp"
 
 #include "active_rows.hpp"
+#include "backward_scratch.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
 #include "step_team.hpp"
@@ -106,7 +107,9 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
 
   // A row of dZ: [dz_r, dz_z, d(hn)] (the gradient of h_{t-1} W_h, contiguous for the per-step product), then dz_n
   // (the gradient of x W_xn + b_n, which differs from d(hn) by the factor r).
-  RowMatrix<Scalar> dZ(block_steps * B, GH + H), h_prev(block_steps * B, H);
+  detail::BackwardScratch<Scalar> scratch(block_steps * B, GH + H, H);
+  RowMatrix<Scalar>& dZ = scratch.dZ();
+  RowMatrix<Scalar>& h_prev = scratch.previous_states();
   if (!accumulate) {
     dW_x.setZero();
     dW_h.setZero();

@@ -2,6 +2,7 @@
 #include "fastbptt/lstm.hpp"
 
 #include "active_rows.hpp"
+#include "backward_scratch.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
 #include "step_team.hpp"
@@ -126,7 +127,9 @@ void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstM
   const detail::ActiveRows active(s, lengths);
   const Index block_steps = std::min(s.T, backward_block_steps(B, GH));
 
-  RowMatrix<Scalar> dZ(block_steps * B, GH), h_prev(block_steps * B, H);
+  detail::BackwardScratch<Scalar> scratch(block_steps * B, GH, H);
+  RowMatrix<Scalar>& dZ = scratch.dZ();
+  RowMatrix<Scalar>& h_prev = scratch.previous_states();
   if (!accumulate) {
     dW_x.setZero();
     dW_h.setZero();

@@ -2,6 +2,7 @@
 #include "fastbptt/rnn.hpp"
 
 #include "active_rows.hpp"
+#include "backward_scratch.hpp"
 #include "packed_product.hpp"
 #include "pointwise.hpp"
 #include "step_team.hpp"
@@ -77,7 +78,9 @@ void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, C
   const detail::ActiveRows active(s, lengths);
   const Index block_steps = std::min(s.T, backward_block_steps(s.B, s.H));
 
-  RowMatrix<Scalar> dZ(block_steps * s.B, s.H), h_prev(block_steps * s.B, s.H);
+  detail::BackwardScratch<Scalar> scratch(block_steps * s.B, s.H, s.H);
+  RowMatrix<Scalar>& dZ = scratch.dZ();
+  RowMatrix<Scalar>& h_prev = scratch.previous_states();
   if (!accumulate) {
     dW_xh.setZero();
     dW_hh.setZero();

@@ -21,8 +21,9 @@ def workspace_bytes(
     of ``dZ`` and of the previous states, see :func:`fastbptt.checkpoint.block_steps`, and a few ``[B,H]``
     buffers), default zero states, the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``,
     ``db``), and the copies of the weights packed for the time loop (``W_x``, ``W_h`` in forward, ``W_hᵀ`` in
-    backward). Not counted: Eigen's matrix-product packing buffers, which are bounded by its cache-blocking sizes
-    and do not grow with T.
+    backward). The backward's block scratch stays with the calling thread for its next call (up to 16 MiB), so
+    calls after the first allocate that much less. Not counted: Eigen's matrix-product packing buffers, which are
+    bounded by its cache-blocking sizes and do not grow with T.
 
     Parameters
     ----------
