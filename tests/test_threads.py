@@ -1,12 +1,16 @@
-"""Thread count: set/get, every kernel honours it, results bit-identical run to run for a given count."""
+"""Thread count: set/get, every kernel honours it, results bit-identical run to run for a given count; independent
+calls side by side, one thread each."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 from conftest import lstm_problem
 
 import fastbptt as fb
+from fastbptt import _core
 
 LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 
@@ -49,3 +53,96 @@ def test_bit_identical_run_to_run_and_close_across_counts(rng, restore_threads, 
             np.testing.assert_array_equal(a, b)
     for a, b in zip(first, single):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent calls side by side (the directions of a bidirectional layer)
+
+needs_openmp = pytest.mark.skipif("OpenMP" not in fb.build_info()["threading"], reason="this build has no OpenMP")
+
+
+@needs_openmp
+def test_tasks_run_side_by_side_on_one_thread_each(restore_threads):
+    fb.set_num_threads(2)
+    assert _core.call_threads() == 2
+    assert _core.run_concurrently([_core.call_threads, _core.call_threads]) == [1, 1]
+    idents = _core.run_concurrently([threading.get_ident, threading.get_ident])
+    assert len(set(idents)) == 2, "both tasks ran on one thread"
+    assert _core.run_concurrently([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]  # in order
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_tasks_run_one_after_the_other_on_the_whole_team_unless_threads_match(threads, restore_threads):
+    """One thread: nothing to share. More threads than tasks: each task gets the whole team rather than a thread."""
+    if threads > 1 and "OpenMP" not in fb.build_info()["threading"]:
+        pytest.skip("this build has no OpenMP")
+    fb.set_num_threads(threads)
+    assert _core.run_concurrently([_core.call_threads, _core.call_threads]) == [threads, threads]
+    assert _core.run_concurrently([threading.get_ident] * 2) == [threading.get_ident()] * 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_first_failing_task_raises_after_every_task_ended(threads, restore_threads):
+    if threads > 1 and "OpenMP" not in fb.build_info()["threading"]:
+        pytest.skip("this build has no OpenMP")
+    fb.set_num_threads(threads)
+    ended = []
+
+    def task(name, fails):
+        def call():
+            ended.append(name)
+            if fails:
+                raise KeyError(name)
+            return name
+
+        return call
+
+    tasks = [task("a", False), task("b", True), task("c", True), task("d", False)]
+    with pytest.raises(KeyError, match="b"):
+        _core.run_concurrently(tasks)
+    assert sorted(ended) == ["a", "b", "c", "d"]
+
+
+@needs_openmp
+@pytest.mark.parametrize("cell", [fb.RNN, fb.LSTM, fb.GRU])
+def test_bidirectional_layer_runs_its_directions_side_by_side(cell, rng, restore_threads, monkeypatch):
+    """At 2 threads each layer's two directions run as two tasks of one thread each, forward and backward, with the
+    bits of one thread, the same run to run; the reference backend computes the directions one after the other."""
+    T, B, D, H = 12, 64, 96, 160  # a step large enough that one direction alone would use both threads
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    doutputs = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    thread_counts = []
+
+    def spy(tasks):
+        def counted(task):
+            def call():
+                thread_counts.append(_core.call_threads())
+                return task()
+
+            return call
+
+        return real([counted(task) for task in tasks])
+
+    real = _core.run_concurrently
+    monkeypatch.setattr(_core, "run_concurrently", spy)
+
+    def run():
+        layer = cell(D, H, num_layers=2, bidirectional=True, seed=5, dtype=np.float32)
+        outputs, final = layer.forward(x, lengths=lengths)
+        dx, dstate = layer.backward(doutputs)
+        return [outputs, dx, *(final if isinstance(final, tuple) else [final])] + list(layer.grads.values())
+
+    fb.set_num_threads(1)
+    single = run()
+    assert thread_counts == [1] * 8  # 2 layers x (forward, backward) x 2 directions
+    fb.set_num_threads(2)
+    thread_counts.clear()
+    first, second = run(), run()
+    assert thread_counts == [1] * 16
+    for a, b, c in zip(first, second, single):
+        assert a.tobytes() == b.tobytes()
+        assert a.tobytes() == c.tobytes()
+    thread_counts.clear()
+    cell(D, H, num_layers=2, bidirectional=True, dtype=np.float32, backend="reference").forward(x)
+    assert thread_counts == []

@@ -15,6 +15,7 @@ void bind_gru(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_diagnostics(py::module_& m);
 void bind_array_cache(py::module_& m);
+void bind_tasks(py::module_& m);
 }  // namespace fastbptt::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -25,10 +26,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward_block_steps", &fastbptt::backward_block_steps, py::arg("batch"), py::arg("gate_columns"),
         "Time steps per block of the backward pass (checkpoint segments start at multiples of it).");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
+  m.def("call_threads", &fastbptt::call_threads, "Threads a call made from the calling thread uses.");
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);
   fastbptt::bindings::bind_gru(m);
   fastbptt::bindings::bind_loss(m);
   fastbptt::bindings::bind_diagnostics(m);
   fastbptt::bindings::bind_array_cache(m);
+  fastbptt::bindings::bind_tasks(m);
 }

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "fastbptt/threads.hpp"
 #include "pointwise.hpp"
 
 namespace fastbptt::detail {
@@ -50,7 +51,7 @@ class PackedWeights {
 
   /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
   /// With `row_index`, row r of the product is row row_index[r] of A and of C (a subset of rows in any order,
-  /// multiplied where they lie). Runs on Eigen::nbThreads() threads when the product is large enough to repay
+  /// multiplied where they lie). Runs on call_threads() threads when the product is large enough to repay
   /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
                 const Index* row_index = nullptr) const {
@@ -62,7 +63,7 @@ class PackedWeights {
       sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), accumulate);
     };
 #if defined(_OPENMP)
-    const int threads = Eigen::nbThreads();
+    const int threads = call_threads();
     if (threads > 1 && tasks > 1 && rows * K_ * N_ >= (Index(1) << 18)) {
 #pragma omp parallel for schedule(static) num_threads(threads)
       for (Index i = 0; i < tasks; ++i) task(i);

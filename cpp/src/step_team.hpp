@@ -14,6 +14,7 @@
 #include <omp.h>
 #endif
 
+#include "fastbptt/threads.hpp"
 #include "fastbptt/types.hpp"
 #include "packed_product.hpp"
 
@@ -27,9 +28,9 @@ struct UnitSlice {
 };
 
 /// Runs body(UnitSlice) on a team whose members split the hidden units of W's column groups (the gate blocks)
-/// into contiguous slices, for a loop whose steps multiply `rows` rows by W. The team has Eigen::nbThreads()
-/// members, fewer when the units come in fewer packets, and one when a step is too small to repay a wait for the
-/// other thread. The body separates steps with team_barrier().
+/// into contiguous slices, for a loop whose steps multiply `rows` rows by W. The team has call_threads() members,
+/// fewer when the units come in fewer packets, and one when a step is too small to repay a wait for the other
+/// thread. The body separates steps with team_barrier().
 template <class Scalar, class Body>
 void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
   constexpr Index min_step_work = Index(1) << 16;  // multiply-adds per step; below it one thread is as fast
@@ -39,7 +40,7 @@ void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
     return UnitSlice{member, q0, q1, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
   };
 #if defined(_OPENMP)
-  const Index threads = std::min<Index>(Eigen::nbThreads(), unit_panels);
+  const Index threads = std::min<Index>(call_threads(), unit_panels);
   if (threads > 1 && rows * W.depth() * W.cols() >= min_step_work) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
     body(slice(omp_get_thread_num(), omp_get_num_threads()));

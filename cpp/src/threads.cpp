@@ -5,6 +5,9 @@
 
 #include <stdexcept>
 #include <string>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace fastbptt {
 
@@ -21,5 +24,14 @@ void set_num_threads(int n) {
 }
 
 int get_num_threads() { return Eigen::nbThreads(); }
+
+int call_threads() {
+#if defined(_OPENMP)
+  // The test Eigen's products make (omp_get_num_threads() > 1): the kernels' own teams and Eigen's must agree, or
+  // a call inside a team would run its products on one thread and its time loop on a nested team.
+  if (omp_get_num_threads() > 1) return 1;
+#endif
+  return Eigen::nbThreads();
+}
 
 }  // namespace fastbptt

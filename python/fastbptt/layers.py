@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _core
 from . import functional as _functional
 from . import init as initializers
 from . import reference as _reference
@@ -228,6 +228,15 @@ class _RecurrentLayer:
         return self.cache
 
     # -- forward and backward -----------------------------------------------------------------------------------
+    def _by_direction(self, run) -> list:
+        """``[run(0), run(1), ...]`` over the directions of a layer. The compiled core runs the two directions side
+        by side at two threads, one thread each: a one-thread time loop never waits for another thread, where one
+        direction on two threads waits at every step (see fastbptt._core.run_concurrently)."""
+        tasks = [lambda direction=direction: run(direction) for direction in range(self.num_directions)]
+        if self.backend == "fast" and len(tasks) > 1:
+            return _core.run_concurrently(tasks)
+        return [task() for task in tasks]
+
     def forward(self, x, state=None, lengths=None):
         """Runs the layer over ``x [T,B,D]`` (``[B,T,D]`` if batch_first) from ``state`` (zeros when None).
 
@@ -252,12 +261,16 @@ class _RecurrentLayer:
         self.cache = None
         layer_input, caches, finals = x, [], []
         for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(self.num_directions):
-                k = layer * self.num_directions + direction
+
+            def run(direction, layer=layer, layer_input=layer_input):
                 source = reverse_sequences(layer_input, lengths) if direction else layer_input
+                k = layer * self.num_directions + direction
                 hs, final, cache = self._cell_forward(self._params_of(layer, direction), source, states[k], lengths)
-                outputs.append(reverse_sequences(hs, lengths) if direction else hs)
+                return (reverse_sequences(hs, lengths) if direction else hs), final, cache
+
+            outputs = []
+            for hs, final, cache in self._by_direction(run):
+                outputs.append(hs)
                 caches.append(cache)
                 finals.append(final)
             layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
@@ -278,8 +291,8 @@ class _RecurrentLayer:
         dfinals = self._split_state("dstate", dstate, dtype, B)
         dstates0 = [None] * len(cache.cells)
         for layer in reversed(range(self.num_layers)):
-            d_input = None
-            for direction in range(self.num_directions):
+
+            def run(direction, layer=layer, d_outputs=d_outputs):
                 k = layer * self.num_directions + direction
                 dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
                 if direction:
@@ -287,8 +300,10 @@ class _RecurrentLayer:
                 dx, dstates0[k], grads = self._cell_backward(
                     self._params_of(layer, direction), cache.cells[k], dhs, dfinals[k]
                 )
-                if direction:
-                    dx = reverse_sequences(dx, cache.lengths)
+                return (reverse_sequences(dx, cache.lengths) if direction else dx), grads
+
+            d_input = None
+            for direction, (dx, grads) in enumerate(self._by_direction(run)):
                 d_input = dx if d_input is None else d_input + dx
                 suffix = self.suffix(layer, direction)
                 for name, grad in grads.items():

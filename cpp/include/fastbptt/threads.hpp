@@ -1,4 +1,4 @@
-// How many threads the core's matrix products use (all cores by default).
+// How many threads the core's calls use (all cores by default).
 #pragma once
 
 namespace fastbptt {
@@ -10,5 +10,11 @@ void set_num_threads(int n);
 
 /// The number of threads the next call will use.
 int get_num_threads();
+
+/// The number of threads a call made from the calling thread uses: get_num_threads(), or 1 from inside an OpenMP
+/// parallel region of more than one thread. A team's members may thus make independent calls side by side (say,
+/// the two directions of a bidirectional layer, one per thread) without each starting a team of its own, the
+/// rule Eigen's parallel products follow too. Such a call gives the bits of a one-thread call.
+int call_threads();
 
 }  // namespace fastbptt
