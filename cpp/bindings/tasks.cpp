@@ -1,9 +1,7 @@
 // Independent Python calls run side by side, one per thread of the core's team (the directions of a layer).
-#include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <exception>
 #include <vector>
 
