@@ -66,10 +66,12 @@ def test_inputs_are_never_modified_and_outputs_are_fresh(rng):
         array.flags.writeable = False  # any write into an input would raise
     hs, cache = fb.rnn_forward(*(p[k] for k in RNN_INPUTS))
     grads = fb.rnn_backward(cache, p["dhs"])
-    outputs = [hs, *grads]
-    for out in outputs:
+    for out in grads:
         assert out.flags.c_contiguous and out.flags.writeable and out.flags.owndata
         assert not any(np.shares_memory(out, p[k]) for k in p)
+    # hs is what backward reads: returned read-only (tests/test_aliasing.py), and none of the inputs' memory.
+    assert hs.flags.c_contiguous and not hs.flags.writeable
+    assert not any(np.shares_memory(hs, p[k]) for k in p)
 
     q = lstm_problem(rng, 5, 3, 4, 6)
     copies = {k: v.copy() for k, v in q.items()}

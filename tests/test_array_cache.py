@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import subprocess
@@ -35,6 +36,13 @@ def arrays_in(result) -> list[np.ndarray]:
     if dataclasses.is_dataclass(result):
         return [value for value in vars(result).values() if isinstance(value, np.ndarray)]
     return []
+
+
+def writable_alias(array: np.ndarray) -> np.ndarray:
+    """A writable array over ``array``'s memory, read-only or not (C-contiguous arrays only)."""
+    assert array.flags.c_contiguous
+    pointer = ctypes.cast(array.ctypes.data, ctypes.POINTER(ctypes.c_uint8))
+    return np.ctypeslib.as_array(pointer, (array.nbytes,)).view(array.dtype).reshape(array.shape)
 
 
 def training_calls(rng, lengths):
@@ -85,7 +93,7 @@ def test_reused_memory_full_of_nan_leaves_no_trace(rng, cache_limit, kernel, wit
     large = [a for a in outputs if a.nbytes >= fb.array_cache_info()["min_bytes"]]
     assert large, "the shapes must give arrays the cache serves"
     for array in large:
-        array[...] = np.nan  # what the next call finds in the memory it reuses
+        writable_alias(array)[...] = np.nan  # what the next call finds in the memory it reuses (read-only or not)
     del first, outputs, array, large
     before = fb.array_cache_info()
     again = arrays_in(call())
@@ -107,8 +115,11 @@ def test_large_outputs_are_fresh_writable_arrays_that_share_no_memory(rng, cache
         del hs, c_T, cache, grads
     live = [a for group in outputs for a in group]
     for i, a in enumerate(live):
-        assert a.flags.c_contiguous and a.flags.writeable
-        assert not isinstance(a.base, np.ndarray), "an output is not a view of another array"
+        assert a.flags.c_contiguous
+        is_gradient = i % 4 == 3  # the forward's arrays are read-only views (test_aliasing.py) of their own block
+        assert a.flags.writeable == is_gradient
+        block = a if is_gradient else a.base
+        assert not isinstance(block.base, np.ndarray), "each output is its own block (the forward's: one view of it)"
         assert not any(np.shares_memory(a, b) for b in live[i + 1 :])
     for group in outputs[1:]:
         for a, b in zip(group, outputs[0]):
@@ -159,7 +170,7 @@ def test_small_arrays_bypass_the_cache(rng, cache_limit):
     p = lstm_problem(rng, 5, 3, 4, 6)
     before = fb.array_cache_info()
     hs, _, cache = fb.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
-    assert hs.flags.owndata and cache.gates.flags.owndata
+    assert hs.base.flags.owndata and cache.gates.base.flags.owndata  # read-only views of arrays of their own
     after = fb.array_cache_info()
     assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
@@ -189,3 +200,18 @@ def test_limit_from_the_environment():
     bad = limit_with("lots")
     assert bad.returncode != 0
     assert "FASTBPTT_ARRAY_CACHE_BYTES: expected a number of bytes, got 'lots'" in bad.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0, 3), (7,), (5, 3, 4), (300, 32, 64)])  # the last above the cache's floor
+def test_copy_array_gives_an_equal_writable_array_of_its_own(rng, cache_limit, dtype, shape):
+    source = rng.standard_normal(shape).astype(dtype)
+    source.flags.writeable = False
+    copy = fb._core.copy_array(source)
+    assert copy.dtype == dtype and copy.shape == shape and copy.flags.c_contiguous and copy.flags.writeable
+    assert not np.shares_memory(copy, source)
+    np.testing.assert_array_equal(copy, source)
+    strided = source[::2]
+    if not strided.flags.c_contiguous:
+        with pytest.raises(TypeError):  # only C-contiguous arrays: it never converts silently
+            fb._core.copy_array(strided)

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #if defined(_WIN32)
@@ -138,7 +139,30 @@ ArrayCache::Stats ArrayCache::stats() const {
   return {limit_, cached_bytes_, blocks_.size(), hits_, misses_};
 }
 
+namespace {
+
+/// A fresh copy of a C-contiguous array, in memory from the cache when large (see new_array).
+template <class Scalar>
+Array<Scalar> copy_array(const Array<Scalar>& source) {
+  const std::vector<py::ssize_t> shape(source.shape(), source.shape() + source.ndim());
+  Array<Scalar> copy = new_array<Scalar>(shape);
+  const std::size_t bytes = static_cast<std::size_t>(source.size()) * sizeof(Scalar);
+  Scalar* destination = copy.mutable_data();
+  const Scalar* origin = source.data();
+  if (bytes > 0) {
+    py::gil_scoped_release release;
+    std::memcpy(destination, origin, bytes);
+  }
+  return copy;
+}
+
+}  // namespace
+
 void bind_array_cache(py::module_& m) {
+  m.def("copy_array", &copy_array<float>, py::arg("source").noconvert());
+  m.def("copy_array", &copy_array<double>, py::arg("source").noconvert(),
+        "A fresh writable copy of a C-contiguous float32 or float64 array; large ones take memory from the array "
+        "cache, as the kernels' outputs do.");
   m.def(
       "set_array_cache_limit", [](std::size_t bytes) { ArrayCache::instance().set_limit(bytes); }, py::arg("bytes"),
       "The most bytes of freed output arrays kept for reuse; 0 frees them all and keeps none.");

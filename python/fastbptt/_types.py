@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``, whose memory's owner is made read-only as well.
+
+    NumPy lets a view's WRITEABLE flag be set back to True only while its base is writeable, so an edit through
+    the view is refused, and so is ``view.flags.writeable = True``.
+    """
+    array.flags.writeable = False
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+class _ComputedArraysReadOnly:
+    """Makes the arrays that a forward computed (the fields named in ``computed``) read-only when a cache is built.
+
+    Backward reads them, and the forward functions return some of them (``hs``): an edit of a returned array
+    between forward and backward would change the gradients silently, so it is refused instead. The inputs a
+    cache refers to stay the caller's arrays, writeable as they were.
+    """
+
+    computed: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        for name in self.computed:
+            object.__setattr__(self, name, read_only(getattr(self, name)))
 
 
 class RNNGrads(NamedTuple):
@@ -49,11 +76,14 @@ class OutputGrads(NamedTuple):
 
 
 @dataclass(frozen=True)
-class RNNCache:
+class RNNCache(_ComputedArraysReadOnly):
     """What ``rnn_backward`` needs from ``rnn_forward``.
 
     It holds references to the (validated) inputs, not copies: do not modify them between forward and backward.
+    The arrays the forward computed are read-only (see :func:`read_only`).
     """
+
+    computed: ClassVar[tuple[str, ...]] = ("hs",)
 
     x: np.ndarray  #: [T, B, D]
     W_xh: np.ndarray  #: [D, H]
@@ -65,8 +95,10 @@ class RNNCache:
 
 
 @dataclass(frozen=True)
-class LSTMCache:
+class LSTMCache(_ComputedArraysReadOnly):
     """What ``lstm_backward`` needs from ``lstm_forward``; inputs are held by reference, as in :class:`RNNCache`."""
+
+    computed: ClassVar[tuple[str, ...]] = ("gates", "hs", "cs")
 
     x: np.ndarray  #: [T, B, D]
     W_x: np.ndarray  #: [D, G*H]
@@ -81,10 +113,12 @@ class LSTMCache:
 
 
 @dataclass(frozen=True)
-class CheckpointedLSTMCache:
+class CheckpointedLSTMCache(_ComputedArraysReadOnly):
     """What ``lstm_backward`` needs from ``lstm_forward(..., checkpoint=...)``: the inputs and the states (h, C) at
     the start of every segment, not the activations of every step; backward recomputes each segment's forward
     from its checkpoint (last segment first) and gives the bits of full BPTT."""
+
+    computed: ClassVar[tuple[str, ...]] = ("h_checkpoints", "c_checkpoints")
 
     x: np.ndarray  #: [T, B, D]
     W_x: np.ndarray  #: [D, G*H]
@@ -105,8 +139,10 @@ class CheckpointedLSTMCache:
 
 
 @dataclass(frozen=True)
-class GRUCache:
+class GRUCache(_ComputedArraysReadOnly):
     """What ``gru_backward`` needs from ``gru_forward``; inputs are held by reference, as in :class:`RNNCache`."""
+
+    computed: ClassVar[tuple[str, ...]] = ("gates", "hn", "hs")
 
     x: np.ndarray  #: [T, B, D]
     W_x: np.ndarray  #: [D, 3H]

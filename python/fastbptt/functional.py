@@ -4,7 +4,9 @@ Every function here has a twin of the same name, arguments and result type in :m
 Shapes use T time steps, B batch, D input features, H hidden units, K classes, G gates (LSTM 4, or 3 without
 forget gate, GRU 3). Sequences are time-major ``[T, B, D]``; every kernel takes an optional ``lengths [B]`` for
 batches of sequences of different lengths. Arrays may be float32 or float64 (one dtype per call);
-non-contiguous inputs are copied once; inputs are never modified; results are fresh arrays.
+non-contiguous inputs are copied once; inputs are never modified; results are fresh arrays. The arrays that
+backward reads (the cache's, and the ``hs`` a forward returns) are read-only, so that an in-place edit cannot
+change a gradient silently.
 """
 
 from __future__ import annotations
@@ -44,14 +46,15 @@ def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", length
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths).
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it.
     cache : RNNCache
         What :func:`rnn_backward` needs.
     """
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
-    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
+    cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
+    return cache.hs, cache
 
 
 def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
@@ -108,7 +111,8 @@ def lstm_forward(
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state (without lengths).
+        ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state (without lengths). Read-only: backward reads it
+        (writable with ``checkpoint``, where backward recomputes it).
     c_T : ndarray [B, H]
         Each sequence's final cell state.
     cache : LSTMCache or CheckpointedLSTMCache
@@ -125,7 +129,8 @@ def lstm_forward(
         )
         return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
     hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
-    return hs, final_states(cs, lengths), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    return cache.hs, final_states(cs, lengths), cache
 
 
 def _lstm_core_forward(x, W_x, W_h, b, h0, c0, forget_gate):
@@ -188,14 +193,15 @@ def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndar
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths).
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it.
     cache : GRUCache
         What :func:`gru_backward` needs.
     """
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
-    return hs, GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+    cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+    return cache.hs, cache
 
 
 def gru_backward(cache: GRUCache, dhs) -> GRUGrads:

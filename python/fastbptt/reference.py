@@ -79,7 +79,8 @@ def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", length
         h_new = _phi(activation, x[t] @ W_xh + h @ W_hh + b_h)
         h = np.where(running, h_new, h)
         hs[t] = np.where(running, h_new, 0)
-    return hs, RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
+    cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
+    return cache.hs, cache
 
 
 def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
@@ -153,7 +154,8 @@ def lstm_forward(
         h, c = np.where(running, h_new, h), np.where(running, c_new, c)
         hs[t] = np.where(running, h_new, 0)
         cs[t] = np.where(running, c_new, 0)
-    return hs, c.copy(), LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    return cache.hs, c.copy(), cache
 
 
 def _segment_forward(x, W_x, W_h, b, h0, c0, forget_gate):
@@ -246,7 +248,8 @@ def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndar
         hn[t] = np.where(running, hidden_n, 0)
         h = np.where(running, h_new, h)
         hs[t] = np.where(running, h_new, 0)
-    return hs, GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+    cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+    return cache.hs, cache
 
 
 def gru_backward(cache: GRUCache, dhs) -> GRUGrads:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import _core
 from . import functional as _kernels
 from .conversions import gru_weights_from_torch
 from .sequences import final_states
@@ -45,6 +46,22 @@ def _combined_bias(bias_ih, bias_hh, rows: int, dtype) -> np.ndarray:
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array)
+
+
+def _output(hs: np.ndarray) -> torch.Tensor:
+    """The module's output: a copy of the states ``hs``, which the cache keeps (read-only) for backward.
+
+    Handing out the cache's own memory would let an in-place edit of the output (``out.mul_(2)``, an in-place
+    activation or residual sum after the layer) change the weight gradients silently; torch.nn's output is its
+    own memory too, and such edits are harmless there.
+    """
+    return torch.from_numpy(_core.copy_array(hs))
+
+
+def _check_saved_inputs(ctx) -> None:
+    """Raises torch's "modified by an inplace operation" RuntimeError when an input that backward reads through
+    the cache (the sequence, the initial states, the weights) was edited in place since forward, as torch.nn does."""
+    ctx.saved_tensors  # noqa: B018 - unpacking is what checks the version counters
 
 
 def _upstream_with_final_state(d_output: torch.Tensor, d_h_n: torch.Tensor, lengths) -> np.ndarray:
@@ -84,11 +101,13 @@ class _RNNFunction(torch.autograd.Function):
             lengths=lengths,
         )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        return _to_torch(hs), _to_torch(final_states(hs, lengths))
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh)
+        return _output(hs), _to_torch(final_states(hs, lengths))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n):
+        _check_saved_inputs(ctx)
         c = ctx.cache
         g = _kernels.rnn_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
         grads = [_to_torch(g.dx), _to_torch(g.dh0), *_weight_grads(g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias)]
@@ -110,11 +129,13 @@ class _LSTMFunction(torch.autograd.Function):
             lengths=lengths,
         )
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        return _to_torch(hs), _to_torch(final_states(hs, lengths)), _to_torch(c_T)
+        ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh)
+        return _output(hs), _to_torch(final_states(hs, lengths)), _to_torch(c_T)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n, d_c_n):
+        _check_saved_inputs(ctx)
         c = ctx.cache
         g = _kernels.lstm_backward(
             c, _upstream_with_final_state(d_output, d_h_n, c.lengths), _as_numpy(d_c_n, "grad of c_n")
@@ -140,11 +161,13 @@ class _GRUFunction(torch.autograd.Function):
         )
         hs, cache = _kernels.gru_forward(xn, W_x, W_h, b, b_hn, _as_numpy(h0, "h0"), lengths=lengths)
         ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        return _to_torch(hs), _to_torch(final_states(hs, lengths))
+        ctx.save_for_backward(x, h0, weight_ih, weight_hh)
+        return _output(hs), _to_torch(final_states(hs, lengths))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, d_h_n):
+        _check_saved_inputs(ctx)
         c = ctx.cache
         g = _kernels.gru_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
         H = g.db_hn.shape[0]
