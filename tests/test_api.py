@@ -262,3 +262,8 @@ def test_rnn_matches_torch(rng, nonlinearity, shape):
     ]
     for mine, theirs in pairs:
         np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_layers_have_their_docstrings():
+    for layer in (fb.RNN, fb.LSTM, fb.GRU):
+        assert layer.__doc__ and "num_layers : int" in layer.__doc__ and "Parameters" in layer.__doc__

@@ -21,10 +21,13 @@ LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 GRU_INPUTS = ["x", "W_x", "W_h", "b", "b_hn", "h0"]
 
 
-def test_block_steps_mirror_the_core():
+def test_block_steps_span_enough_rows_and_fit_the_cache():
     for B in (1, 2, 3, 8, 17, 64, 200, 1000):
         for columns in (1, 4, 36, 256, 520, 2048, 8192):
-            assert block_steps(B, columns) == _core.backward_block_steps(B, columns), (B, columns)
+            steps = block_steps(B, columns)
+            assert steps == _core.backward_block_steps(B, columns)
+            assert steps * B >= 256 or steps == 1, "a block's products cover at least 256 rows"
+            assert steps * B * columns <= 1 << 18 or steps * B < 256 + B, "larger only to reach 256 rows"
 
 
 # Shapes whose backward runs in several blocks (B = 64 gives blocks of 7 steps for 520 gate columns, 31 for 130),

@@ -37,7 +37,7 @@ def test_remember_first_batch_has_one_target_per_sequence():
 
 def test_command_line(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "fastbptt", "demo", "--quick", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "fastbptt", "demo", "--quick", "--output-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

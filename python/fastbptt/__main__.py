@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--length", type=int, default=100, help="sequence length of the long-range task")
     demo.add_argument("--updates", type=int, help="updates per model in the long-range task (default 1500)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out-dir", default="fastbptt-demo", help="where the model and figures go")
+    demo.add_argument(
+        "--output-dir", "--out-dir", dest="out_dir", default="fastbptt-demo", help="where the model and figures go"
+    )
     demo.set_defaults(run=_demo)
     diagnose = commands.add_parser(
         "diagnose",
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--batch", type=int, default=16, help="B")
     diagnose.add_argument("--hidden", type=int, default=64, help="H")
     diagnose.add_argument("--seed", type=int, default=0)
-    diagnose.add_argument("--out-dir", default="fastbptt-diagnose", help="where the figure goes")
+    diagnose.add_argument(
+        "--output-dir", "--out-dir", dest="out_dir", default="fastbptt-diagnose", help="where the figure goes"
+    )
     diagnose.set_defaults(run=_diagnose)
     bench = commands.add_parser(
         "bench",

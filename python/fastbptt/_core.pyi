@@ -6,7 +6,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 __version__: str
 
@@ -14,7 +14,8 @@ def build_info() -> dict[str, str]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def call_threads() -> int: ...
-def run_concurrently(tasks: list[Callable[[], T]]) -> list[T]: ...
+def backward_block_steps(batch: int, gate_columns: int) -> int: ...
+def run_concurrently(tasks: list[Callable[[], _T]]) -> list[_T]: ...
 def set_array_cache_limit(bytes: int) -> None: ...
 def empty_array_cache() -> None: ...
 def array_cache_stats() -> dict[str, int]: ...
@@ -37,13 +38,8 @@ def rnn_backward(
     dhs: npt.NDArray[np.floating],
     activation: str,
     lengths: npt.NDArray[np.int64],
-) -> tuple[
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-]: ...
+    hidden_grad_norms: bool = False,
+) -> tuple[npt.NDArray[np.floating], ...]: ...
 def lstm_forward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -67,14 +63,24 @@ def lstm_backward(
     dc_T: npt.NDArray[np.floating],
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
-) -> tuple[
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-]: ...
+    hidden_grad_norms: bool = False,
+) -> tuple[npt.NDArray[np.floating], ...]: ...
+def lstm_backward_into(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    c0: npt.NDArray[np.floating],
+    gates: npt.NDArray[np.floating],
+    hs: npt.NDArray[np.floating],
+    cs: npt.NDArray[np.floating],
+    dhs: npt.NDArray[np.floating],
+    dc_T: npt.NDArray[np.floating],
+    forget_gate: bool,
+    dW_x: npt.NDArray[np.floating],
+    dW_h: npt.NDArray[np.floating],
+    db: npt.NDArray[np.floating],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_forward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -94,14 +100,8 @@ def gru_backward(
     hs: npt.NDArray[np.floating],
     dhs: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
-) -> tuple[
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-    npt.NDArray[np.floating],
-]: ...
+    hidden_grad_norms: bool = False,
+) -> tuple[npt.NDArray[np.floating], ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],
     W_yh: npt.NDArray[np.floating],

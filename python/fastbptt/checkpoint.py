@@ -13,15 +13,14 @@ import math
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _core
 
 
 def block_steps(B: int, gate_columns: int) -> int:
     """Time steps per block of the core's backward pass (``fastbptt::backward_block_steps`` in C++): at least
-    256 rows per block, and a block of dZ of about 2^18 numbers. Mirrored here so that :mod:`fastbptt.memory` and
-    the reference need not load the core; a test holds the two equal."""
-    B, gate_columns = max(1, B), max(1, gate_columns)
-    return max(1, -(-256 // B), (1 << 18) // (B * gate_columns))
+    256 rows per block, and a block of dZ of about 2^18 numbers. The reference takes this fact from the core too,
+    so that its segments, and so its caches, are the fast path's."""
+    return _core.backward_block_steps(max(1, B), max(1, gate_columns))
 
 
 def segment_steps(checkpoint, T: int, B: int, gate_columns: int) -> int:

@@ -347,16 +347,8 @@ class _RecurrentLayer:
             self.params[name][...] = value
 
 
-STACKING_DOC = """    num_layers : int
-        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
-    bidirectional : bool
-        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
-"""
-
-
 class RNN(_RecurrentLayer):
-    (
-        """The plain RNN layer ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
+    """The plain RNN layer ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
     Parameters
     ----------
@@ -368,9 +360,11 @@ class RNN(_RecurrentLayer):
         "orthogonal": ``W_hh`` a random orthogonal matrix, ``W_xh`` uniform as above, ``b_h`` zero.
         "identity": the IRNN of Le, Jaitly & Hinton (2015), meant for ``activation="relu"``: ``W_hh = I``,
         ``b_h = 0``, ``W_xh ~ N(0, 0.001^2)``.
-"""
-        + STACKING_DOC
-        + """    seed : int or None
+    num_layers : int
+        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
+    bidirectional : bool
+        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
+    seed : int or None
         Seed of the initialisation.
     batch_first : bool
         Inputs and outputs as ``[B, T, ...]`` instead of time-major ``[T, B, ...]``.
@@ -384,7 +378,6 @@ class RNN(_RecurrentLayer):
         ``W_xh [D,H]``, ``W_hh [H,H]``, ``b_h [H]`` (with suffixes for further layers and directions) and their
         accumulated gradients.
     """
-    )
 
     kind = "RNN"
     _base_names = ("W_xh", "W_hh", "b_h")
@@ -450,8 +443,7 @@ class RNN(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    (
-        """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
+    """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
 
     States are pairs ``(h, c)``.
 
@@ -468,9 +460,11 @@ class LSTM(_RecurrentLayer):
     init : {"uniform", "orthogonal"}
         "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
         gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, ``b`` zero.
-"""
-        + STACKING_DOC
-        + """    seed, batch_first, dtype, backend
+    num_layers : int
+        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
+    bidirectional : bool
+        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
+    seed, batch_first, dtype, backend
         As for :class:`RNN`.
 
     Attributes
@@ -479,7 +473,6 @@ class LSTM(_RecurrentLayer):
         ``W_x [D,G*H]``, ``W_h [H,G*H]``, ``b [G*H]`` (with suffixes for further layers and directions) and their
         accumulated gradients.
     """
-    )
 
     kind = "LSTM"
     state_parts = 2
@@ -555,8 +548,7 @@ class LSTM(_RecurrentLayer):
 
 
 class GRU(_RecurrentLayer):
-    (
-        """The GRU layer with PyTorch's cell (gate blocks r, z, n; the recurrent bias of n inside the reset product).
+    """The GRU layer with PyTorch's cell (gate blocks r, z, n; the recurrent bias of n inside the reset product).
 
     Parameters
     ----------
@@ -565,9 +557,11 @@ class GRU(_RecurrentLayer):
     init : {"uniform", "orthogonal"}
         "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
         gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, biases zero.
-"""
-        + STACKING_DOC
-        + """    seed, batch_first, dtype, backend
+    num_layers : int
+        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
+    bidirectional : bool
+        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
+    seed, batch_first, dtype, backend
         As for :class:`RNN`.
 
     Attributes
@@ -576,7 +570,6 @@ class GRU(_RecurrentLayer):
         ``W_x [D,3H]``, ``W_h [H,3H]``, ``b [3H]``, ``b_hn [H]`` (with suffixes for further layers and directions)
         and their accumulated gradients.
     """
-    )
 
     kind = "GRU"
     _base_names = ("W_x", "W_h", "b", "b_hn")

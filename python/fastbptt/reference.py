@@ -2,8 +2,9 @@
 
 Each function has the name, arguments and result type of its fast twin in :mod:`fastbptt`, so the two can be
 swapped in tests and in user code; caches are interchangeable too. It computes in the dtype it is given, so the
-float64 reference is the yardstick for both float32 and float64 fast results. It never calls the compiled core:
-besides NumPy it uses only the package's pure-Python argument checks and result types.
+float64 reference is the yardstick for both float32 and float64 fast results. It computes nothing in the compiled
+core: besides NumPy it uses the package's pure-Python argument checks and result types, and one fact of the core,
+the length of its backward blocks, to which checkpointed segments are rounded so that caches are interchangeable.
 """
 
 from __future__ import annotations
