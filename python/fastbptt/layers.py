@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import _checks, _core
+from . import _checks, cells, stack
 from . import functional as _functional
 from . import init as initializers
 from . import reference as _reference
-from .sequences import final_states, reverse_sequences
+from .stack import StackCache
 
 BACKENDS = {"fast": _functional, "reference": _reference}
 FORMAT_VERSION = 1
@@ -72,34 +71,11 @@ def load_arrays(path, kind: str, config: dict, expected: dict[str, np.ndarray]) 
     return {name: stored[name].astype(expected[name].dtype) for name in expected}
 
 
-@dataclass
-class StackCache:
-    """What :meth:`_RecurrentLayer.backward` needs: one kernel cache per layer and direction, and the lengths."""
-
-    cells: list
-    lengths: np.ndarray | None
-    batch: int
-
-
-def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """``dhs`` with ``dh_T`` added at each sequence's last step (h there is both an output and the final state)."""
-    if dh_T is None:
-        return dhs
-    dhs = np.array(_checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]"))
-    dh_T = _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]")
-    if lengths is None:
-        dhs[-1] += dh_T
-    else:
-        dhs[lengths - 1, np.arange(hs.shape[1])] += dh_T
-    return dhs
-
-
 class _RecurrentLayer:
     """What RNN, LSTM and GRU share: stacking, directions, lengths, parameters and gradients as dicts,
     batch_first, the cache, save/load. A subclass says how one cell is initialised, run and differentiated."""
 
     kind = ""
-    state_parts = 1  #: arrays in a state: 1 (h) or 2 (h, c)
 
     def __init__(self, input_size, hidden_size, *, num_layers, bidirectional, batch_first, dtype, backend):
         self.input_size = _checks.positive_int("input_size", input_size)
@@ -116,15 +92,10 @@ class _RecurrentLayer:
         self.cache: StackCache | None = None
 
     # -- what a cell kind provides ------------------------------------------------------------------------------
+    #: runs one cell forward and backward (:mod:`fastbptt.cells`); set by the subclass
+    cell: cells.RNNCell | cells.LSTMCell | cells.GRUCell
+
     def _cell_params(self, rng: np.random.Generator, input_size: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def _cell_forward(self, p: dict[str, np.ndarray], x: np.ndarray, state, lengths):
-        """``(hs, final_state, cache)`` of one cell over time-major x."""
-        raise NotImplementedError
-
-    def _cell_backward(self, p: dict[str, np.ndarray], cache, dhs: np.ndarray, dstate):
-        """``(dx, dstate0, parameter gradients by base name)`` of one cell."""
         raise NotImplementedError
 
     # -- parameters ---------------------------------------------------------------------------------------------
@@ -158,9 +129,7 @@ class _RecurrentLayer:
     def _params_of(self, layer: int, direction: int) -> dict[str, np.ndarray]:
         """The parameters of one layer and direction by base name (the arrays themselves, not copies)."""
         suffix = self.suffix(layer, direction)
-        return {base: self.params[base + suffix] for base in self._base_names}
-
-    _base_names: tuple[str, ...] = ()  #: a cell's parameter names, without suffix
+        return {base: self.params[base + suffix] for base in self.cell.base_names}
 
     def zero_grad(self) -> None:
         """Sets every accumulated parameter gradient to zero (in place)."""
@@ -181,8 +150,8 @@ class _RecurrentLayer:
         return np.ascontiguousarray(np.swapaxes(array, 0, 1)) if self.batch_first else array
 
     def _state_arrays(self, name: str, value) -> tuple:
-        """A state as a tuple of ``state_parts`` arrays (h, or h and c)."""
-        if self.state_parts == 1:
+        """A state as a tuple of the cell's ``state_parts`` arrays (h, or h and c)."""
+        if self.cell.state_parts == 1:
             return (value,)
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise TypeError(f"{name}: expected a pair (h, c) for the {self.kind}, got {type(value).__name__}")
@@ -197,17 +166,17 @@ class _RecurrentLayer:
             return [value]
         parts = []
         for part_name, part in zip(("h", "c"), self._state_arrays(name, value)):
-            label = name if self.state_parts == 1 else f"{name}[{'hc'.index(part_name)}] ({part_name})"
+            label = name if self.cell.state_parts == 1 else f"{name}[{'hc'.index(part_name)}] ({part_name})"
             part = _checks.float_array(label, part, dtype)
             _checks.check_shape(label, part, (cells, batch, self.hidden_size), "[num_layers * num_directions, B, H]")
             parts.append(part)
-        return [parts[0][k] if self.state_parts == 1 else (parts[0][k], parts[1][k]) for k in range(cells)]
+        return [parts[0][k] if self.cell.state_parts == 1 else (parts[0][k], parts[1][k]) for k in range(cells)]
 
     def _join_state(self, states: list):
         """The inverse of :meth:`_split_state` for states computed here."""
         if self._simple:
             return states[0]
-        if self.state_parts == 1:
+        if self.cell.state_parts == 1:
             return np.stack(states)
         return np.stack([h for h, _ in states]), np.stack([c for _, c in states])
 
@@ -228,15 +197,6 @@ class _RecurrentLayer:
         return self.cache
 
     # -- forward and backward -----------------------------------------------------------------------------------
-    def _by_direction(self, run) -> list:
-        """``[run(0), run(1), ...]`` over the directions of a layer. The compiled core runs the two directions side
-        by side at two threads, one thread each: a one-thread time loop never waits for another thread, where one
-        direction on two threads waits at every step (see fastbptt._core.run_concurrently)."""
-        tasks = [lambda direction=direction: run(direction) for direction in range(self.num_directions)]
-        if self.backend == "fast" and len(tasks) > 1:
-            return _core.run_concurrently(tasks)
-        return [task() for task in tasks]
-
     def forward(self, x, state=None, lengths=None):
         """Runs the layer over ``x [T,B,D]`` (``[B,T,D]`` if batch_first) from ``state`` (zeros when None).
 
@@ -259,23 +219,20 @@ class _RecurrentLayer:
         # The last forward's cache goes first: held through this one, it would double the peak memory, and its
         # arrays' memory is what this forward's arrays can reuse (see set_array_cache_limit).
         self.cache = None
-        layer_input, caches, finals = x, [], []
-        for layer in range(self.num_layers):
+        outputs, finals, self.cache = stack.forward(
+            self.cell.forward, self._all_params(), x, states, lengths, **self._stack_options()
+        )
+        return self._user_layout(outputs), self._join_state(finals)
 
-            def run(direction, layer=layer, layer_input=layer_input):
-                source = reverse_sequences(layer_input, lengths) if direction else layer_input
-                k = layer * self.num_directions + direction
-                hs, final, cache = self._cell_forward(self._params_of(layer, direction), source, states[k], lengths)
-                return (reverse_sequences(hs, lengths) if direction else hs), final, cache
+    def _all_params(self) -> list:
+        return [self._params_of(layer, direction) for _, layer, direction in self._cells()]
 
-            outputs = []
-            for hs, final, cache in self._by_direction(run):
-                outputs.append(hs)
-                caches.append(cache)
-                finals.append(final)
-            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
-        self.cache = StackCache(caches, lengths, B)
-        return self._user_layout(layer_input), self._join_state(finals)
+    def _stack_options(self) -> dict:
+        return {
+            "num_layers": self.num_layers,
+            "num_directions": self.num_directions,
+            "concurrent": self.backend == "fast",
+        }
 
     def backward(self, doutputs, dstate=None):
         """Backpropagates ``doutputs`` (dL/d outputs, layout as the outputs) and ``dstate`` (dL/d final state, layout
@@ -289,27 +246,14 @@ class _RecurrentLayer:
             "dhs", self._time_major("dhs", doutputs), dtype, (T, B, self.num_directions * H), "[T, B, num_directions*H]"
         )
         dfinals = self._split_state("dstate", dstate, dtype, B)
-        dstates0 = [None] * len(cache.cells)
-        for layer in reversed(range(self.num_layers)):
-
-            def run(direction, layer=layer, d_outputs=d_outputs):
-                k = layer * self.num_directions + direction
-                dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
-                if direction:
-                    dhs = reverse_sequences(dhs, cache.lengths)
-                dx, dstates0[k], grads = self._cell_backward(
-                    self._params_of(layer, direction), cache.cells[k], dhs, dfinals[k]
-                )
-                return (reverse_sequences(dx, cache.lengths) if direction else dx), grads
-
-            d_input = None
-            for direction, (dx, grads) in enumerate(self._by_direction(run)):
-                d_input = dx if d_input is None else d_input + dx
-                suffix = self.suffix(layer, direction)
-                for name, grad in grads.items():
-                    self.grads[name + suffix] += grad
-            d_outputs = d_input
-        return self._user_layout(d_outputs), self._join_state(dstates0)
+        dx, dstates0, grads = stack.backward(
+            self.cell.backward, self._all_params(), cache, d_outputs, dfinals, **self._stack_options()
+        )
+        for (_, layer, direction), cell_grads in zip(self._cells(), grads):
+            suffix = self.suffix(layer, direction)
+            for name, grad in cell_grads.items():
+                self.grads[name + suffix] += grad
+        return self._user_layout(dx), self._join_state(dstates0)
 
     def state_at(self, step: int):
         """The state after ``step`` steps of the last forward (0: the initial state), in the layout of ``state``.
@@ -318,10 +262,7 @@ class _RecurrentLayer:
         cache = self._require_cache()
         if self.bidirectional or cache.lengths is not None:
             raise ValueError("state_at: only a one-directional layer run without lengths has a state to carry on")
-        return self._join_state([self._cell_state_at(cell, step) for cell in cache.cells])
-
-    def _cell_state_at(self, cache, step: int):
-        raise NotImplementedError
+        return self._join_state([self.cell.state_at(cell, step) for cell in cache.cells])
 
     # -- save and load ------------------------------------------------------------------------------------------
     def _config(self) -> dict:
@@ -380,7 +321,6 @@ class RNN(_RecurrentLayer):
     """
 
     kind = "RNN"
-    _base_names = ("W_xh", "W_hh", "b_h")
 
     def __init__(
         self,
@@ -406,6 +346,7 @@ class RNN(_RecurrentLayer):
             backend=backend,
         )
         self.activation = _checks.choice("activation", activation, _checks.ACTIVATIONS)
+        self.cell = cells.RNNCell(self._kernels, self.activation)
         self.init = _checks.choice("init", init, initializers.SCHEMES)
         self._init_params(np.random.default_rng(seed))
 
@@ -428,18 +369,8 @@ class RNN(_RecurrentLayer):
     def _config(self) -> dict:
         return super()._config() | {"activation": self.activation}
 
-    def _cell_forward(self, p, x, h0, lengths):
-        hs, cache = self._kernels.rnn_forward(
-            x, p["W_xh"], p["W_hh"], p["b_h"], h0, activation=self.activation, lengths=lengths
-        )
-        return hs, final_states(hs, lengths), cache
 
-    def _cell_backward(self, p, cache, dhs, dh_T):
-        grads = self._kernels.rnn_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
-        return grads.dx, grads.dh0, {"W_xh": grads.dW_xh, "W_hh": grads.dW_hh, "b_h": grads.db_h}
 
-    def _cell_state_at(self, cache, step):
-        return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
 
 class LSTM(_RecurrentLayer):
@@ -475,8 +406,6 @@ class LSTM(_RecurrentLayer):
     """
 
     kind = "LSTM"
-    state_parts = 2
-    _base_names = ("W_x", "W_h", "b")
 
     def __init__(
         self,
@@ -503,6 +432,7 @@ class LSTM(_RecurrentLayer):
             backend=backend,
         )
         self.forget_gate = _checks.flag("forget_gate", forget_gate)
+        self.cell = cells.LSTMCell(self._kernels, self.forget_gate)
         if init == "identity":
             raise ValueError(
                 "init: 'identity' is the IRNN scheme of the plain ReLU RNN; use 'uniform' or 'orthogonal' for the LSTM"
@@ -528,23 +458,8 @@ class LSTM(_RecurrentLayer):
     def _config(self) -> dict:
         return super()._config() | {"forget_gate": self.forget_gate}
 
-    def _cell_forward(self, p, x, state, lengths):
-        h0, c0 = (None, None) if state is None else self._state_arrays("state", state)
-        hs, c_T, cache = self._kernels.lstm_forward(
-            x, p["W_x"], p["W_h"], p["b"], h0, c0, forget_gate=self.forget_gate, lengths=lengths
-        )
-        return hs, (final_states(hs, lengths), c_T), cache
 
-    def _cell_backward(self, p, cache, dhs, dstate):
-        dh_T, dc_T = (None, None) if dstate is None else self._state_arrays("dstate", dstate)
-        dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
-        grads = self._kernels.lstm_backward(cache, dhs, dc_T)
-        return grads.dx, (grads.dh0, grads.dc0), {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db}
 
-    def _cell_state_at(self, cache, step):
-        if step == 0:
-            return cache.h0.copy(), cache.c0.copy()
-        return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
 
 
 class GRU(_RecurrentLayer):
@@ -572,7 +487,6 @@ class GRU(_RecurrentLayer):
     """
 
     kind = "GRU"
-    _base_names = ("W_x", "W_h", "b", "b_hn")
 
     def __init__(
         self,
@@ -596,6 +510,7 @@ class GRU(_RecurrentLayer):
             dtype=dtype,
             backend=backend,
         )
+        self.cell = cells.GRUCell(self._kernels)
         self.init = _checks.choice("init", init, ("uniform", "orthogonal"))
         self._init_params(np.random.default_rng(seed))
 
@@ -611,13 +526,5 @@ class GRU(_RecurrentLayer):
         W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
         return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
 
-    def _cell_forward(self, p, x, h0, lengths):
-        hs, cache = self._kernels.gru_forward(x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths)
-        return hs, final_states(hs, lengths), cache
 
-    def _cell_backward(self, p, cache, dhs, dh_T):
-        grads = self._kernels.gru_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
-        return grads.dx, grads.dh0, {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db, "b_hn": grads.db_hn}
 
-    def _cell_state_at(self, cache, step):
-        return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()

@@ -1,0 +1,116 @@
+"""The one driver of stacked layers and their directions, shared by the NumPy layers and fastbptt.torch.
+
+A stack is ``num_layers`` layers of ``num_directions`` cells; cell ``k = layer * num_directions + direction``.
+Layer l > 0 takes the outputs of layer l-1, both directions concatenated along the features; the reverse
+direction runs over each sequence reversed within its own length and its outputs are turned back. The driver knows
+no cell: it calls ``cell_forward(params, x, state, lengths) -> (hs, final_state, cache)`` and
+``cell_backward(params, cache, dhs, dfinal_state) -> (dx, dstate0, parameter gradients)`` on time-major NumPy
+arrays, with ``params``, states and gradients in whatever form the caller's cells use.
+
+With the compiled core, the two directions of a layer run side by side at two threads, one thread each
+(:func:`fastbptt._core.run_concurrently`): a one-thread time loop never waits for another thread, where one
+direction on two threads waits at every step, and the results are the one-thread bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import _core
+from .sequences import reverse_sequences
+
+
+@dataclass
+class StackCache:
+    """What :func:`backward` needs: one kernel cache per cell, the lengths, and the masks applied between layers."""
+
+    cells: list
+    lengths: np.ndarray | None
+    batch: int
+    #: ``masks[l]`` multiplied the outputs of layer l before layer l+1 read them (dropout), or None
+    masks: list = field(default_factory=list)
+
+
+def by_direction(run: Callable[[int], object], num_directions: int, concurrent: bool) -> list:
+    """``[run(0), run(1), ...]`` over the directions of a layer, side by side when ``concurrent`` (the compiled
+    core's tasks; see the module's docstring)."""
+    tasks = [lambda direction=direction: run(direction) for direction in range(num_directions)]
+    if concurrent and len(tasks) > 1:
+        return _core.run_concurrently(tasks)
+    return [task() for task in tasks]
+
+
+def forward(
+    cell_forward,
+    params: list,
+    x: np.ndarray,
+    states: list,
+    lengths: np.ndarray | None,
+    *,
+    num_layers: int,
+    num_directions: int,
+    concurrent: bool,
+    masks: list | None = None,
+):
+    """Runs the stack over time-major ``x [T, B, D]`` from ``states[k]`` (None: zeros) of every cell.
+
+    ``masks[l]`` (optional, None for no mask) multiplies layer l's outputs before layer l+1 reads them.
+    Returns ``(outputs [T, B, num_directions * H], final states by cell, StackCache)``.
+    """
+    masks = list(masks) if masks is not None else [None] * num_layers
+    layer_input, caches, finals = x, [], []
+    for layer in range(num_layers):
+        if layer > 0 and masks[layer - 1] is not None:
+            layer_input = layer_input * masks[layer - 1]
+
+        def run(direction, layer=layer, layer_input=layer_input):
+            source = reverse_sequences(layer_input, lengths) if direction else layer_input
+            k = layer * num_directions + direction
+            hs, final, cache = cell_forward(params[k], source, states[k], lengths)
+            return (reverse_sequences(hs, lengths) if direction else hs), final, cache
+
+        outputs = []
+        for hs, final, cache in by_direction(run, num_directions, concurrent):
+            outputs.append(hs)
+            caches.append(cache)
+            finals.append(final)
+        layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+    return layer_input, finals, StackCache(caches, lengths, x.shape[1], masks)
+
+
+def backward(
+    cell_backward,
+    params: list,
+    cache: StackCache,
+    d_outputs: np.ndarray,
+    dfinals: list,
+    *,
+    num_layers: int,
+    num_directions: int,
+    concurrent: bool,
+):
+    """Backpropagates ``d_outputs [T, B, num_directions * H]`` and ``dfinals[k]`` (None: no gradient) through the
+    stack of :func:`forward`. Returns ``(dx [T, B, D], dstates0 by cell, parameter gradients by cell)``."""
+    H = d_outputs.shape[2] // num_directions
+    cells = num_layers * num_directions
+    dstates0, grads = [None] * cells, [None] * cells
+    for layer in reversed(range(num_layers)):
+
+        def run(direction, layer=layer, d_outputs=d_outputs):
+            k = layer * num_directions + direction
+            dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
+            if direction:
+                dhs = reverse_sequences(dhs, cache.lengths)
+            dx, dstates0[k], grads[k] = cell_backward(params[k], cache.cells[k], dhs, dfinals[k])
+            return reverse_sequences(dx, cache.lengths) if direction else dx
+
+        d_input = None
+        for dx in by_direction(run, num_directions, concurrent):
+            d_input = dx if d_input is None else d_input + dx
+        if layer > 0 and cache.masks[layer - 1] is not None:
+            d_input = d_input * cache.masks[layer - 1]
+        d_outputs = d_input
+    return d_outputs, dstates0, grads
