@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastbptt as fb
+
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0 for these tests)")
 fbt = pytest.importorskip("fastbptt.torch")
 
@@ -273,3 +275,62 @@ def test_distributed_data_parallel_matches_one_process(tmp_path):
     for name in single.files:
         np.testing.assert_array_equal(rank0[name], rank1[name])
         np.testing.assert_allclose(rank0[name], single[name], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.skipif("OpenMP" not in fb.build_info()["threading"], reason="this build has no OpenMP")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_bidirectional_modules_give_the_one_thread_bits_at_two_threads(kind):
+    """The module runs through the layers' stack driver: its two directions run side by side, one thread each."""
+    ours, _ = twins(kind, 24, 48, torch.float32, num_layers=2, bidirectional=True)
+    x = torch.randn(15, 32, 24)
+    lengths = torch.tensor(sorted(np.random.default_rng(0).integers(1, 16, 32), reverse=True))
+
+    def run():
+        ours.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths)
+        output, finals = ours(packed)
+        padded, _ = torch.nn.utils.rnn.pad_packed_sequence(output)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        (padded.square().sum() + sum(f.sum() for f in finals)).backward()
+        return [padded.detach(), *(f.detach() for f in finals), xi.grad, *(p.grad for p in ours.parameters())]
+
+    saved = fb.get_num_threads()
+    try:
+        fb.set_num_threads(1)
+        single = run()
+        fb.set_num_threads(2)
+        first, second = run(), run()
+    finally:
+        fb.set_num_threads(saved)
+    for a, b, c in zip(first, second, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-relu"])
+def test_module_and_numpy_layer_give_the_same_bits(kind):
+    """One stack driver: a module and a NumPy layer holding the same parameters compute the same bits."""
+    ours, _ = twins(kind, 5, 6, torch.float64, num_layers=2, bidirectional=True)
+    layer_kind, options = {"lstm": (fb.LSTM, {}), "gru": (fb.GRU, {}), "rnn-relu": (fb.RNN, {"activation": "relu"})}[
+        kind
+    ]
+    layer = layer_kind(5, 6, num_layers=2, bidirectional=True, dtype=np.float64, **options)
+    cells = [(layer_index, direction) for layer_index in range(2) for direction in range(2)]
+    for layer_index, direction in cells:
+        suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
+        four = [getattr(ours, t + suffix).detach().numpy() for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        params = ours._cell_kind().from_torch(*four)
+        for base in layer.cell.base_names:
+            layer.params[base + layer.suffix(layer_index, direction)][...] = params[base]
+    x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
+    output, _ = ours(x)
+    output.backward(torch.ones_like(output))
+    outputs, _ = layer.forward(x.detach().numpy())
+    dx, _ = layer.backward(np.ones(outputs.shape))
+    assert np.array_equal(output.detach().numpy(), outputs)
+    assert np.array_equal(x.grad.numpy(), dx)
+    recurrent = layer.cell.base_names[1]
+    for layer_index, direction in cells:
+        suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
+        mine = getattr(ours, "weight_hh" + suffix).grad.numpy().T
+        assert np.array_equal(mine, layer.grads[recurrent + layer.suffix(layer_index, direction)])

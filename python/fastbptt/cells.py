@@ -20,7 +20,8 @@ def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np
     """``dhs`` with ``dh_T`` added at each sequence's last step (h there is both an output and the final state)."""
     if dh_T is None:
         return dhs
-    dhs = np.array(_checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]"))
+    checked = _checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]")
+    dhs = checked.copy() if np.may_share_memory(checked, dhs) else checked  # the caller's array stays as it was
     dh_T = _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]")
     if lengths is None:
         dhs[-1] += dh_T
@@ -29,18 +30,23 @@ def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np
     return dhs
 
 
-def _summed_bias(bias_ih, bias_hh, rows: int, dtype) -> np.ndarray:
-    """fastbptt's one bias is the sum of torch's two (zeros without bias)."""
-    return np.zeros(rows, dtype=dtype) if bias_ih is None else bias_ih + bias_hh
+class _SummedBiasCell:
+    """torch.nn's mapping for a cell with parameters (W_x, W_h, b) whose one bias is the sum of torch's two."""
+
+    base_names: tuple[str, str, str]
+
+    def from_torch(self, weight_ih, weight_hh, bias_ih, bias_hh):
+        W_x, W_h, b = self.base_names
+        summed = np.zeros(weight_hh.shape[0], weight_hh.dtype) if bias_ih is None else bias_ih + bias_hh
+        return {W_x: weight_ih.T, W_h: weight_hh.T, b: summed}
+
+    def to_torch_grads(self, grads, has_bias):
+        dW_x, dW_h, db = (grads[name] for name in self.base_names)
+        # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
+        return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
 
 
-def _torch_grads(dW_x, dW_h, db, has_bias) -> list:
-    """Gradients of weight_ih, weight_hh, bias_ih, bias_hh for a cell whose one bias is the sum of torch's two."""
-    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
-    return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
-
-
-class RNNCell:
+class RNNCell(_SummedBiasCell):
     """``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``."""
 
     state_parts = 1
@@ -63,20 +69,8 @@ class RNNCell:
     def state_at(cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
-    @staticmethod
-    def from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
-        return {
-            "W_xh": weight_ih.T,
-            "W_hh": weight_hh.T,
-            "b_h": _summed_bias(bias_ih, bias_hh, weight_hh.shape[0], weight_hh.dtype),
-        }
 
-    @staticmethod
-    def to_torch_grads(grads, has_bias):
-        return _torch_grads(grads["W_xh"], grads["W_hh"], grads["b_h"], has_bias)
-
-
-class LSTMCell:
+class LSTMCell(_SummedBiasCell):
     """The LSTM, gate blocks i, f, g, o (i, g, o without forget gate); states ``(h, C)``."""
 
     state_parts = 2
@@ -103,18 +97,6 @@ class LSTMCell:
         if step == 0:
             return cache.h0.copy(), cache.c0.copy()
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
-
-    @staticmethod
-    def from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
-        return {
-            "W_x": weight_ih.T,
-            "W_h": weight_hh.T,
-            "b": _summed_bias(bias_ih, bias_hh, weight_hh.shape[0], weight_hh.dtype),
-        }
-
-    @staticmethod
-    def to_torch_grads(grads, has_bias):
-        return _torch_grads(grads["W_x"], grads["W_h"], grads["b"], has_bias)
 
 
 class GRUCell:

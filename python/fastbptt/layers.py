@@ -370,9 +370,6 @@ class RNN(_RecurrentLayer):
         return super()._config() | {"activation": self.activation}
 
 
-
-
-
 class LSTM(_RecurrentLayer):
     """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
 
@@ -459,9 +456,6 @@ class LSTM(_RecurrentLayer):
         return super()._config() | {"forget_gate": self.forget_gate}
 
 
-
-
-
 class GRU(_RecurrentLayer):
     """The GRU layer with PyTorch's cell (gate blocks r, z, n; the recurrent bias of n inside the reset product).
 
@@ -525,6 +519,3 @@ class GRU(_RecurrentLayer):
             return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hh[2 * H :]}
         W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
         return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
-
-
-

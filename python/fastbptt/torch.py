@@ -17,10 +17,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import _core
+from . import _core, cells, stack
 from . import functional as _kernels
-from .conversions import gru_weights_from_torch
-from .sequences import final_states
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -37,156 +35,91 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
     return tensor.detach().numpy()
 
 
-def _combined_bias(bias_ih, bias_hh, rows: int, dtype) -> np.ndarray:
-    """fastbptt's one bias is the sum of torch's two (zeros when the module has bias=False)."""
-    if bias_ih is None:
-        return np.zeros(rows, dtype=dtype)
-    return _as_numpy(bias_ih, "bias_ih") + _as_numpy(bias_hh, "bias_hh")
+def _to_torch(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(array)
 
 
-def _to_torch(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array)
+def _output(outputs: np.ndarray) -> torch.Tensor:
+    """The module's output as a tensor of its own memory.
 
-
-def _output(hs: np.ndarray) -> torch.Tensor:
-    """The module's output: a copy of the states ``hs``, which the cache keeps (read-only) for backward.
-
-    Handing out the cache's own memory would let an in-place edit of the output (``out.mul_(2)``, an in-place
-    activation or residual sum after the layer) change the weight gradients silently; torch.nn's output is its
-    own memory too, and such edits are harmless there.
+    A one-directional last layer's outputs are its cache's ``hs`` (read-only), which backward reads: handing that
+    memory out would let an in-place edit of the output (``out.mul_(2)``, an in-place activation or residual sum
+    after the layer) change the weight gradients silently, so it is copied (fastbptt._core.copy_array, memory from
+    the array cache). torch.nn's output is its own memory too, and such edits are harmless there.
     """
-    return torch.from_numpy(_core.copy_array(hs))
+    return torch.from_numpy(outputs if outputs.flags.writeable else _core.copy_array(outputs))
+
+
+class _Stack:
+    """What one call of a module runs: the cell, the stack's shape, the lengths and the dropout masks."""
+
+    def __init__(self, module: _FastRecurrent, lengths, masks):
+        self.cell = module._cell_kind()
+        self.num_layers, self.num_directions = module.num_layers, module.num_directions
+        self.has_bias = module.bias
+        self.lengths, self.masks = lengths, masks
+        self.cells = self.num_layers * self.num_directions
+        self.state_parts = self.cell.state_parts
+
+    def options(self) -> dict:
+        return {"num_layers": self.num_layers, "num_directions": self.num_directions, "concurrent": True}
+
+    def params(self, flat_params) -> list:
+        """Each cell's kernel parameters from torch's four tensors per cell (views where the layout allows)."""
+        params = []
+        for k in range(self.cells):
+            four = flat_params[4 * k : 4 * k + 4]
+            arrays = [None if t is None else _as_numpy(t, "parameter") for t in four]
+            params.append(self.cell.from_torch(*arrays))
+        return params
+
+    def cell_states(self, parts) -> list:
+        """Per-cell states from ``state_parts`` arrays [cells, B, H]."""
+        if self.state_parts == 1:
+            return [parts[0][k] for k in range(self.cells)]
+        return [tuple(part[k] for part in parts) for k in range(self.cells)]
+
+
+class _StackFunction(torch.autograd.Function):
+    """The whole stack of a module as one autograd node: forward and backward run fastbptt.stack's driver, so the
+    directions of a layer run side by side and give the one-thread bits, as in the NumPy layers."""
+
+    @staticmethod
+    def forward(ctx, run: _Stack, x, *tensors):
+        states = tensors[: run.state_parts]
+        flat_params = tensors[run.state_parts :]
+        xn = _as_numpy(x, "input")
+        parts = [_as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+        params = run.params(flat_params)
+        outputs, finals, cache = stack.forward(
+            run.cell.forward, params, xn, run.cell_states(parts), run.lengths, masks=run.masks, **run.options()
+        )
+        ctx.run, ctx.params, ctx.cache = run, params, cache
+        ctx.save_for_backward(x, *states, *(t for t in flat_params if t is not None))
+        final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
+        return (_output(outputs), *(torch.from_numpy(part) for part in final_parts))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_output, *d_finals):
+        _check_saved_inputs(ctx)
+        run = ctx.run
+        d_outputs = _as_numpy(d_output, "grad of output")  # the cells copy it where they add a final-state gradient
+        d_parts = [_as_numpy(d, "grad of final state") for d in d_finals]
+        dx, dstates0, grads = stack.backward(
+            run.cell.backward, ctx.params, ctx.cache, d_outputs, run.cell_states(d_parts), **run.options()
+        )
+        d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
+        d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
+        results = [dx, *d_states, *d_params]
+        needs = ctx.needs_input_grad[1:]
+        return (None, *(_to_torch(r) if need else None for r, need in zip(results, needs)))
 
 
 def _check_saved_inputs(ctx) -> None:
     """Raises torch's "modified by an inplace operation" RuntimeError when an input that backward reads through
     the cache (the sequence, the initial states, the weights) was edited in place since forward, as torch.nn does."""
     ctx.saved_tensors  # noqa: B018 - unpacking is what checks the version counters
-
-
-def _upstream_with_final_state(d_output: torch.Tensor, d_h_n: torch.Tensor, lengths) -> np.ndarray:
-    """dL/dh_t for every step: h_n is also the output of each sequence's last step, so its gradient adds there."""
-    dhs = np.array(_as_numpy(d_output, "grad of output"))  # a writable copy; torch's may be broadcast
-    d_h_n = _as_numpy(d_h_n, "grad of h_n")
-    if lengths is None:
-        dhs[-1] += d_h_n
-    else:
-        dhs[lengths - 1, np.arange(dhs.shape[1])] += d_h_n
-    return dhs
-
-
-def _masked(grads, needs):
-    return tuple(g if need else None for g, need in zip(grads, needs))
-
-
-def _weight_grads(dW_x, dW_h, db, has_bias):
-    """Gradients of weight_ih, weight_hh, bias_ih, bias_hh for cells whose one bias is the sum of torch's two."""
-    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
-    biases = [_to_torch(db), _to_torch(db.copy())] if has_bias else [None, None]
-    return [_to_torch(dW_x).T, _to_torch(dW_h).T, *biases]
-
-
-class _RNNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, lengths):
-        xn = _as_numpy(x, "input")
-        b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
-        hs, cache = _kernels.rnn_forward(
-            xn,
-            _as_numpy(weight_ih, "weight_ih").T,
-            _as_numpy(weight_hh, "weight_hh").T,
-            b,
-            _as_numpy(h0, "h0"),
-            activation=nonlinearity,
-            lengths=lengths,
-        )
-        ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        ctx.save_for_backward(x, h0, weight_ih, weight_hh)
-        return _output(hs), _to_torch(final_states(hs, lengths))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_output, d_h_n):
-        _check_saved_inputs(ctx)
-        c = ctx.cache
-        g = _kernels.rnn_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
-        grads = [_to_torch(g.dx), _to_torch(g.dh0), *_weight_grads(g.dW_xh, g.dW_hh, g.db_h, ctx.has_bias)]
-        return (*_masked(grads, ctx.needs_input_grad), None, None)
-
-
-class _LSTMFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
-        xn = _as_numpy(x, "input")
-        b = _combined_bias(bias_ih, bias_hh, weight_hh.shape[0], xn.dtype)
-        hs, c_T, cache = _kernels.lstm_forward(
-            xn,
-            _as_numpy(weight_ih, "weight_ih").T,
-            _as_numpy(weight_hh, "weight_hh").T,
-            b,
-            _as_numpy(h0, "h0"),
-            _as_numpy(c0, "c0"),
-            lengths=lengths,
-        )
-        ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh)
-        return _output(hs), _to_torch(final_states(hs, lengths)), _to_torch(c_T)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_output, d_h_n, d_c_n):
-        _check_saved_inputs(ctx)
-        c = ctx.cache
-        g = _kernels.lstm_backward(
-            c, _upstream_with_final_state(d_output, d_h_n, c.lengths), _as_numpy(d_c_n, "grad of c_n")
-        )
-        grads = [
-            _to_torch(g.dx),
-            _to_torch(g.dh0),
-            _to_torch(g.dc0),
-            *_weight_grads(g.dW_x, g.dW_h, g.db, ctx.has_bias),
-        ]
-        return (*_masked(grads, ctx.needs_input_grad), None)
-
-
-class _GRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
-        xn = _as_numpy(x, "input")
-        W_x, W_h, b, b_hn = gru_weights_from_torch(
-            _as_numpy(weight_ih, "weight_ih"),
-            _as_numpy(weight_hh, "weight_hh"),
-            None if bias_ih is None else _as_numpy(bias_ih, "bias_ih"),
-            None if bias_hh is None else _as_numpy(bias_hh, "bias_hh"),
-        )
-        hs, cache = _kernels.gru_forward(xn, W_x, W_h, b, b_hn, _as_numpy(h0, "h0"), lengths=lengths)
-        ctx.cache, ctx.has_bias = cache, bias_ih is not None
-        ctx.save_for_backward(x, h0, weight_ih, weight_hh)
-        return _output(hs), _to_torch(final_states(hs, lengths))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_output, d_h_n):
-        _check_saved_inputs(ctx)
-        c = ctx.cache
-        g = _kernels.gru_backward(c, _upstream_with_final_state(d_output, d_h_n, c.lengths))
-        H = g.db_hn.shape[0]
-        if ctx.has_bias:
-            biases = [_to_torch(g.db), _to_torch(np.concatenate([g.db[: 2 * H], g.db_hn]))]
-        else:
-            biases = [None, None]
-        grads = [_to_torch(g.dx), _to_torch(g.dh0), _to_torch(g.dW_x).T, _to_torch(g.dW_h).T, *biases]
-        return (*_masked(grads, ctx.needs_input_grad), None)
-
-
-def _reverse(x: torch.Tensor, lengths) -> torch.Tensor:
-    """Each sequence of time-major x reversed within its length (a differentiable gather)."""
-    if lengths is None:
-        return x.flip(0)
-    T, B = x.shape[:2]
-    steps = np.arange(T)[:, None]
-    source = torch.from_numpy(np.where(steps < lengths, lengths - 1 - steps, steps))
-    return x[source, torch.arange(B)]
 
 
 class _FastRecurrent(nn.Module):
@@ -251,9 +184,20 @@ class _FastRecurrent(nn.Module):
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
         return [getattr(self, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-    def _cell(self, x, state: list, weights: list, lengths):
-        """(output, *final state) of one layer and direction."""
+    def _cell_kind(self):
+        """The cell (:mod:`fastbptt.cells`) on the compiled core's kernels."""
         raise NotImplementedError
+
+    def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
+        """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG."""
+        if not (self.dropout and self.training and self.num_layers > 1):
+            return None
+        shape, keep = (T, B, self.num_directions * self.hidden_size), 1.0 - self.dropout
+        masks = []
+        for _ in range(self.num_layers - 1):
+            mask = torch.zeros(shape, dtype=dtype) if keep == 0 else torch.empty(shape, dtype=dtype).bernoulli_(keep)
+            masks.append(mask.div_(keep).numpy() if keep else mask.numpy())
+        return [*masks, None]
 
     def _run(self, input, hx_parts: list):
         """The whole stack over ``input`` (padded tensor or PackedSequence) from the states ``hx_parts`` (a list of
@@ -281,21 +225,14 @@ class _FastRecurrent(nn.Module):
             if tuple(state.shape) != expected:
                 raise ValueError(f"{name}: expected shape {expected}, got {tuple(state.shape)}")
             states.append(state.reshape(cells, B, self.hidden_size))
-        layer_input, finals = x, []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(self.num_directions):
-                k = layer * self.num_directions + direction
-                source = _reverse(layer_input, lengths) if direction else layer_input
-                output, *final = self._cell(
-                    source.contiguous(), [s[k] for s in states], self._cell_weights(layer, direction), lengths
-                )
-                outputs.append(_reverse(output, lengths) if direction else output)
-                finals.append(final)
-            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
-            if self.dropout and self.training and layer + 1 < self.num_layers:
-                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-        final_states = [torch.stack([f[part] for f in finals]) for part in range(self.state_parts)]
+        weights = [
+            w
+            for layer in range(self.num_layers)
+            for d in range(self.num_directions)
+            for w in self._cell_weights(layer, d)
+        ]
+        run = _Stack(self, lengths, self._dropout_masks(x.shape[0], B, x.dtype))
+        layer_input, *final_states = _StackFunction.apply(run, x.contiguous(), *states, *weights)
         if packed:
             output = nn.utils.rnn.pack_padded_sequence(layer_input, lengths_tensor, enforce_sorted=False)
             return output, final_states
@@ -339,8 +276,8 @@ class RNN(_FastRecurrent):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
 
-    def _cell(self, x, state, weights, lengths):
-        return _RNNFunction.apply(x, state[0], *weights, self.nonlinearity, lengths)
+    def _cell_kind(self):
+        return cells.RNNCell(_kernels, self.nonlinearity)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
@@ -385,8 +322,8 @@ class LSTM(_FastRecurrent):
         )
         self.proj_size = 0
 
-    def _cell(self, x, state, weights, lengths):
-        return _LSTMFunction.apply(x, state[0], state[1], *weights, lengths)
+    def _cell_kind(self):
+        return cells.LSTMCell(_kernels)
 
     def forward(self, input, hx=None):
         """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
@@ -416,8 +353,8 @@ class GRU(_FastRecurrent):
     ):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
 
-    def _cell(self, x, state, weights, lengths):
-        return _GRUFunction.apply(x, state[0], *weights, lengths)
+    def _cell_kind(self):
+        return cells.GRUCell(_kernels)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
