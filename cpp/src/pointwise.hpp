@@ -144,7 +144,7 @@ struct ReluActivation {
     return ei::pselect(ei::pcmp_lt(z, zero), zero, z);
   }
   // dh * [h > 0] (0 also at z = 0, as PyTorch): multiplied by the 0/1 mask, not selected, so that a NaN or Inf in
-  // dh gives NaN at an inactive unit as IEEE arithmetic and the reference do (DESIGN.md section 5).
+  // dh gives NaN at an inactive unit as IEEE arithmetic and the reference do.
   template <class Scalar>
   static Packet<Scalar> gradient(const Packet<Scalar>& dh, const Packet<Scalar>& h) {
     return ei::pmul(dh, ei::pand(ei::pcmp_lt(constant<Scalar>(0), h), constant<Scalar>(1)));

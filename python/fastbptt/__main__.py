@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a character LSTM and compare RNNs on a long-range task",
-        description="Trains the spec's models end to end on data that ships with fastbptt.",
+        description="Trains recurrent models end to end on data that ships with fastbptt.",
     )
     demo.add_argument("--quick", action="store_true", help="a smoke run, well under 30 seconds")
     demo.add_argument("--epochs", type=int, help="epochs of the character model (default 30; 2 with --quick)")

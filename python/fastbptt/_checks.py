@@ -1,6 +1,6 @@
 """Argument checks shared by the fast path and the reference: one place decides what is valid input.
 
-Errors follow DESIGN.md section 5: ``TypeError`` for a dtype problem, ``ValueError`` for a shape or value problem,
+Errors: ``TypeError`` for a dtype problem, ``ValueError`` for a shape or value problem,
 each naming the argument, what was expected and what was given.
 """
 

@@ -1,11 +1,11 @@
-"""The main job, ``python -m fastbptt demo``: the spec's model trained end to end, on data that ships or is made
-on the spot.
+"""The main job, ``python -m fastbptt demo``: a character-level recurrent model trained end to end, on data that
+ships or is made on the spot.
 
 1. A character-level LSTM language model trained with truncated BPTT on ``data/corpus.txt``: loss per epoch on
    training and held-out text, then a sample of generated text.
 2. A long-range dependency: remember the first of T >= 100 symbols (the rest is a blank) and name it at the end.
    With the same number of updates: tanh RNNs, an identity-initialised ReLU RNN (IRNN) and LSTMs, each with
-   PyTorch's default uniform initialisation or with the spec's first remedy for vanishing gradients (orthogonal
+   PyTorch's default uniform initialisation or with the first remedy for vanishing gradients (orthogonal
    or identity recurrent weights, a forget-gate bias), and which of them learn it.
 """
 
@@ -102,7 +102,7 @@ def train_character_model(
     )
     start = time.perf_counter()
     for epoch in _progress(range(1, epochs + 1), desc="char LSTM", unit="epoch"):
-        # Mean over characters: the spec's summed loss divided by a constant, which Adam does not feel and which
+        # Mean over characters: the summed loss divided by a constant, which Adam does not feel and which
         # keeps the clipping threshold independent of the window size.
         run = train_tbptt(model, tokens, targets, optimizer, k1=window, max_norm=5.0, reduction="mean")
         result.train_loss.append(float(np.mean(run.losses)))

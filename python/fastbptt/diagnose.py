@@ -1,4 +1,4 @@
-"""``python -m fastbptt diagnose``: the spec's vanishing and exploding gradients, measured and drawn."""
+"""``python -m fastbptt diagnose``: vanishing and exploding gradients, measured and drawn."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _save_figure(out_dir: Path, rows: list[dict], out: TextIO) -> None:
             label = "PyTorch initialisation" if row["rho"] is None else f"rho = {row['rho']:.2f}"
             line = axis.semilogy(row["lags"][1:], row["mean_norm"][1:], label=label)[0]
             axis.semilogy(row["lags"][1:], row["bound"][1:], linestyle=":", color=line.get_color())
-        bound = "the spec's bound" if model != "LSTM" else "product of the step Jacobians' norms"
+        bound = "the classic bound" if model != "LSTM" else "product of the step Jacobians' norms"
         axis.set(title=f"{model} (dotted: {bound})", xlabel="lag t - k")
         axis.set_ylim(1e-30, 1e20)
         axis.legend(fontsize=8)

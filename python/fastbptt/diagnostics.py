@@ -1,11 +1,11 @@
-"""Gradient-flow diagnostics: how BPTT's gradients vanish or explode, measured the way the spec derives it.
+"""Gradient-flow diagnostics: how BPTT's gradients vanish or explode, measured as the classic analysis derives it.
 
 For the plain RNN (column-vector form of ``h_j = phi(h_{j-1} W_hh + ...)``) the step Jacobian is
 ``dh_j/dh_{j-1} = diag(phi'(z_j)) W_hhᵀ``; ``dh_t/dh_k`` is the product of the steps in between and obeys
 ``||dh_t/dh_k||_2 <= prod_j ||W_hh||_2 max|phi'(z_j)| <= (gamma_W gamma_h)^(t-k)``. For the LSTM the state is
-``(h, C)``; the spec's full ``dC_t/dC_{t-1}`` goes through ``h_{t-1}`` into every gate, not only through ``f_t``.
+``(h, C)``; the full ``dC_t/dC_{t-1}`` goes through ``h_{t-1}`` into every gate, not only through ``f_t``.
 
-States are numbered as in the spec: ``h_0`` is the initial state and ``h_t = hs[t-1]`` for ``t = 1 .. T``.
+States are numbered as in the equations: ``h_0`` is the initial state and ``h_t = hs[t-1]`` for ``t = 1 .. T``.
 The Jacobian products and their spectral norms are computed exactly by the core, in float64 whatever the cache's
 dtype (the Jacobians are exact functions of the stored activations; long products leave float32's range), one
 sequence per thread. The per-step gradient norms come out of the core's backward pass. The explicit step
@@ -22,21 +22,21 @@ import numpy as np
 from . import _checks
 from ._types import GRUCache, LSTMCache, RNNCache
 
-#: sup |phi'| for each activation: the spec's gamma_h
+#: sup |phi'| for each activation: gamma_h of the classic bound
 GAMMA_H = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
 
 
 class Spectrum(NamedTuple):
     eigenvalues: np.ndarray  #: complex, sorted by decreasing modulus
     spectral_radius: float  #: max |eigenvalue|
-    singular_values: np.ndarray  #: decreasing; the first is ||W||_2 (the spec's gamma_W)
+    singular_values: np.ndarray  #: decreasing; the first is ||W||_2 (gamma_W of the classic bound)
 
 
 class JacobianNorms(NamedTuple):
     t: int  #: the later state
     lags: np.ndarray  #: [t+1] t - k for k = 0 .. t
     norms: np.ndarray  #: [t+1, B] ||dh_t/dh_k||_2 for k = 0 .. t (lag 0: the identity, norm 1)
-    bound: np.ndarray | None  #: [t+1] (gamma_W gamma_h)^(t-k), the spec's bound with the activation's sup |phi'|
+    bound: np.ndarray | None  #: [t+1] (gamma_W gamma_h)^(t-k), the classic bound with the activation's sup |phi'|
     #: [t+1, B] prod_{j=k+1..t} gamma_W max|phi'(z_j)|, the tighter data-dependent bound (LSTM: see there)
     data_bound: np.ndarray | None
 
@@ -150,7 +150,7 @@ class _RNNJacobians:
 
 
 def rnn_jacobian_norms(cache: RNNCache, t: int | None = None) -> JacobianNorms:
-    """``||dh_t/dh_k||_2`` for every ``k <= t`` (default ``t = T``) and every sequence, with the spec's bounds
+    """``||dh_t/dh_k||_2`` for every ``k <= t`` (default ``t = T``) and every sequence, with the classic bounds
     beside it.
 
     Exact products of the step Jacobians ``diag(phi'(z_j)) W_hhᵀ``, accumulated backwards from ``t`` in the core:
@@ -230,7 +230,7 @@ def _lstm_arrays(cache: LSTMCache):
 
 
 def lstm_cell_jacobians(cache: LSTMCache) -> CellJacobians:
-    """The spec's full ``dC_t/dC_{t-1}`` for every step, next to the naive ``diag(f_t)``, computed by the core.
+    """The full ``dC_t/dC_{t-1}`` for every step, next to the naive ``diag(f_t)``, computed by the core.
 
     ``C_{t-1}`` reaches ``C_t`` directly (``f_t``) and through ``h_{t-1} = o_{t-1} tanh(C_{t-1})`` into the input,
     forget and candidate gates: ``full = diag(f_t) + (dC_t/dh_{t-1}) diag(o_{t-1} (1 - tanh^2 C_{t-1}))``. At

@@ -228,7 +228,7 @@ def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
 def softmax_cross_entropy(
     hs, W_yh, b_y, targets, *, reduction: str = "sum", ignore_index: int = -100
 ) -> tuple[float, OutputGrads]:
-    """The spec's output layer and loss: ``o_t = h_t W_yh + b_y``, softmax, cross-entropy.
+    """The output layer and loss: ``o_t = h_t W_yh + b_y``, softmax, cross-entropy.
 
     ``L = sum_t sum_b -log softmax(o_t)[b, y_tb]``, computed with a log-sum-exp that cannot overflow.
 
@@ -241,7 +241,7 @@ def softmax_cross_entropy(
         Class indices in ``0 .. K-1``; entries equal to ``ignore_index`` add no loss and no gradient (for steps
         without a target, e.g. all but the last in a sequence-classification task).
     reduction : {"sum", "mean"}
-        "sum" over all steps and sequences (the spec), or "mean" over the counted terms (NaN if none, as PyTorch).
+        "sum" over all steps and sequences, or "mean" over the counted terms (NaN if none, as PyTorch).
     ignore_index : int
         A value outside ``0 .. K-1`` that marks steps without a target; -100 as in PyTorch.
 

@@ -1,4 +1,4 @@
-"""Weight initialisation schemes, the spec's first remedy for vanishing and exploding gradients.
+"""Weight initialisation schemes, the first remedy for vanishing and exploding gradients.
 
 Each function takes a ``numpy.random.Generator`` so that every scheme is reproducible from a seed.
 """

@@ -1,4 +1,4 @@
-"""The spec's sequence model: token input (one-hot or embedding), a recurrent layer, a softmax output layer,
+"""The classic recurrent sequence model: token input (one-hot or embedding), a recurrent layer, a softmax output layer,
 and the cross-entropy loss summed over time steps."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class SequenceModel:
     cell : {"lstm", "rnn"}
     embedding_dim : int, optional
         Input as a learned embedding ``[V, E]`` (initialised ``N(0, 1)`` as PyTorch's); one-hot vectors (the
-        spec's model) when omitted.
+        classic model) when omitted.
     activation, init : str
         Passed to :class:`fastbptt.RNN` (``activation`` "tanh", "relu", "sigmoid"; ``init`` "uniform",
         "orthogonal", "identity") or :class:`fastbptt.LSTM` (``init`` "uniform", "orthogonal").

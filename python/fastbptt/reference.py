@@ -296,7 +296,7 @@ def softmax_cross_entropy(
     """Reference of :func:`fastbptt.softmax_cross_entropy`.
 
     Per step: ``o_t = h_t W_yh + b_y``, ``log p = o - max(o) - log(sum exp(o - max(o)))``, ``L_t = -log p[y_t]``,
-    and ``dL_t/do_t = p - onehot(y_t)`` (the spec's ``ŷ_t - y_t``); zero for rows whose target is ignore_index.
+    and ``dL_t/do_t = p - onehot(y_t)`` (``ŷ_t - y_t``); zero for rows whose target is ignore_index.
     """
     hs, W_yh, b_y, targets, reduction = _checks.output_args(hs, W_yh, b_y, targets, reduction, ignore_index)
     T, _, _ = hs.shape

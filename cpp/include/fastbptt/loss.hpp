@@ -1,4 +1,4 @@
-// The spec's output layer and loss: o_t = h_t W_yh + b_y, softmax, cross-entropy summed (or averaged) over steps.
+// The output layer and loss: o_t = h_t W_yh + b_y, softmax, cross-entropy summed (or averaged) over steps.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The plain (Elman) RNN of the spec: forward over a whole batch of sequences and backpropagation through time.
+// The plain (Elman) RNN: forward over a whole batch of sequences and backpropagation through time.
 #pragma once
 
 #include "fastbptt/types.hpp"
