@@ -126,7 +126,6 @@ class _FastRecurrent(nn.Module):
     """Constructor checks, parameters and input plumbing shared by RNN, LSTM and GRU."""
 
     gates = 1
-    state_parts = 1
 
     def __init__(
         self,
@@ -292,7 +291,6 @@ class LSTM(_FastRecurrent):
     """``torch.nn.LSTM`` (no projection) computed by fastbptt: stacked, bidirectional, padded or packed input."""
 
     gates = 4
-    state_parts = 2
 
     def __init__(
         self,
