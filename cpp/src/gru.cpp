@@ -1,12 +1,8 @@
 // GRU forward and BPTT (see gru.hpp); explicit instantiations for float and double.
 #include "fastbptt/gru.hpp"
 
-#include "active_rows.hpp"
-#include "backward_scratch.hpp"
-#include "packed_product.hpp"
 #include "pointwise.hpp"
-#include "step_team.hpp"
-#include "time_blocks.hpp"
+#include "time_loop.hpp"
 
 namespace fastbptt::gru {
 namespace {
@@ -23,6 +19,120 @@ void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
   detail::check_shape("W_h", W_h, s.H, gate_count * s.H);
   detail::check_shape("h0", h0, s.B, s.H);
 }
+
+/// The GRU's step. Unlike the LSTM's, the recurrent product cannot be added onto the input projection (r scales
+/// its n block): the step's product h_{t-1} W_h goes into `recurrent`, and one pass per row combines it with the
+/// projected inputs already in the gate rows.
+template <class Scalar>
+struct ForwardCell {
+  ConstVectorRef<Scalar> b, b_hn;
+  MatrixRef<Scalar> gates, hn, hs;
+  const detail::PackedWeights<Scalar>& packed_W_h;
+  const Shape& s;
+  const detail::ActiveRows& active;
+  RowMatrix<Scalar> recurrent;  // [B, 3H]
+
+  const detail::PackedWeights<Scalar>& step_weights() const { return packed_W_h; }
+
+  void step_product(Index, Index running, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, recurrent.data(), recurrent.cols(),
+                              false, active.order(), own.q0, own.q1);
+  }
+
+  void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar* h_prev) {
+    const Index H = s.H;
+    Scalar* g = gates.row(t * s.B + r).data();
+    const Scalar* rec = recurrent.row(r).data();
+    Scalar* hn_row = hn.row(t * s.B + r).data();
+    Scalar* h = hs.row(t * s.B + r).data();
+    detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+      const auto reset =
+          detail::sigmoid<Scalar>(ei::padd(ei::padd(lanes.load(g), lanes.load(rec)), lanes.load(b.data())));
+      const auto update = detail::sigmoid<Scalar>(
+          ei::padd(ei::padd(lanes.load(g + H), lanes.load(rec + H)), lanes.load(b.data() + H)));
+      const auto hidden_n = ei::padd(lanes.load(rec + 2 * H), lanes.load(b_hn.data()));
+      const auto n = detail::tanh<Scalar>(
+          ei::padd(ei::padd(lanes.load(g + 2 * H), lanes.load(b.data() + 2 * H)), ei::pmul(reset, hidden_n)));
+      // (1 - z) n + z h_{t-1} rather than n + z (h_{t-1} - n): a saturated z = 1 keeps the state exactly.
+      const auto keep = ei::pmul(update, lanes.load(h_prev));
+      lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep));
+      lanes.store(g, reset);
+      lanes.store(g + H, update);
+      lanes.store(g + 2 * H, n);
+      lanes.store(hn_row, hidden_n);
+    });
+  }
+};
+
+/// The GRU's BPTT step. A row of dZ is [dz_r, dz_z, d(hn)] (the gradient of h_{t-1} W_h, contiguous for the per-step
+/// product), then dz_n (the gradient of x W_xn + b_n, which differs from d(hn) by the factor r); dh z reaches
+/// h_{t-1} directly, past W_h.
+template <class Scalar>
+struct BackwardCell {
+  static constexpr bool direct_term = true;
+  ConstMatrixRef<Scalar> x, W_x, h0, gates, hn, hs;
+  MatrixRef<Scalar> dx, dW_x, dW_h;
+  VectorRef<Scalar> db, db_hn;
+  const Shape& s;
+  RowMatrix<Scalar> direct;  // [B, H] dh z of the step
+
+  Index dz_columns() const { return gate_count * s.H + s.H; }
+
+  void zero_gradients() {
+    dW_x.setZero();
+    dW_h.setZero();
+    db.setZero();
+    db_hn.setZero();
+  }
+
+  void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar* dh_row, Scalar* dz) {
+    const Index H = s.H;
+    const Scalar* g = gates.row(t * s.B + r).data();
+    const Scalar* hn_row = hn.row(t * s.B + r).data();
+    const Scalar* h_prev_row = detail::previous_state<Scalar>(h0, hs, t, s.B).row(r).data();
+    Scalar* direct_row = direct.row(r).data();
+    detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+      const auto one = detail::constant<Scalar>(1);
+      const auto reset = lanes.load(g);
+      const auto update = lanes.load(g + H);
+      const auto n = lanes.load(g + 2 * H);
+      const auto dh = lanes.load(dh_row);
+      const auto dz_n = ei::pmul(ei::pmul(dh, ei::psub(one, update)), ei::psub(one, ei::pmul(n, n)));
+      const auto dz_z =
+          ei::pmul(ei::pmul(dh, ei::psub(lanes.load(h_prev_row), n)), ei::pmul(update, ei::psub(one, update)));
+      const auto dz_r = ei::pmul(ei::pmul(dz_n, lanes.load(hn_row)), ei::pmul(reset, ei::psub(one, reset)));
+      lanes.store(dz, dz_r);
+      lanes.store(dz + H, dz_z);
+      lanes.store(dz + 2 * H, ei::pmul(dz_n, reset));
+      lanes.store(dz + 3 * H, dz_n);
+      lanes.store(direct_row, ei::pmul(dh, update));
+    });
+  }
+
+  void add_direct_term(Index r, const detail::UnitSlice& own, Scalar* dh_row) const {
+    const Scalar* direct_row = direct.row(r).data();
+    detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
+      lanes.store(dh_row, ei::padd(lanes.load(dh_row), lanes.load(direct_row)));
+    });
+  }
+
+  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+    const Index H = s.H;
+    const auto dz_rz = dz_block.leftCols(2 * H);
+    const auto dz_n = dz_block.rightCols(H);
+    const auto x_block = x.middleRows(t0 * s.B, rows);
+    dW_x.leftCols(2 * H).noalias() += x_block.transpose() * dz_rz;
+    dW_x.rightCols(H).noalias() += x_block.transpose() * dz_n;
+    dW_h.noalias() += h_prev.transpose() * dz_block.leftCols(gate_count * H);
+    detail::add_column_sums<Scalar>(dz_rz, db.head(2 * H));
+    detail::add_column_sums<Scalar>(dz_n, db.tail(H));
+    detail::add_column_sums<Scalar>(dz_block.middleCols(2 * H, H), db_hn);
+    auto dx_block = dx.middleRows(t0 * s.B, rows);
+    dx_block.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
+    dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
+  }
+};
 
 }  // namespace
 
@@ -43,45 +153,10 @@ void forward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_
     hn.setZero();
     hs.setZero();
   }
-
   const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false, gate_count);
   detail::project_inputs(packed_W_x, x, gates, s, active);
-  // Unlike the LSTM's, the recurrent product cannot be added onto the input projection: r scales its n block.
-  RowMatrix<Scalar> recurrent(B, GH);
-  detail::run_team(packed_W_h, B, [&](const detail::UnitSlice& own) {
-    for (Index t = 0; t < s.T; ++t) {
-      auto z_t = gates.middleRows(t * B, B);
-      const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
-      const Index running = active.count(t);
-      packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, recurrent.data(), GH, false,
-                                active.order(), own.q0, own.q1);
-      for (Index k = 0; k < running; ++k) {
-        const Index r = active.row(k);
-        Scalar* g = z_t.row(r).data();
-        const Scalar* rec = recurrent.row(r).data();
-        const Scalar* h_prev = h_prev_t.row(r).data();
-        Scalar* hn_row = hn.row(t * B + r).data();
-        Scalar* h = hs.row(t * B + r).data();
-        detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
-          const auto reset = detail::sigmoid<Scalar>(
-              ei::padd(ei::padd(lanes.load(g), lanes.load(rec)), lanes.load(b.data())));
-          const auto update = detail::sigmoid<Scalar>(
-              ei::padd(ei::padd(lanes.load(g + H), lanes.load(rec + H)), lanes.load(b.data() + H)));
-          const auto hidden_n = ei::padd(lanes.load(rec + 2 * H), lanes.load(b_hn.data()));
-          const auto n = detail::tanh<Scalar>(
-              ei::padd(ei::padd(lanes.load(g + 2 * H), lanes.load(b.data() + 2 * H)), ei::pmul(reset, hidden_n)));
-          // (1 - z) n + z h_{t-1} rather than n + z (h_{t-1} - n): a saturated z = 1 keeps the state exactly.
-          const auto keep = ei::pmul(update, lanes.load(h_prev));
-          lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep));
-          lanes.store(g, reset);
-          lanes.store(g + H, update);
-          lanes.store(g + 2 * H, n);
-          lanes.store(hn_row, hidden_n);
-        });
-      }
-      detail::team_barrier();  // step t+1 multiplies all of h_t
-    }
-  });
+  ForwardCell<Scalar> cell{b, b_hn, gates, hn, hs, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
+  detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
 }
 
 template <class Scalar>
@@ -103,100 +178,8 @@ void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W
   detail::check_shape("db", db, 1, GH);
   detail::check_shape("db_hn", db_hn, 1, H);
   const detail::ActiveRows active(s, lengths);
-  const Index block_steps = std::min(s.T, backward_block_steps(B, GH + H));
-
-  // A row of dZ: [dz_r, dz_z, d(hn)] (the gradient of h_{t-1} W_h, contiguous for the per-step product), then dz_n
-  // (the gradient of x W_xn + b_n, which differs from d(hn) by the factor r).
-  detail::BackwardScratch<Scalar> scratch(block_steps * B, GH + H, H);
-  RowMatrix<Scalar>& dZ = scratch.dZ();
-  RowMatrix<Scalar>& h_prev = scratch.previous_states();
-  if (!accumulate) {
-    dW_x.setZero();
-    dW_h.setZero();
-    db.setZero();
-    db_hn.setZero();
-  }
-  RowMatrix<Scalar> direct(B, H);  // dh z: the part of dL/dh_{t-1} that bypasses the gates
-  // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
-  // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
-  RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, H), RowMatrix<Scalar>(B, H)};
-  dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
-  const detail::PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
-  for (Index t1 = s.T; t1 > 0;) {
-    const Index t0 = detail::block_start(t1, block_steps), rows = (t1 - t0) * B;
-    if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    detail::run_team(packed_W_h_transposed, B, [&](const detail::UnitSlice& own) {
-      const Index units = own.u1 - own.u0;
-      for (Index t = t1 - 1; t >= t0; --t) {
-        auto dz_t = dZ.middleRows((t - t0) * B, B);
-        const auto h_prev_t = detail::previous_state<Scalar>(h0, hs, t, B);
-        const Index running = active.count(t);
-        const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
-        for (Index k = 0; k < running; ++k) {
-          const Index r = active.row(k);
-          const Scalar* g = gates.row(t * B + r).data();
-          const Scalar* hn_row = hn.row(t * B + r).data();
-          const Scalar* h_prev_row = h_prev_t.row(r).data();
-          const Scalar* dh_row = dh_t.row(r).data();
-          Scalar* dz = dz_t.row(r).data();
-          Scalar* direct_row = direct.row(r).data();
-          detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
-            const auto one = detail::constant<Scalar>(1);
-            const auto reset = lanes.load(g);
-            const auto update = lanes.load(g + H);
-            const auto n = lanes.load(g + 2 * H);
-            const auto dh = lanes.load(dh_row);
-            const auto dz_n = ei::pmul(ei::pmul(dh, ei::psub(one, update)), ei::psub(one, ei::pmul(n, n)));
-            const auto dz_z = ei::pmul(ei::pmul(dh, ei::psub(lanes.load(h_prev_row), n)),
-                                       ei::pmul(update, ei::psub(one, update)));
-            const auto dz_r = ei::pmul(ei::pmul(dz_n, lanes.load(hn_row)), ei::pmul(reset, ei::psub(one, reset)));
-            lanes.store(dz, dz_r);
-            lanes.store(dz + H, dz_z);
-            lanes.store(dz + 2 * H, ei::pmul(dz_n, reset));
-            lanes.store(dz + 3 * H, dz_n);
-            lanes.store(direct_row, ei::pmul(dh, update));
-          });
-        }
-        detail::team_barrier();  // dL/dh_{t-1} needs every column of dz_t
-        if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
-          detail::record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
-        }
-        // dL/dh_{t-1} = dhs_{t-1} + dh z + [dz_r, dz_z, d(hn)] W_hᵀ, for this thread's units
-        auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
-        if (t > 0) {
-          dh_prev.middleCols(own.u0, units) = dhs.middleRows((t - 1) * B, B).middleCols(own.u0, units);
-        } else {
-          dh_prev.middleCols(own.u0, units).setZero();
-        }
-        for (Index k = 0; k < running; ++k) {
-          const Index r = active.row(k);
-          Scalar* dh_row = dh_prev.row(r).data();
-          const Scalar* direct_row = direct.row(r).data();
-          detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
-            lanes.store(dh_row, ei::padd(lanes.load(dh_row), lanes.load(direct_row)));
-          });
-        }
-        packed_W_h_transposed.multiply_units(dz_t.data(), GH + H, running, dh_prev.data(), dh_prev.outerStride(),
-                                             true, active.order(), own.q0, own.q1);
-      }
-    });
-    // The block's share of the whole-sequence products (see time_blocks.hpp).
-    const auto dz_rz = dZ.topRows(rows).leftCols(2 * H);
-    const auto dz_n = dZ.topRows(rows).rightCols(H);
-    const auto x_block = x.middleRows(t0 * B, rows);
-    dW_x.leftCols(2 * H).noalias() += x_block.transpose() * dz_rz;
-    dW_x.rightCols(H).noalias() += x_block.transpose() * dz_n;
-    detail::gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
-    dW_h.noalias() += h_prev.topRows(rows).transpose() * dZ.topRows(rows).leftCols(GH);
-    detail::add_column_sums<Scalar>(dz_rz, db.head(2 * H));
-    detail::add_column_sums<Scalar>(dz_n, db.tail(H));
-    detail::add_column_sums<Scalar>(dZ.topRows(rows).middleCols(2 * H, H), db_hn);
-    auto dx_block = dx.middleRows(t0 * B, rows);
-    dx_block.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
-    dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
-    t1 = t0;
-  }
-  detail::record_row_norms<Scalar>(dh0, active, 0, dh_norms);
+  BackwardCell<Scalar> cell{x, W_x, h0, gates, hn, hs, dx, dW_x, dW_h, db, db_hn, s, RowMatrix<Scalar>(B, H)};
+  detail::backward_time_loop<Scalar>(s, active, W_h, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \

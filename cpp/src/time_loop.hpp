@@ -1,0 +1,124 @@
+// The forward and backward time loops that every cell shares (private to the core).
+//
+// A cell is a policy object with the few things in which cells differ: the product a step runs, the pointwise pass
+// of one batch row over the calling thread's units, and the whole-sequence products of a block of steps. The
+// drivers own the rest, alike for every cell: the team of threads and its one wait per step (step_team.hpp), the
+// rows that run each step (active_rows.hpp), the dL/dh buffers of two steps, the blocks of steps that keep
+// checkpointed BPTT exact (time_blocks.hpp), the zeroing of the gradients unless they accumulate, and the per-step
+// gradient norms.
+#pragma once
+
+#include <algorithm>
+
+#include "active_rows.hpp"
+#include "backward_scratch.hpp"
+#include "fastbptt/types.hpp"
+#include "packed_product.hpp"
+#include "step_team.hpp"
+#include "time_blocks.hpp"
+
+namespace fastbptt::detail {
+
+/// The B rows of a state before a step (see previous_state).
+template <class Scalar>
+using StateRows = Eigen::Map<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
+
+/// Runs a cell's forward over steps 0 .. T-1, writing h_t into `hs` (which the next step reads).
+/// The cell provides
+///   const PackedWeights<Scalar>& step_weights() const        the weights of a step's product (they set the team)
+///   void step_product(Index t, Index running, const UnitSlice&, const StateRows<Scalar>& h_prev)
+///                                                            the product of step t for the running rows, own units
+///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* h_prev_row)
+///                                                            the activations of row r at step t, own units
+template <class Scalar, class Cell>
+void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
+                       Cell& cell) {
+  run_team(cell.step_weights(), s.B, [&](const UnitSlice& own) {
+    for (Index t = 0; t < s.T; ++t) {
+      const StateRows<Scalar> h_prev_t = previous_state<Scalar>(h0, hs, t, s.B);
+      const Index running = active.count(t);
+      cell.step_product(t, running, own, h_prev_t);
+      for (Index k = 0; k < running; ++k) {
+        const Index r = active.row(k);
+        cell.step_pointwise(t, r, own, h_prev_t.row(r).data());
+      }
+      team_barrier();  // step t+1 multiplies all of h_t
+    }
+  });
+}
+
+/// Backpropagation through time over steps T-1 .. 0: dL/dh_t (dhs plus what flows back from step t+1) becomes a
+/// row of dZ, the gradient of the step's pre-activations, and dL/dh_{t-1} = dhs_{t-1} + dZ_t W_hᵀ (+ a direct term
+/// for cells whose state bypasses W_h); each block of steps then adds its whole-sequence products.
+/// W_h      [H, recurrent columns]  in   the recurrent weights; dZ's first columns multiply W_hᵀ
+/// h0, hs   [B, H], [T*B, H]        in   the states before each step come from them
+/// dhs      [T*B, H]                in   dL/dh_t from above
+/// dh0      [B, H]                  out  dL/dh_0
+/// dh_norms [(T+1)*B] or null       out  ||dL/dh_t|| of every row and step (see record_row_norms)
+/// The cell provides
+///   Index dz_columns() const                                  columns of a row of dZ
+///   static constexpr bool direct_term                         whether dL/dh_{t-1} has a term that bypasses W_h
+///   void zero_gradients()                                     sets its weight gradients to zero
+///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* dh_row, Scalar* dz_row)
+///   void add_direct_term(Index r, const UnitSlice&, Scalar* dh_prev_row)        (when direct_term)
+///   void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
+///                       const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
+///                                 the block's share of dW, db, dx; dZ and h_prev hold the rows of steps t0 ..
+template <class Scalar, class Cell>
+void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> W_h,
+                        ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
+                        MatrixRef<Scalar> dh0, bool accumulate, Scalar* dh_norms, Cell& cell) {
+  const Index B = s.B, dz_columns = cell.dz_columns();
+  const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
+  BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
+  RowMatrix<Scalar>& dZ = scratch.dZ();
+  RowMatrix<Scalar>& h_prev = scratch.previous_states();
+  if (!accumulate) cell.zero_gradients();
+  // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
+  // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
+  RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, s.H), RowMatrix<Scalar>(B, s.H)};
+  dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
+  const PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
+  for (Index t1 = s.T; t1 > 0;) {
+    const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
+    if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
+    run_team(packed_W_h_transposed, B, [&](const UnitSlice& own) {
+      const Index units = own.u1 - own.u0;
+      for (Index t = t1 - 1; t >= t0; --t) {
+        auto dz_t = dZ.middleRows((t - t0) * B, B);
+        const Index running = active.count(t);
+        const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
+        for (Index k = 0; k < running; ++k) {
+          const Index r = active.row(k);
+          cell.step_pointwise(t, r, own, dh_t.row(r).data(), dz_t.row(r).data());
+        }
+        team_barrier();  // dL/dh_{t-1} needs every column of dz_t
+        if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
+          record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
+        }
+        // dL/dh_{t-1} = dhs_{t-1} (+ the direct term) + dz_t W_hᵀ, for this thread's units (dL/dh_0 has no upstream
+        // term)
+        auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
+        if (t > 0) {
+          dh_prev.middleCols(own.u0, units) = dhs.middleRows((t - 1) * B, B).middleCols(own.u0, units);
+        } else if (Cell::direct_term) {
+          dh_prev.middleCols(own.u0, units).setZero();
+        }
+        if (Cell::direct_term) {
+          for (Index k = 0; k < running; ++k) {
+            const Index r = active.row(k);
+            cell.add_direct_term(r, own, dh_prev.row(r).data());
+          }
+        }
+        packed_W_h_transposed.multiply_units(dz_t.data(), dz_columns, running, dh_prev.data(), dh_prev.outerStride(),
+                                             t > 0 || Cell::direct_term, active.order(), own.q0, own.q1);
+      }
+    });
+    gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
+    cell.block_products(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+    t1 = t0;
+  }
+  record_row_norms<Scalar>(dh0, active, 0, dh_norms);
+}
+
+}  // namespace fastbptt::detail
