@@ -174,22 +174,71 @@ def test_no_copy_for_contiguous_tensors(monkeypatch):
     assert output.dtype == torch.float32
 
 
-def test_unsupported_arguments_and_devices():
-    with pytest.raises(ValueError, match=r"num_layers: expected an int >= 1, got 0"):
-        fbt.GRU(3, 4, num_layers=0)
-    with pytest.raises(ValueError, match=r"dropout: expected a probability"):
-        fbt.LSTM(3, 4, dropout=1.5)
+def test_what_fastbptt_cannot_run_is_refused_by_name():
     with pytest.raises(NotImplementedError, match=r"proj_size"):
         fbt.LSTM(3, 4, proj_size=2)
-    with pytest.raises(ValueError, match=r"nonlinearity: expected 'tanh' or 'relu'"):
-        fbt.RNN(3, 4, nonlinearity="sigmoid")
-    with pytest.raises(ValueError, match=r"device: fastbptt computes on the CPU"):
-        fbt.LSTM(3, 4, device="cuda")
-    lstm = fbt.LSTM(3, 4)
-    with pytest.raises(TypeError, match=r"dtype"):
-        lstm(torch.randn(5, 2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"h_0: expected shape \(1, 2, 4\)"):
-        lstm(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))
+    half = fbt.LSTM(3, 4, dtype=torch.float16)  # torch.nn runs it; fastbptt computes in float32 or float64
+    with pytest.raises(TypeError, match=r"input: expected a float32 or float64 tensor, got torch.float16"):
+        half(torch.randn(5, 2, 3, dtype=torch.float16))
+
+
+BAD_CONSTRUCTIONS = [
+    ((3, 4), {"num_layers": 0}),
+    ((3, 4), {"dropout": 1.5}),
+    ((3, 4), {"dropout": "0.5"}),
+    ((3, 4), {"bias": "False"}),
+    ((3, 4), {"batch_first": 1}),
+    ((0, 4), {}),
+    ((3, 4.0), {}),
+    ((3, 4), {"nonlinearity": "sigmoid"}),
+    ((3, 4), {"proj_size": -1}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), BAD_CONSTRUCTIONS)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_bad_constructor_arguments_raise_torch_nn_s_errors(kind, args, kwargs):
+    ours_cls, theirs_cls, _ = PAIRS[kind]
+    outcomes = []
+    for cls in (theirs_cls, ours_cls):
+        try:
+            cls(*args, **kwargs)
+            outcomes.append(None)
+        except Exception as error:  # noqa: BLE001 - the point is to compare whatever torch.nn raises
+            outcomes.append((type(error), str(error)))
+    if outcomes[0] is None and kind == "lstm" and "proj_size" in kwargs:
+        pytest.fail("torch.nn accepted a negative proj_size")
+    assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_bad_forward_arguments_raise_torch_nn_s_errors(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float32)
+    theirs.float()
+    two = kind == "lstm"
+
+    def state(*shape):
+        return (torch.zeros(shape), torch.zeros(shape)) if two else torch.zeros(shape)
+
+    calls = [
+        (torch.randn(5, 2, 3, 1),),  # 4-D input
+        (torch.randn(5, 2, 7),),  # wrong input size
+        (torch.randn(5, 2, 3, dtype=torch.float64),),  # dtype of the input differs from the weights'
+        (torch.randn(5, 2, 3), state(2, 2, 4)),  # wrong number of layers in the state
+        (torch.randn(5, 2, 3), state(1, 3, 4)),  # wrong batch in the state
+        (torch.randn(5, 2, 3), state(2, 4)),  # 2-D state for batched input
+        (torch.randn(5, 3), state(1, 1, 4)),  # 3-D state for unbatched input
+    ]
+    for args in calls:
+        outcomes = []
+        for module in (theirs, ours):
+            try:
+                module(*args)
+                outcomes.append(None)
+            except Exception as error:  # noqa: BLE001
+                outcomes.append((type(error), str(error)))
+        assert outcomes[0] is not None, "torch.nn accepted it: the case tests nothing"
+        assert outcomes[1] == outcomes[0]
 
 
 def packed_run(module, x, lengths, hx, upstream, packed):
@@ -334,3 +383,92 @@ def test_module_and_numpy_layer_give_the_same_bits(kind):
         suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
         mine = getattr(ours, "weight_hh" + suffix).grad.numpy().T
         assert np.array_equal(mine, layer.grads[recurrent + layer.suffix(layer_index, direction)])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-relu"])
+def test_modules_are_torch_nn_modules_to_every_check(kind, tmp_path):
+    ours, theirs = twins(kind, 3, 4, torch.float64, num_layers=2, bidirectional=True)
+    theirs_cls = PAIRS[kind][1]
+    assert isinstance(ours, theirs_cls) and isinstance(ours, torch.nn.RNNBase)
+    assert repr(ours).replace(type(ours).__module__ + ".", "") == repr(theirs).replace("torch.nn.", "")
+    assert ours.extra_repr() == theirs.extra_repr()
+    assert [w.shape for layer in ours.all_weights for w in layer] == [
+        w.shape for layer in theirs.all_weights for w in layer
+    ]
+    assert all(a is b for a, b in zip(ours._flat_weights, ours.parameters()))
+    ours.flatten_parameters()  # scripts call it after loading; a no-op on the CPU, as in torch.nn
+    assert type(ours.float()) is type(ours) and ours.weight_hh_l0.dtype == torch.float32
+    assert ours.double().weight_hh_l0.dtype == torch.float64
+    theirs.float().double()  # the same rounding of the weights on both sides
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    # Whole-model checkpoints load with torch.load's default weights_only=True wherever the same model holding
+    # torch.nn's module does (the same allow-list: fastbptt.torch allow-lists its own classes).
+    torch.save(torch.nn.Sequential(torch.nn.Identity(), theirs), tmp_path / "theirs.pt")
+    torch.save(torch.nn.Sequential(torch.nn.Identity(), ours), tmp_path / "ours.pt")
+    with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.Identity, theirs_cls]):
+        torch.load(tmp_path / "theirs.pt")
+        loaded = torch.load(tmp_path / "ours.pt")
+    torch.save(ours, tmp_path / "module.pt")
+    assert type(torch.load(tmp_path / "module.pt")) is type(ours)  # no allow-list needed for the module alone
+    loaded[1].flatten_parameters()
+    assert type(loaded[1]) is type(ours)
+    torch.testing.assert_close(loaded(x)[0], theirs(x)[0], rtol=1e-12, atol=1e-12)
+    theirs.load_state_dict(loaded[1].state_dict())
+    ours.load_state_dict(theirs.state_dict())
+
+
+def pytorch_module_db():
+    pytest.importorskip("expecttest", reason="torch's test helpers need expecttest (pip install expecttest)")
+    from torch.testing._internal import common_modules
+
+    return common_modules
+
+
+def test_pytorch_s_error_inputs_are_refused_as_torch_nn_refuses_them():
+    common = pytorch_module_db()
+    refused, total = 0, 0
+    for info in common.module_db:
+        if info.module_cls not in (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM) or info.module_error_inputs_func is None:
+            continue
+        ours_cls = getattr(fbt, info.module_cls.__name__)
+        for error_input in info.module_error_inputs_func(
+            info, device="cpu", dtype=torch.float32, requires_grad=False, training=True
+        ):
+            total += 1
+            sample = error_input.module_error_input
+            with pytest.raises(error_input.error_type, match=error_input.error_regex):
+                module = ours_cls(*sample.constructor_input.args, **sample.constructor_input.kwargs)
+                assert error_input.error_on != common.ModuleErrorEnum.CONSTRUCTION_ERROR, "constructed"
+                module(*sample.forward_input.args, **sample.forward_input.kwargs)
+            refused += 1
+    assert total > 0 and refused == total
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_pytorch_s_module_samples_match_torch_nn(dtype):
+    common = pytorch_module_db()
+    matched, refused = 0, 0
+    for info in common.module_db:
+        if info.module_cls not in (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM):
+            continue
+        ours_cls = getattr(fbt, info.module_cls.__name__)
+        for sample in info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True, training=True):
+            args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+            if kwargs.get("proj_size", 0):
+                with pytest.raises(NotImplementedError, match="proj_size"):
+                    ours_cls(*args, **kwargs)
+                refused += 1
+                continue
+            torch.manual_seed(0)
+            theirs = info.module_cls(*args, **kwargs).to(dtype)
+            ours = ours_cls(*args, **kwargs).to(dtype)
+            ours.load_state_dict(theirs.state_dict())
+            if sample.forward_input is None:
+                continue
+            expected = theirs(*sample.forward_input.args, **sample.forward_input.kwargs)
+            actual = ours(*sample.forward_input.args, **sample.forward_input.kwargs)
+            tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+            torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
+            matched += 1
+    assert matched > 0
+    print(f"{matched} samples match torch.nn, {refused} with proj_size refused")

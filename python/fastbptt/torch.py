@@ -10,8 +10,6 @@ or float64. Importing ``fastbptt`` never imports this module.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -122,70 +120,27 @@ def _check_saved_inputs(ctx) -> None:
     ctx.saved_tensors  # noqa: B018 - unpacking is what checks the version counters
 
 
-class _FastRecurrent(nn.Module):
-    """Constructor checks, parameters and input plumbing shared by RNN, LSTM and GRU."""
-
-    gates = 1
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        **unsupported,
-    ):
-        super().__init__()
-        if unsupported:
-            raise NotImplementedError(
-                f"{type(self).__name__}: fastbptt does not support {unsupported} yet; use torch.nn for it"
-            )
-        if device is not None and torch.device(device).type != "cpu":
-            raise ValueError(f"device: fastbptt computes on the CPU, got {device}")
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size} and {hidden_size}")
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
-        if not 0.0 <= float(dropout) <= 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout}")
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers, self.bias, self.batch_first = num_layers, bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
-        self.num_directions = 2 if self.bidirectional else 1
-        factory = {"dtype": dtype}
-        rows = self.gates * hidden_size
-        for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else self.num_directions * hidden_size
-            for direction in range(self.num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                setattr(self, "weight_ih" + suffix, nn.Parameter(torch.empty(rows, layer_input, **factory)))
-                setattr(self, "weight_hh" + suffix, nn.Parameter(torch.empty(rows, hidden_size, **factory)))
-                if self.bias:
-                    setattr(self, "bias_ih" + suffix, nn.Parameter(torch.empty(rows, **factory)))
-                    setattr(self, "bias_hh" + suffix, nn.Parameter(torch.empty(rows, **factory)))
-                else:
-                    self.register_parameter("bias_ih" + suffix, None)
-                    self.register_parameter("bias_hh" + suffix, None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's initialisation: every parameter ``U(-1/sqrt(H), 1/sqrt(H))``."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for parameter in self.parameters():
-            nn.init.uniform_(parameter, -bound, bound)
-
-    def _cell_weights(self, layer: int, direction: int) -> list:
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return [getattr(self, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+class _FastRecurrent:
+    """The forward that fastbptt.torch's RNN, LSTM and GRU put in place of torch.nn's: torch.nn's own checks of the
+    input and states (so errors are torch.nn's, type and message), then the whole stack as one _StackFunction."""
 
     def _cell_kind(self):
         """The cell (:mod:`fastbptt.cells`) on the compiled core's kernels."""
         raise NotImplementedError
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _refuse_what_fastbptt_cannot_run(self) -> None:
+        if getattr(self, "proj_size", 0):
+            raise NotImplementedError(
+                f"{type(self).__name__}: fastbptt does not support proj_size yet; use torch.nn.LSTM for it"
+            )
+
+    def _cell_weights(self, layer: int, direction: int) -> list:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return [getattr(self, name + suffix, None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
         """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG."""
@@ -198,32 +153,47 @@ class _FastRecurrent(nn.Module):
             masks.append(mask.div_(keep).numpy() if keep else mask.numpy())
         return [*masks, None]
 
-    def _run(self, input, hx_parts: list):
-        """The whole stack over ``input`` (padded tensor or PackedSequence) from the states ``hx_parts`` (a list of
-        tensors [layers * directions, (B,) H], or Nones); returns (output in the input's form, final states)."""
+    def _checked_states(self, input, hx, batch_sizes, batched: bool) -> list:
+        """The initial states as tensors [layers * directions, B, H] after torch.nn's checks of ``input`` and ``hx``
+        (``hx``: None, a tensor, or the LSTM's pair)."""
+        parts = self._state_parts
+        if hx is None:
+            B = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if self.batch_first else 1)
+            shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+            states = [torch.zeros(shape, dtype=input.dtype, device=input.device) for _ in range(parts)]
+        else:
+            states = list(hx) if parts == 2 else [hx]
+            dims = 3 if batched else 2
+            if any(state.dim() != dims for state in states):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                if parts == 2:
+                    got = "(" + ", ".join(f"{state.dim()}-D" for state in states) + ") tensors"
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {dims}-D but got {got}")
+                raise RuntimeError(f"For {kind} input, hx should also be {dims}-D but got {states[0].dim()}-D tensor")
+            if not batched:
+                states = [state.unsqueeze(1) for state in states]
+        self.check_forward_args(input, tuple(states) if parts == 2 else states[0], batch_sizes)
+        return states
+
+    def _run(self, input, hx):
+        """(output in the input's form, final states as a list of tensors) of the whole stack."""
         packed = isinstance(input, nn.utils.rnn.PackedSequence)
         if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            states = self._checked_states(data, hx, batch_sizes, batched=True)
+            # States come in the batch's own order; the padded batch below is in that order too.
             x, lengths_tensor = nn.utils.rnn.pad_packed_sequence(input)
             lengths = lengths_tensor.numpy().astype(np.int64)
-            batched = True
         else:
             if input.dim() not in (2, 3):
-                raise ValueError(f"input: expected a 2-D (unbatched) or 3-D tensor, got {input.dim()}-D")
+                raise ValueError(self._input_dims_message.format(input.dim()))
             batched = input.dim() == 3
-            x = input if batched else input.unsqueeze(1)
-            if batched and self.batch_first:
-                x = x.transpose(0, 1)
+            if not batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            states = self._checked_states(input, hx, None, batched)
+            x = input.transpose(0, 1) if self.batch_first else input
             lengths = None
-        B, cells = x.shape[1], self.num_layers * self.num_directions
-        states = []
-        for name, state in hx_parts:
-            if state is None:
-                states.append(torch.zeros(cells, B, self.hidden_size, dtype=x.dtype, device=x.device))
-                continue
-            expected = (cells, B, self.hidden_size) if batched else (cells, self.hidden_size)
-            if tuple(state.shape) != expected:
-                raise ValueError(f"{name}: expected shape {expected}, got {tuple(state.shape)}")
-            states.append(state.reshape(cells, B, self.hidden_size))
+        B = x.shape[1]
         weights = [
             w
             for layer in range(self.num_layers)
@@ -231,130 +201,80 @@ class _FastRecurrent(nn.Module):
             for w in self._cell_weights(layer, d)
         ]
         run = _Stack(self, lengths, self._dropout_masks(x.shape[0], B, x.dtype))
-        layer_input, *final_states = _StackFunction.apply(run, x.contiguous(), *states, *weights)
+        output, *final_states = _StackFunction.apply(run, x.contiguous(), *states, *weights)
         if packed:
-            output = nn.utils.rnn.pack_padded_sequence(layer_input, lengths_tensor, enforce_sorted=False)
-            return output, final_states
+            if sorted_indices is not None:  # pack in the input's order of sequences, as torch.nn does
+                output = output.index_select(1, sorted_indices)
+                lengths_tensor = lengths_tensor.index_select(0, sorted_indices.cpu())
+            output = nn.utils.rnn.pack_padded_sequence(output, lengths_tensor, enforce_sorted=True)
+            return nn.utils.rnn.PackedSequence(
+                output.data, output.batch_sizes, sorted_indices, unsorted_indices
+            ), final_states
         if not batched:
-            return layer_input.squeeze(1), [f.squeeze(1) for f in final_states]
-        return (layer_input.transpose(0, 1) if self.batch_first else layer_input), final_states
-
-    def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            text += f", num_layers={self.num_layers}"
-        text += f", bias={self.bias}, batch_first={self.batch_first}"
-        if self.dropout:
-            text += f", dropout={self.dropout}"
-        if self.bidirectional:
-            text += ", bidirectional=True"
-        return text
+            return output.squeeze(1), [f.squeeze(1) for f in final_states]
+        return (output.transpose(0, 1) if self.batch_first else output), final_states
 
 
-class RNN(_FastRecurrent):
-    """``torch.nn.RNN`` computed by fastbptt: ``nonlinearity`` "tanh" or "relu", stacked, bidirectional,
-    padded or packed input."""
+class RNN(_FastRecurrent, nn.RNN):
+    """``torch.nn.RNN`` (an instance of it) whose forward and backward run fastbptt: ``nonlinearity`` "tanh" or
+    "relu", stacked, bidirectional, padded or packed input, CPU float32/float64."""
 
-    gates = 1
+    _state_parts = 1
+    _input_dims_message = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch.nn's words
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-    ):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._refuse_what_fastbptt_cannot_run()
 
     def _cell_kind(self):
         return cells.RNNCell(_kernels, self.nonlinearity)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
-        output, (h_n,) = self._run(input, [("hx", hx)])
+        output, (h_n,) = self._run(input, hx)
         return output, h_n
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
 
+class LSTM(_FastRecurrent, nn.LSTM):
+    """``torch.nn.LSTM`` (an instance of it, no projection yet) whose forward and backward run fastbptt: stacked,
+    bidirectional, padded or packed input, CPU float32/float64."""
 
-class LSTM(_FastRecurrent):
-    """``torch.nn.LSTM`` (no projection) computed by fastbptt: stacked, bidirectional, padded or packed input."""
+    _state_parts = 2
+    _input_dims_message = "LSTM: Expected input to be 2D or 3D, got {}D instead"
 
-    gates = 4
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-    ):
-        extra = {"proj_size": proj_size} if proj_size else {}
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            device,
-            dtype,
-            **extra,
-        )
-        self.proj_size = 0
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._refuse_what_fastbptt_cannot_run()
 
     def _cell_kind(self):
         return cells.LSTMCell(_kernels)
 
     def forward(self, input, hx=None):
         """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise ValueError("hx: expected a pair (h_0, c_0) for the LSTM")
-        h0, c0 = (None, None) if hx is None else hx
-        output, (h_n, c_n) = self._run(input, [("h_0", h0), ("c_0", c0)])
+        output, (h_n, c_n) = self._run(input, hx)
         return output, (h_n, c_n)
 
 
-class GRU(_FastRecurrent):
-    """``torch.nn.GRU`` computed by fastbptt: stacked, bidirectional, padded or packed input."""
+class GRU(_FastRecurrent, nn.GRU):
+    """``torch.nn.GRU`` (an instance of it) whose forward and backward run fastbptt: stacked, bidirectional, padded or
+    packed input, CPU float32/float64."""
 
-    gates = 3
+    _state_parts = 1
+    _input_dims_message = "GRU: Expected input to be 2D or 3D, got {}D instead"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._refuse_what_fastbptt_cannot_run()
 
     def _cell_kind(self):
         return cells.GRUCell(_kernels)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
-        output, (h_n,) = self._run(input, [("hx", hx)])
+        output, (h_n,) = self._run(input, hx)
         return output, h_n
+
+
+# Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
+# torch.nn's modules do.
+torch.serialization.add_safe_globals([RNN, LSTM, GRU])
