@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from fastbptt.bench import main
+from fastbptt.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -208,7 +208,7 @@ def test_hidden_gradient_norms_are_what_bptt_carries(rng, cell, lengths):
 def test_diagnose_command_prints_the_table(tmp_path):
     import io
 
-    from fastbptt.diagnose import run_diagnose
+    from fastbptt.cli.diagnose import run_diagnose
 
     out = io.StringIO()
     rows = run_diagnose(T=12, B=2, H=6, out_dir=tmp_path, out=out, timed_shape=(5, 2, 3))

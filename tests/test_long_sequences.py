@@ -14,7 +14,7 @@ from conftest import DTYPES, assert_close, gru_problem, lstm_problem, rnn_proble
 import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
-from fastbptt.checkpoint import block_steps
+from fastbptt.kernels.checkpoint import block_steps
 
 RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
 LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
@@ -116,7 +116,7 @@ def test_checkpoint_errors(rng):
 LONG_RUN = textwrap.dedent(
     """
     import sys, numpy as np, fastbptt as fb
-    from fastbptt.bench import peak_rss_reset, peak_rss_since_reset
+    from fastbptt.cli.bench import peak_rss_reset, peak_rss_since_reset
     dtype = np.dtype(sys.argv[1]).type
     T, B, D, H = 100_000, 4, 32, 64
     rng = np.random.default_rng(0)

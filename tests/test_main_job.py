@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastbptt.demo import load_corpus, remember_first_batch, run_demo
+from fastbptt.cli.demo import load_corpus, remember_first_batch, run_demo
 
 
 def test_quick_demo_trains_and_reports(tmp_path):
@@ -49,7 +49,7 @@ def test_command_line(tmp_path):
 
 
 def test_bench_smoke():
-    from fastbptt.bench import run_bench
+    from fastbptt.cli.bench import run_bench
 
     out = io.StringIO()
     cells = ["rnn", "lstm", "gru", "lstm-2bi"]
@@ -60,7 +60,7 @@ def test_bench_smoke():
 
 
 def test_bench_header_names_the_cpus_vector_extension():
-    from fastbptt.bench import cpu_description
+    from fastbptt.cli.bench import cpu_description
 
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("the SIMD extension is read from /proc/cpuinfo (Linux)")

@@ -1,4 +1,4 @@
-"""Writes python/fastbptt/data/corpus.txt, the text the character-model demo trains on.
+"""Writes python/fastbptt/cli/data/corpus.txt, the text the character-model demo trains on.
 
 The text is generated from a small grammar with a fixed seed, so it is ours to ship, has structure a small
 LSTM learns in a minute (words, agreement, punctuation), and can be regenerated bit for bit:
@@ -118,6 +118,6 @@ def corpus(n_chars: int, seed: int = 2019) -> str:
 
 
 if __name__ == "__main__":
-    target = Path(__file__).resolve().parent.parent / "python" / "fastbptt" / "data" / "corpus.txt"
+    target = Path(__file__).resolve().parent.parent / "python" / "fastbptt" / "cli" / "data" / "corpus.txt"
     target.write_text(corpus(40_000), encoding="utf-8")
     print(f"wrote {target} ({target.stat().st_size} bytes)")

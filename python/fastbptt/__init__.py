@@ -3,16 +3,42 @@
 The kernel functions here run the compiled core; :mod:`fastbptt.reference` has the same functions in plain NumPy.
 The layers, the sequence model, the optimisers and truncated BPTT build on them (``backend="fast"`` or
 ``"reference"``).
+
+The package in layers, each importing only those before it:
+
+- ``fastbptt.kernels``: the kernels' API (``functional``; ``reference``, the same in NumPy), their argument checks,
+  result types, sequence helpers, checkpointing, memory accounting and diagnostics, the cell specifications
+  (``cells``) and the one driver of stacked layers and directions (``stack``);
+- ``fastbptt.training``: layers that hold their parameters, the sequence model, optimisers, truncated BPTT;
+- ``fastbptt.torch``: torch.nn modules that run the kernels (imported only when asked for);
+- ``fastbptt.cli``: ``python -m fastbptt`` (demo, bench, diagnose).
 """
 
 from __future__ import annotations
 
+import sys
+
 from ._core import __version__
 from ._core import build_info as _core_build_info
-from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
-from .array_cache import array_cache_info, empty_array_cache, set_array_cache_limit
-from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
-from .functional import (
+from .kernels import diagnostics, reference
+from .kernels._types import (
+    CheckpointedLSTMCache,
+    GRUCache,
+    GRUGrads,
+    LSTMCache,
+    LSTMGrads,
+    OutputGrads,
+    RNNCache,
+    RNNGrads,
+)
+from .kernels.array_cache import array_cache_info, empty_array_cache, set_array_cache_limit
+from .kernels.conversions import (
+    gru_weights_from_torch,
+    gru_weights_to_torch,
+    lstm_weights_from_torch,
+    lstm_weights_to_torch,
+)
+from .kernels.functional import (
     gru_backward,
     gru_forward,
     lstm_backward,
@@ -21,13 +47,17 @@ from .functional import (
     rnn_forward,
     softmax_cross_entropy,
 )
-from .layers import GRU, LSTM, RNN
-from .memory import workspace_bytes
-from .model import SequenceModel
-from .optim import SGD, Adam, clip_grad_norm
-from .sequences import final_states, reverse_sequences
-from .tbptt import TrainResult, Window, tbptt_windows, train_tbptt
-from .threads import get_num_threads, set_num_threads
+from .kernels.memory import workspace_bytes
+from .kernels.sequences import final_states, reverse_sequences
+from .kernels.threads import get_num_threads, set_num_threads
+from .training.layers import GRU, LSTM, RNN
+from .training.model import SequenceModel
+from .training.optim import SGD, Adam, clip_grad_norm
+from .training.tbptt import TrainResult, Window, tbptt_windows, train_tbptt
+
+# The public module names fastbptt.reference and fastbptt.diagnostics are the kernels' own modules.
+sys.modules[__name__ + ".reference"] = reference
+sys.modules[__name__ + ".diagnostics"] = diagnostics
 
 
 def build_info() -> dict[str, str]:

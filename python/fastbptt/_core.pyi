@@ -1,5 +1,5 @@
 # Type stub of the compiled module fastbptt._core. Arrays must be C-contiguous and of exactly the overload's dtype
-# (float32 or float64 throughout one call); fastbptt.functional validates and converts before calling.
+# (float32 or float64 throughout one call); fastbptt.kernels.functional validates and converts before calling.
 from collections.abc import Callable
 from typing import TypeVar
 

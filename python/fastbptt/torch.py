@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import _core, cells, stack
-from . import functional as _kernels
+from . import _core
+from .kernels import cells, stack
+from .kernels import functional as _kernels
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -79,8 +80,9 @@ class _Stack:
 
 
 class _StackFunction(torch.autograd.Function):
-    """The whole stack of a module as one autograd node: forward and backward run fastbptt.stack's driver, so the
-    directions of a layer run side by side and give the one-thread bits, as in the NumPy layers."""
+    """The whole stack of a module as one autograd node: forward and backward run the stack driver
+    (fastbptt.kernels.stack), so the directions of a layer run side by side and give the one-thread bits, as in the
+    NumPy layers."""
 
     @staticmethod
     def forward(ctx, run: _Stack, x, *tensors):
@@ -125,7 +127,7 @@ class _FastRecurrent:
     input and states (so errors are torch.nn's, type and message), then the whole stack as one _StackFunction."""
 
     def _cell_kind(self):
-        """The cell (:mod:`fastbptt.cells`) on the compiled core's kernels."""
+        """The cell (:mod:`fastbptt.kernels.cells`) on the compiled core's kernels."""
         raise NotImplementedError
 
     @property

@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from . import _checks, _core
+from .. import _core
+from . import _checks
 
 
 def block_steps(B: int, gate_columns: int) -> int:

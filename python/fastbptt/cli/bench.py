@@ -24,9 +24,9 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from . import functional as fast
-from . import reference
-from .threads import get_num_threads, set_num_threads
+from ..kernels import functional as fast
+from ..kernels import reference
+from ..kernels.threads import get_num_threads, set_num_threads
 
 SHAPES = {  # T, B, D, H
     "S": (50, 16, 32, 32),
@@ -126,7 +126,7 @@ def numpy_runner(module, cell: str, p, backward: bool = True):
     """forward (+ backward) of ``module`` (fastbptt or its reference) on problem ``p``; a stacked cell runs the
     layer class (its own initial weights) on the module's backend."""
     if cell in STACKS:
-        from .layers import LSTM
+        from ..training.layers import LSTM
 
         layers, bidirectional = STACKS[cell]
         T, B, D = p["x"].shape
@@ -249,7 +249,7 @@ def cpu_description() -> str:
 
 
 def header(torch, out) -> None:
-    from . import build_info
+    from .. import build_info
 
     print(
         f"fastbptt {build_info()['version']} ({build_info()['isa_compiled']}, {build_info()['threading']}), "
@@ -437,7 +437,7 @@ def peak_memory_row(cell: str, shape_name: str, dtype) -> dict:
 
     code = f"""
 import numpy as np, fastbptt as fb
-from fastbptt.bench import SHAPES, numpy_runner, peak_rss_reset, peak_rss_since_reset, problem
+from fastbptt.cli.bench import SHAPES, numpy_runner, peak_rss_reset, peak_rss_since_reset, problem
 fb.set_num_threads(1)
 p = problem({cell!r}, SHAPES[{shape_name!r}], np.{np.dtype(dtype).name})
 run = numpy_runner(fb, {cell!r}, p)
@@ -449,7 +449,7 @@ print(peak_rss_since_reset() - before)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     measured = int(done.stdout.strip().splitlines()[-1])
-    from .memory import workspace_bytes
+    from ..kernels.memory import workspace_bytes
 
     T, B, D, H = SHAPES[shape_name]
     predicted = workspace_bytes(cell, T, B, D, H, dtype)

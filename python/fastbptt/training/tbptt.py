@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks
+from ..kernels import _checks
 from .optim import clip_grad_norm
 
 

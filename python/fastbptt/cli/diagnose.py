@@ -9,15 +9,15 @@ from typing import TextIO
 
 import numpy as np
 
-from .diagnostics import gradient_flow_sweep, rnn_jacobian_norms
-from .threads import get_num_threads
+from ..kernels.diagnostics import gradient_flow_sweep, rnn_jacobian_norms
+from ..kernels.threads import get_num_threads
 
 
 def time_jacobian_sweeps(T: int = 100, B: int = 16, H: int = 128, seed: int = 0) -> dict[str, float]:
     """Seconds for the exact ``||dh_T/dh_k||_2`` of every ``k`` and sequence (a tanh RNN and an LSTM with
     PyTorch's initialisation, inputs N(0, 1)) and for the LSTM's full ``dC_t/dC_{t-1}`` of every step."""
-    from .diagnostics import lstm_cell_jacobians, lstm_jacobian_norms
-    from .functional import lstm_forward, rnn_forward
+    from ..kernels.diagnostics import lstm_cell_jacobians, lstm_jacobian_norms
+    from ..kernels.functional import lstm_forward, rnn_forward
 
     rng = np.random.default_rng(seed)
     k = 1 / np.sqrt(H)

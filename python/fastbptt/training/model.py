@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from ..kernels import _checks
 from .layers import LSTM, RNN, backend_module, load_arrays, save_arrays
 
 CELLS = ("rnn", "lstm")

@@ -18,7 +18,7 @@ def workspace_bytes(
     Counted: what forward keeps for backward (RNN: ``hs [T,B,H]``; LSTM: ``gates [T,B,G*H]``, ``hs`` and ``cs``
     ``[T,B,H]``, i.e. ``T*B*(G*H + 2H)``; GRU: ``gates [T,B,3H]``, ``hn`` and ``hs [T,B,H]``; a checkpointed LSTM:
     ``hs``, the segment-start states and one segment's activations), the backward scratch (one block of time steps
-    of ``dZ`` and of the previous states, see :func:`fastbptt.checkpoint.block_steps`, and a few ``[B,H]``
+    of ``dZ`` and of the previous states, see :func:`fastbptt.kernels.checkpoint.block_steps`, and a few ``[B,H]``
     buffers), default zero states, the gradients returned (``dx [T,B,D]``, ``dh0``, ``dc0``, ``dW_x``, ``dW_h``,
     ``db``), and the copies of the weights packed for the time loop (``W_x``, ``W_h`` in forward, ``W_hᵀ`` in
     backward). The backward's block scratch stays with the calling thread for its next call (up to 16 MiB), so

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 
 def set_num_threads(n: int) -> None:

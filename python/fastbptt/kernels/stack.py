@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _core
+from .. import _core
 from .sequences import reverse_sequences
 
 

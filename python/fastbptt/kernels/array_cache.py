@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 
 def set_array_cache_limit(nbytes: int) -> None:

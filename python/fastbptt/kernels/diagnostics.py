@@ -72,7 +72,7 @@ def spectrum(W_hh) -> Spectrum:
 def spectral_norms(matrices) -> np.ndarray:
     """``||A||_2`` (the largest singular value) of each matrix in a stack ``[..., r, c]``, in float64, computed by
     the core: the largest eigenvalue of the (power-of-two scaled) Gram matrix, to a few units in the last place."""
-    from . import _core
+    from .. import _core
 
     A = _checks.as_array("matrices", matrices)
     if A.ndim < 2 or not (np.issubdtype(A.dtype, np.floating) or np.issubdtype(A.dtype, np.integer)):
@@ -140,7 +140,7 @@ class _RNNJacobians:
         self.step_bounds = self.gamma_W * np.max(np.abs(self.phi_prime), axis=-1)  # [T, B]
 
     def norms(self, t: int) -> JacobianNorms:
-        from . import _core
+        from .. import _core
 
         norms = _core.rnn_jacobian_norms(self.phi_prime, self.W_hh, t)
         data_bound = _products_back(self.step_bounds, t)
@@ -237,7 +237,7 @@ def lstm_cell_jacobians(cache: LSTMCache) -> CellJacobians:
     ``t = 1``, ``h_0`` is an input, not a function of ``C_0``, so the full derivative is ``diag(f_1)``.
     ``full`` takes ``T * B * H * H`` float64 values.
     """
-    from . import _core
+    from .. import _core
 
     cache = _checks.cache_of(LSTMCache, cache)
     full, full_norms = _core.lstm_cell_jacobians(*_lstm_arrays(cache))
@@ -257,14 +257,14 @@ class _LSTMJacobians:
     """What every ``t`` of one LSTM cache shares: the float64 arrays and the step Jacobians' norms."""
 
     def __init__(self, cache: LSTMCache, last_t: int, bounds: bool):
-        from . import _core
+        from .. import _core
 
         self.cache = cache
         self.arrays = _lstm_arrays(cache)
         self.step_norms = _core.lstm_jacobian_norms(*self.arrays, last_t, True)[1] if bounds else None
 
     def norms(self, t: int) -> JacobianNorms:
-        from . import _core
+        from .. import _core
 
         norms, _ = _core.lstm_jacobian_norms(*self.arrays, t, False)
         _mask_short_sequences(self.cache, t, norms)
@@ -303,7 +303,7 @@ def hidden_gradient_norms(cache, dhs, dc_T=None) -> GradientNorms:
     step beside the backward itself), from an RNN, LSTM or GRU cache of either backend; ``dc_T`` as for
     :func:`fastbptt.lstm_backward`. With lengths, norms past a sequence's length are 0.
     """
-    from . import _core
+    from .. import _core
     from .functional import _core_lengths
 
     cache = _checks.cache_of((RNNCache, LSTMCache, GRUCache), cache)

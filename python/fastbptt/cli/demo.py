@@ -21,9 +21,9 @@ from typing import TextIO
 
 import numpy as np
 
-from .model import SequenceModel
-from .optim import Adam, clip_grad_norm
-from .tbptt import train_tbptt
+from ..training.model import SequenceModel
+from ..training.optim import Adam, clip_grad_norm
+from ..training.tbptt import train_tbptt
 
 try:
     from tqdm.auto import tqdm
@@ -55,8 +55,8 @@ class LongRangeResult:
 
 
 def load_corpus() -> str:
-    """The text of ``fastbptt/data/corpus.txt`` (made by ``tools/make_corpus.py``)."""
-    return resources.files("fastbptt").joinpath("data", "corpus.txt").read_text(encoding="utf-8")
+    """The text of ``fastbptt/cli/data/corpus.txt`` (made by ``tools/make_corpus.py``)."""
+    return resources.files("fastbptt.cli").joinpath("data", "corpus.txt").read_text(encoding="utf-8")
 
 
 def _streams(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:

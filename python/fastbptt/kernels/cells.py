@@ -1,7 +1,7 @@
 """What the stack driver, the NumPy layers and fastbptt.torch know of a cell, in one place per cell.
 
 A cell object runs one cell (one layer and direction) forward and backward with the kernels of a backend
-(:mod:`fastbptt.functional` or :mod:`fastbptt.reference`), on a dict of its parameters by base name, and maps
+(:mod:`fastbptt.kernels.functional` or :mod:`fastbptt.reference`), on a dict of its parameters by base name, and maps
 torch.nn's four tensors (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``) to those parameters and the
 parameters' gradients back. States are an array ``[B, H]`` for a cell of one state part (h) and a pair of them for
 two (h, C); None means zeros (forward) or no gradient (backward).

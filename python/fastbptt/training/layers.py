@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _checks, cells, stack
-from . import functional as _functional
-from . import init as initializers
-from . import reference as _reference
-from .stack import StackCache
+from ..kernels import _checks, cells, stack
+from ..kernels import functional as _functional
+from ..kernels import init as initializers
+from ..kernels import reference as _reference
+from ..kernels.stack import StackCache
 
 BACKENDS = {"fast": _functional, "reference": _reference}
 FORMAT_VERSION = 1
@@ -92,7 +92,7 @@ class _RecurrentLayer:
         self.cache: StackCache | None = None
 
     # -- what a cell kind provides ------------------------------------------------------------------------------
-    #: runs one cell forward and backward (:mod:`fastbptt.cells`); set by the subclass
+    #: runs one cell forward and backward (:mod:`fastbptt.kernels.cells`); set by the subclass
     cell: cells.RNNCell | cells.LSTMCell | cells.GRUCell
 
     def _cell_params(self, rng: np.random.Generator, input_size: int) -> dict[str, np.ndarray]:

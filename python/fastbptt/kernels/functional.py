@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, _core
+from .. import _core
+from . import _checks
 from . import checkpoint as _checkpoint
 from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
 from .sequences import final_states
@@ -101,7 +102,7 @@ def lstm_forward(
     checkpoint : None, "sqrt" or int
         None: keep every step's activations for backward (``T*B*(G+2)*H`` numbers). Otherwise keep only the state
         at the start of segments of about sqrt(T) ("sqrt") or the given number of steps (rounded up to a
-        multiple of the core's backward block, :func:`fastbptt.checkpoint.block_steps`), and let backward
+        multiple of the core's backward block, :func:`fastbptt.kernels.checkpoint.block_steps`), and let backward
         recompute each segment: one more forward pass, memory beyond the outputs independent of T, and the
         bits of full BPTT. Not with ``lengths``.
     lengths : integer array [B], optional
