@@ -67,9 +67,7 @@ def test_every_module_is_checked():
 @pytest.mark.parametrize("path", MODULES, ids=lambda path: module_name(path))
 def test_imports_go_downwards_only(path):
     forbidden = FORBIDDEN.get(part_of(module_name(path)), ())
-    bad = sorted(
-        name for name in imported_names(path) if any(name == f or name.startswith(f + ".") for f in forbidden)
-    )
+    bad = sorted(name for name in imported_names(path) if any(name == f or name.startswith(f + ".") for f in forbidden))
     assert not bad, f"{module_name(path)} imports {bad}"
 
 

@@ -157,16 +157,16 @@ def test_bias_gradients_do_not_share_memory():
 
 
 def test_no_copy_for_contiguous_tensors(monkeypatch):
-    import fastbptt.torch as module
+    from fastbptt.kernels import functional as module
 
     seen = {}
-    original = module._kernels.lstm_forward
+    original = module.lstm_forward
 
     def spy(x, *args, **kwargs):
         seen["x"] = x
         return original(x, *args, **kwargs)
 
-    monkeypatch.setattr(module._kernels, "lstm_forward", spy)
+    monkeypatch.setattr(module, "lstm_forward", spy)
     lstm = fbt.LSTM(3, 4)
     x = torch.randn(5, 2, 3)
     output, _ = lstm(x)
@@ -367,9 +367,9 @@ def test_module_and_numpy_layer_give_the_same_bits(kind):
     cells = [(layer_index, direction) for layer_index in range(2) for direction in range(2)]
     for layer_index, direction in cells:
         suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
-        four = [getattr(ours, t + suffix).detach().numpy() for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        params = ours._cell_kind().from_torch(*four)
-        for base in layer.cell.base_names:
+        cell = ours._cell()
+        params = cell.from_torch({t: getattr(ours, t + suffix).detach().numpy() for t in cell.torch_parameters})
+        for base in layer.cell.parameter_names:
             layer.params[base + layer.suffix(layer_index, direction)][...] = params[base]
     x = torch.randn(7, 3, 5, dtype=torch.float64, requires_grad=True)
     output, _ = ours(x)
@@ -378,7 +378,7 @@ def test_module_and_numpy_layer_give_the_same_bits(kind):
     dx, _ = layer.backward(np.ones(outputs.shape))
     assert np.array_equal(output.detach().numpy(), outputs)
     assert np.array_equal(x.grad.numpy(), dx)
-    recurrent = layer.cell.base_names[1]
+    recurrent = layer.cell.parameter_names[1]
     for layer_index, direction in cells:
         suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
         mine = getattr(ours, "weight_hh" + suffix).grad.numpy().T

@@ -304,10 +304,11 @@ def test_training_bad_input(rng, tmp_path):
         model.loss_and_grad(tokens.astype(float), targets)
     with pytest.raises(ValueError, match="backend: expected one of 'fast', 'reference', got 'gpu'"):
         fb.SequenceModel(4, 3, backend="gpu")
-    with pytest.raises(ValueError, match="cell: expected one of 'rnn', 'lstm', got 'gru'"):
-        fb.SequenceModel(4, 3, cell="gru")
-    with pytest.raises(ValueError, match="init: 'identity' is the IRNN scheme"):
-        fb.LSTM(3, 4, init="identity")
+    with pytest.raises(ValueError, match="cell: expected one of 'rnn', 'lstm', 'gru', got 'lru'"):
+        fb.SequenceModel(4, 3, cell="lru")
+    for make in (fb.LSTM, fb.GRU, lambda *sizes, **options: fb.SequenceModel(*sizes, cell="gru", **options)):
+        with pytest.raises(ValueError, match="init: 'identity' is the IRNN scheme"):
+            make(3, 4, init="identity")
     with pytest.raises(ValueError, match="hidden_size: must be >= 1"):
         fb.RNN(3, 0)
     with pytest.raises(ValueError, match="lr: must be a finite number > 0"):

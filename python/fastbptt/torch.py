@@ -10,6 +10,10 @@ or float64. Importing ``fastbptt`` never imports this module.
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,9 +21,8 @@ from torch.autograd.function import once_differentiable
 
 from . import _core
 from .kernels import cells, stack
-from .kernels import functional as _kernels
 
-__all__ = ["GRU", "LSTM", "RNN"]
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
 
 
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -52,8 +55,8 @@ def _output(outputs: np.ndarray) -> torch.Tensor:
 class _Stack:
     """What one call of a module runs: the cell, the stack's shape, the lengths and the dropout masks."""
 
-    def __init__(self, module: _FastRecurrent, lengths, masks):
-        self.cell = module._cell_kind()
+    def __init__(self, module: _FastRecurrent, cell: cells.Cell, lengths, masks):
+        self.cell = cell
         self.num_layers, self.num_directions = module.num_layers, module.num_directions
         self.has_bias = module.bias
         self.lengths, self.masks = lengths, masks
@@ -64,12 +67,13 @@ class _Stack:
         return {"num_layers": self.num_layers, "num_directions": self.num_directions, "concurrent": True}
 
     def params(self, flat_params) -> list:
-        """Each cell's kernel parameters from torch's four tensors per cell (views where the layout allows)."""
+        """Each cell's kernel parameters from its torch tensors (views where the layout allows)."""
+        names = self.cell.torch_parameters
         params = []
         for k in range(self.cells):
-            four = flat_params[4 * k : 4 * k + 4]
-            arrays = [None if t is None else _as_numpy(t, "parameter") for t in four]
-            params.append(self.cell.from_torch(*arrays))
+            tensors = flat_params[len(names) * k : len(names) * (k + 1)]
+            arrays = {name: None if t is None else _as_numpy(t, "parameter") for name, t in zip(names, tensors)}
+            params.append(self.cell.from_torch(arrays))
         return params
 
     def cell_states(self, parts) -> list:
@@ -126,7 +130,7 @@ class _FastRecurrent:
     """The forward that fastbptt.torch's RNN, LSTM and GRU put in place of torch.nn's: torch.nn's own checks of the
     input and states (so errors are torch.nn's, type and message), then the whole stack as one _StackFunction."""
 
-    def _cell_kind(self):
+    def _cell(self) -> cells.Cell:
         """The cell (:mod:`fastbptt.kernels.cells`) on the compiled core's kernels."""
         raise NotImplementedError
 
@@ -140,9 +144,9 @@ class _FastRecurrent:
                 f"{type(self).__name__}: fastbptt does not support proj_size yet; use torch.nn.LSTM for it"
             )
 
-    def _cell_weights(self, layer: int, direction: int) -> list:
+    def _cell_weights(self, layer: int, direction: int, names) -> list:
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return [getattr(self, name + suffix, None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        return [getattr(self, name + suffix, None) for name in names]
 
     def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
         """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG."""
@@ -155,10 +159,9 @@ class _FastRecurrent:
             masks.append(mask.div_(keep).numpy() if keep else mask.numpy())
         return [*masks, None]
 
-    def _checked_states(self, input, hx, batch_sizes, batched: bool) -> list:
-        """The initial states as tensors [layers * directions, B, H] after torch.nn's checks of ``input`` and ``hx``
-        (``hx``: None, a tensor, or the LSTM's pair)."""
-        parts = self._state_parts
+    def _checked_states(self, parts: int, input, hx, batch_sizes, batched: bool) -> list:
+        """The initial states (``parts`` of them) as tensors [layers * directions, B, H] after torch.nn's checks of
+        ``input`` and ``hx`` (``hx``: None, a tensor, or a pair for a cell of two state parts)."""
         if hx is None:
             B = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if self.batch_first else 1)
             shape = (self.num_layers * self.num_directions, B, self.hidden_size)
@@ -179,10 +182,11 @@ class _FastRecurrent:
 
     def _run(self, input, hx):
         """(output in the input's form, final states as a list of tensors) of the whole stack."""
+        cell = self._cell()
         packed = isinstance(input, nn.utils.rnn.PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            states = self._checked_states(data, hx, batch_sizes, batched=True)
+            states = self._checked_states(cell.state_parts, data, hx, batch_sizes, batched=True)
             # States come in the batch's own order; the padded batch below is in that order too.
             x, lengths_tensor = nn.utils.rnn.pad_packed_sequence(input)
             lengths = lengths_tensor.numpy().astype(np.int64)
@@ -192,17 +196,17 @@ class _FastRecurrent:
             batched = input.dim() == 3
             if not batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
-            states = self._checked_states(input, hx, None, batched)
+            states = self._checked_states(cell.state_parts, input, hx, None, batched)
             x = input.transpose(0, 1) if self.batch_first else input
             lengths = None
         B = x.shape[1]
+        run = _Stack(self, cell, lengths, self._dropout_masks(x.shape[0], B, x.dtype))
         weights = [
             w
             for layer in range(self.num_layers)
             for d in range(self.num_directions)
-            for w in self._cell_weights(layer, d)
+            for w in self._cell_weights(layer, d, run.cell.torch_parameters)
         ]
-        run = _Stack(self, lengths, self._dropout_masks(x.shape[0], B, x.dtype))
         output, *final_states = _StackFunction.apply(run, x.contiguous(), *states, *weights)
         if packed:
             if sorted_indices is not None:  # pack in the input's order of sequences, as torch.nn does
@@ -221,15 +225,14 @@ class RNN(_FastRecurrent, nn.RNN):
     """``torch.nn.RNN`` (an instance of it) whose forward and backward run fastbptt: ``nonlinearity`` "tanh" or
     "relu", stacked, bidirectional, padded or packed input, CPU float32/float64."""
 
-    _state_parts = 1
     _input_dims_message = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch.nn's words
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._refuse_what_fastbptt_cannot_run()
 
-    def _cell_kind(self):
-        return cells.RNNCell(_kernels, self.nonlinearity)
+    def _cell(self):
+        return cells.cell_class("rnn")(activation=self.nonlinearity)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
@@ -241,15 +244,14 @@ class LSTM(_FastRecurrent, nn.LSTM):
     """``torch.nn.LSTM`` (an instance of it, no projection yet) whose forward and backward run fastbptt: stacked,
     bidirectional, padded or packed input, CPU float32/float64."""
 
-    _state_parts = 2
     _input_dims_message = "LSTM: Expected input to be 2D or 3D, got {}D instead"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._refuse_what_fastbptt_cannot_run()
 
-    def _cell_kind(self):
-        return cells.LSTMCell(_kernels)
+    def _cell(self):
+        return cells.cell_class("lstm")()
 
     def forward(self, input, hx=None):
         """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
@@ -261,15 +263,14 @@ class GRU(_FastRecurrent, nn.GRU):
     """``torch.nn.GRU`` (an instance of it) whose forward and backward run fastbptt: stacked, bidirectional, padded or
     packed input, CPU float32/float64."""
 
-    _state_parts = 1
     _input_dims_message = "GRU: Expected input to be 2D or 3D, got {}D instead"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._refuse_what_fastbptt_cannot_run()
 
-    def _cell_kind(self):
-        return cells.GRUCell(_kernels)
+    def _cell(self):
+        return cells.cell_class("gru")()
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
@@ -277,6 +278,129 @@ class GRU(_FastRecurrent, nn.GRU):
         return output, h_n
 
 
+class Recurrent(_FastRecurrent, nn.Module):
+    """A stack of recurrent layers of any registered cell (:mod:`fastbptt.kernels.cells`) as a torch module, with
+    torch.nn.RNN's arguments, checks and behaviour: stacked, bidirectional, dropout between layers, padded or packed
+    input, CPU float32/float64. ``forward(input, hx=None)`` returns ``(output, h_n)`` for a cell whose state is h
+    and ``(output, (h_n, c_n))`` for a cell whose state is (h, C), as torch.nn.RNN and torch.nn.LSTM do.
+
+    The parameters of layer k are the cell's torch parameters (``cell.torch_parameters``, e.g. ``weight_ih_l{k}``)
+    with the suffix ``_reverse`` for the reverse direction, initialised as the cell says (torch.nn's
+    ``U(-1/sqrt(H), 1/sqrt(H))`` unless it names ones or zeros). ``cell`` is a registered cell's name (or its
+    registered class) and ``cell_options`` its options.
+    """
+
+    proj_size = 0  # read by torch.nn.RNNBase's checks, which this module runs
+
+    def __init__(
+        self,
+        cell,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **cell_options,
+    ):
+        super().__init__()
+        spec = cells.cell_class(cell)
+        if cells.cell_class(spec.name) is not spec:
+            raise ValueError(f"cell: {spec.__name__} is not registered (fastbptt.kernels.cells.register)")
+        _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"device: fastbptt computes on the CPU, got {device}")
+        # The cell by name and options (plain values), so that torch.save / torch.load(weights_only=True) see none
+        # of fastbptt's classes.
+        self.cell_name, self.cell_options = spec.name, dict(spec("fast", **cell_options).options)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, float(dropout), bidirectional
+        cell_spec = self._cell()
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else self.num_directions * hidden_size
+            shapes = cell_spec.torch_shapes(layer_input, hidden_size)
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                for name in cell_spec.torch_parameters:
+                    if name in cell_spec.torch_biases and not bias:
+                        continue
+                    parameter = nn.Parameter(torch.empty(shapes[name], device=device, dtype=dtype))
+                    self.register_parameter(name + suffix, parameter)
+                    self._flat_weights_names.append(name + suffix)
+        self.reset_parameters()
+
+    def _cell(self) -> cells.Cell:
+        return cells.cell_class(self.cell_name)(**self.cell_options)
+
+    @property
+    def _flat_weights(self) -> list:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def reset_parameters(self) -> None:
+        """Each parameter as the cell says: ones, zeros, or torch.nn's ``U(-1/sqrt(H), 1/sqrt(H))``."""
+        initial_values = self._cell().torch_initial_values
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name in self._flat_weights_names:
+            parameter, how = getattr(self, name), initial_values.get(name.rsplit("_l", 1)[0], "uniform")
+            if how == "ones":
+                nn.init.ones_(parameter)
+            elif how == "zeros":
+                nn.init.zeros_(parameter)
+            else:
+                nn.init.uniform_(parameter, -bound, bound)
+
+    def check_forward_args(self, input, hx, batch_sizes) -> None:
+        """torch.nn.RNNBase's checks of the input and of every part of the state."""
+        nn.RNNBase.check_input(self, input, batch_sizes)
+        expected = nn.RNNBase.get_expected_hidden_size(self, input, batch_sizes)
+        for part in hx if isinstance(hx, tuple) else (hx,):
+            nn.RNNBase.check_hidden_size(self, part, expected)
+
+    def forward(self, input, hx=None):
+        output, finals = self._run(input, hx)
+        return output, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def extra_repr(self) -> str:
+        text = f"{self.cell_name!r}, {self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            text += f", bias={self.bias}"
+        if self.batch_first is not False:
+            text += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            text += f", bidirectional={self.bidirectional}"
+        return text + "".join(f", {key}={value!r}" for key, value in self.cell_options.items())
+
+
+def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional) -> None:
+    """torch.nn.RNNBase's checks of its constructor's arguments: its exception types and messages."""
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+            f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+            stacklevel=3,
+        )
+    for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero")
+
+
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
 # torch.nn's modules do.
-torch.serialization.add_safe_globals([RNN, LSTM, GRU])
+torch.serialization.add_safe_globals([RNN, LSTM, GRU, Recurrent])

@@ -1,19 +1,37 @@
-"""What the stack driver, the NumPy layers and fastbptt.torch know of a cell, in one place per cell.
+"""The cells: one specification per cell, kept in one registry.
 
-A cell object runs one cell (one layer and direction) forward and backward with the kernels of a backend
-(:mod:`fastbptt.kernels.functional` or :mod:`fastbptt.reference`), on a dict of its parameters by base name, and maps
-torch.nn's four tensors (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``) to those parameters and the
-parameters' gradients back. States are an array ``[B, H]`` for a cell of one state part (h) and a pair of them for
-two (h, C); None means zeros (forward) or no gradient (backward).
+A specification (a subclass of :class:`Cell`) holds what the rest of the package knows of a cell: its gate blocks,
+its parameters (base names and shapes in the kernels' layout), its state parts, its initialisation schemes, the
+kernels that run it (the compiled core's or the NumPy reference's, by ``backend``), what one training call of it
+allocates, and torch.nn's names and layout of its parameters. The layers, the stack driver, fastbptt.torch, memory
+accounting and the diagnostics ask a specification; none of them knows a cell by name.
+
+An instance is a cell with its options (the RNN's activation, the LSTM's forget gate) on one backend. It runs one
+layer and direction forward and backward on a dict of its parameters by base name. States are an array ``[B, H]``
+for a cell of one state part (h) and a pair ``(h, C)`` for two; None means zeros (forward) or no gradient
+(backward). Adding a cell: subclass :class:`Cell`, fill in what it declares, and :func:`register` it.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from . import _checks
+from . import init as initializers
 from .conversions import gru_weights_from_torch
 from .sequences import final_states
+
+BACKENDS = ("fast", "reference")
+
+
+def backend_module(backend: str):
+    """The module that computes for ``backend`` (checked by the caller): "fast" (the compiled core) or
+    "reference" (plain NumPy)."""
+    from . import functional, reference  # imported here: they import this module's neighbours
+
+    return functional if backend == "fast" else reference
 
 
 def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
@@ -30,34 +48,206 @@ def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np
     return dhs
 
 
-class _SummedBiasCell:
-    """torch.nn's mapping for a cell with parameters (W_x, W_h, b) whose one bias is the sum of torch's two."""
+class Cell:
+    """The specification of a cell; an instance is the cell with its options, on one backend.
 
-    base_names: tuple[str, str, str]
+    A subclass sets the class attributes and implements :meth:`parameter_shapes`, :meth:`init_parameters`,
+    :meth:`forward`, :meth:`backward`, :meth:`state_at`, :meth:`from_torch`, :meth:`to_torch_grads` and
+    :meth:`training_scalars`; the rest has defaults that fit most cells.
+    """
 
-    def from_torch(self, weight_ih, weight_hh, bias_ih, bias_hh):
-        W_x, W_h, b = self.base_names
-        summed = np.zeros(weight_hh.shape[0], weight_hh.dtype) if bias_ih is None else bias_ih + bias_hh
-        return {W_x: weight_ih.T, W_h: weight_hh.T, b: summed}
+    #: the registry's key, and the ``kind`` a layer of this cell saves
+    name: ClassVar[str] = ""
+    #: 1: the state is h; 2: the state is (h, C)
+    state_parts: ClassVar[int] = 1
+    #: the cell's options and their defaults; a layer saves them with its parameters
+    option_defaults: ClassVar[dict] = {}
+    #: the initialisation schemes of :meth:`init_parameters`, the first the default
+    init_schemes: ClassVar[tuple[str, ...]] = ("uniform",)
+    #: why a scheme of another cell is not one of this cell's, by scheme
+    init_hints: ClassVar[dict[str, str]] = {}
+    #: torch.nn's parameter names of one layer and direction, in torch.nn's order
+    torch_parameters: ClassVar[tuple[str, ...]] = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    #: those of them that ``bias=False`` leaves out
+    torch_biases: ClassVar[tuple[str, ...]] = ("bias_ih", "bias_hh")
+    #: torch-side initial values other than torch.nn's ``U(-1/sqrt(H), 1/sqrt(H))``: "ones" or "zeros" by name
+    torch_initial_values: ClassVar[dict[str, str]] = {}
+    #: whether forward has a checkpointed mode (``checkpoint=``) that keeps only segment-start states
+    checkpointing: ClassVar[bool] = False
 
-    def to_torch_grads(self, grads, has_bias):
-        dW_x, dW_h, db = (grads[name] for name in self.base_names)
-        # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
-        return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
+    def __init__(self, backend: str = "fast", **options):
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            known = ", ".join(self.option_defaults) or "none"
+            raise TypeError(f"{self.name}: unknown option(s) {', '.join(unknown)} (its options: {known})")
+        self.options = self.checked_options({**self.option_defaults, **options})
+        self.backend = _checks.choice("backend", backend, BACKENDS)
+
+    @property
+    def kernels(self):
+        """The module whose kernels run the cell (:func:`backend_module`)."""
+        return backend_module(self.backend)
+
+    def checked_options(self, options: dict) -> dict:
+        """``options`` validated (a subclass raises TypeError/ValueError naming a bad one)."""
+        return options
+
+    def __repr__(self) -> str:
+        options = "".join(f", {key}={value!r}" for key, value in self.options.items())
+        return f"{type(self).__name__}(backend={self.backend!r}{options})"
+
+    # -- layout -----------------------------------------------------------------------------------------------
+    @property
+    def gate_blocks(self) -> tuple[str, ...]:
+        """The gate blocks of the pre-activations, in column order (each H wide)."""
+        return ("h",)
+
+    def gate_columns(self, H: int) -> dict[str, slice]:
+        """Each gate block's columns in a row of the pre-activations."""
+        return {name: slice(k * H, (k + 1) * H) for k, name in enumerate(self.gate_blocks)}
+
+    def parameter_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
+        """Base names and shapes of one layer and direction's parameters (kernel layout), in order."""
+        raise NotImplementedError
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """The base names of :meth:`parameter_shapes`, in order."""
+        return tuple(self.parameter_shapes(1, 1))
+
+    def init_parameters(self, rng: np.random.Generator, D: int, H: int, scheme: str, **init_options) -> dict:
+        """Initial parameters by base name (float64; the layer casts them), drawn from ``rng`` by ``scheme``."""
+        raise NotImplementedError
+
+    def init_options(self, scheme: str, **init_options) -> dict:
+        """``init_options`` validated for ``scheme`` (a subclass takes its own, such as the LSTM's forget bias)."""
+        if init_options:
+            raise TypeError(f"{self.name}: init takes no option(s) {', '.join(sorted(init_options))}")
+        return {}
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None):
+        """``(hs [T,B,H], final state, cache)`` of one layer and direction over time-major ``x``."""
+        raise NotImplementedError
+
+    def backward(self, p: dict, cache, dhs: np.ndarray, dstate):
+        """``(dx, dstate0, parameter gradients by base name)`` for ``forward``'s cache."""
+        raise NotImplementedError
+
+    def state_at(self, cache, step: int):
+        """The state after ``step`` steps of the forward of ``cache`` (0: the initial state), as new arrays."""
+        raise NotImplementedError
+
+    # -- torch.nn's layout ------------------------------------------------------------------------------------
+    def torch_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
+        """torch.nn's shapes of :attr:`torch_parameters` (rows are the gate blocks, as torch.nn keeps them)."""
+        G = len(self.gate_blocks)
+        return {"weight_ih": (G * H, D), "weight_hh": (G * H, H), "bias_ih": (G * H,), "bias_hh": (G * H,)}
+
+    def from_torch(self, tensors: dict) -> dict:
+        """The kernels' parameters from torch.nn's (NumPy arrays by torch name; None for a bias left out)."""
+        raise NotImplementedError
+
+    def to_torch_grads(self, grads: dict, has_bias: bool) -> list:
+        """The gradients of :attr:`torch_parameters` (in that order; None for a bias left out) from the kernels'."""
+        raise NotImplementedError
+
+    # -- memory -----------------------------------------------------------------------------------------------
+    def dz_columns(self, H: int) -> int:
+        """Columns of a row of backward's dZ: the gate blocks, and for some cells more."""
+        return len(self.gate_blocks) * H
+
+    def training_scalars(self, T: int, B: int, D: int, H: int, block_rows: int, checkpoint) -> int:
+        """Scalars one forward + backward allocates beyond its inputs, but for the packed weights: what forward
+        keeps, backward's scratch of ``block_rows`` rows, default and returned states, and the gradients."""
+        raise NotImplementedError
 
 
-class RNNCell(_SummedBiasCell):
+def _summed_bias_from_torch(tensors: dict, names: tuple[str, str, str]) -> dict:
+    """(W_x, W_h, b) from torch.nn's four tensors: the transposes, and the sum of the two biases."""
+    weight_ih, weight_hh = tensors["weight_ih"], tensors["weight_hh"]
+    bias_ih, bias_hh = tensors.get("bias_ih"), tensors.get("bias_hh")
+    summed = np.zeros(weight_hh.shape[0], weight_hh.dtype) if bias_ih is None else bias_ih + bias_hh
+    W_x, W_h, b = names
+    return {W_x: weight_ih.T, W_h: weight_hh.T, b: summed}
+
+
+def _summed_bias_to_torch(grads: dict, names: tuple[str, str, str], has_bias: bool) -> list:
+    dW_x, dW_h, db = (grads[name] for name in names)
+    # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
+    return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
+
+
+def _gradient_scalars(T: int, B: int, D: int, parameter_shapes: dict, state_parts: int, H: int) -> int:
+    """dx, the initial states' gradients and the parameters' gradients."""
+    return T * B * D + state_parts * B * H + sum(int(np.prod(shape)) for shape in parameter_shapes.values())
+
+
+_REGISTRY: dict[str, type[Cell]] = {}
+
+
+def register(cell_class: type[Cell]) -> type[Cell]:
+    """Adds a specification to the registry under its ``name`` (usable as a class decorator)."""
+    if not (isinstance(cell_class, type) and issubclass(cell_class, Cell)) or not cell_class.name:
+        raise TypeError(f"register: expected a subclass of Cell with a name, got {cell_class!r}")
+    if _REGISTRY.get(cell_class.name, cell_class) is not cell_class:
+        raise ValueError(f"register: a cell named {cell_class.name!r} is registered already")
+    _REGISTRY[cell_class.name] = cell_class
+    return cell_class
+
+
+def unregister(name: str) -> None:
+    """Removes the specification registered under ``name``."""
+    del _REGISTRY[name]
+
+
+def cell_class(cell) -> type[Cell]:
+    """The specification of ``cell``: a registered name, or a subclass of :class:`Cell` itself."""
+    if isinstance(cell, type) and issubclass(cell, Cell):
+        return cell
+    if isinstance(cell, str) and cell in _REGISTRY:
+        return _REGISTRY[cell]
+    raise ValueError(f"cell: expected one of {', '.join(map(repr, _REGISTRY))} or a Cell subclass, got {cell!r}")
+
+
+def names() -> tuple[str, ...]:
+    """The names of the registered cells."""
+    return tuple(_REGISTRY)
+
+
+@register
+class RNNCell(Cell):
     """``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``."""
 
-    state_parts = 1
-    base_names = ("W_xh", "W_hh", "b_h")
+    name = "rnn"
+    option_defaults: ClassVar[dict] = {"activation": "tanh"}
+    init_schemes = initializers.SCHEMES
 
-    def __init__(self, kernels, activation: str = "tanh"):
-        self.kernels, self.activation = kernels, activation
+    def checked_options(self, options):
+        return {"activation": _checks.choice("activation", options["activation"], _checks.ACTIVATIONS)}
+
+    def parameter_shapes(self, D, H):
+        return {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,)}
+
+    def init_parameters(self, rng, D, H, scheme, **init_options):
+        if scheme == "uniform":
+            return {
+                "W_xh": initializers.uniform(rng, (D, H), H),
+                "W_hh": initializers.uniform(rng, (H, H), H),
+                "b_h": initializers.uniform(rng, (H,), H),
+            }
+        if scheme == "orthogonal":
+            return {
+                "W_xh": initializers.uniform(rng, (D, H), H),
+                "W_hh": initializers.orthogonal(rng, H),
+                "b_h": np.zeros(H),
+            }
+        return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
 
     def forward(self, p, x, h0, lengths):
+        activation = self.options["activation"]
         hs, cache = self.kernels.rnn_forward(
-            x, p["W_xh"], p["W_hh"], p["b_h"], h0, activation=self.activation, lengths=lengths
+            x, p["W_xh"], p["W_hh"], p["b_h"], h0, activation=activation, lengths=lengths
         )
         return hs, final_states(hs, lengths), cache
 
@@ -65,24 +255,65 @@ class RNNCell(_SummedBiasCell):
         grads = self.kernels.rnn_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
         return grads.dx, grads.dh0, {"W_xh": grads.dW_xh, "W_hh": grads.dW_hh, "b_h": grads.db_h}
 
-    @staticmethod
-    def state_at(cache, step):
+    def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
+    def from_torch(self, tensors):
+        return _summed_bias_from_torch(tensors, ("W_xh", "W_hh", "b_h"))
 
-class LSTMCell(_SummedBiasCell):
+    def to_torch_grads(self, grads, has_bias):
+        return _summed_bias_to_torch(grads, ("W_xh", "W_hh", "b_h"), has_bias)
+
+    def training_scalars(self, T, B, D, H, block_rows, checkpoint):
+        saved = T * B * H  # hs
+        scratch = block_rows * (self.dz_columns(H) + H)  # dZ and the previous states of one block
+        states = B * H  # default h0
+        return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 1, H)
+
+
+@register
+class LSTMCell(Cell):
     """The LSTM, gate blocks i, f, g, o (i, g, o without forget gate); states ``(h, C)``."""
 
+    name = "lstm"
     state_parts = 2
-    base_names = ("W_x", "W_h", "b")
+    checkpointing = True
+    option_defaults: ClassVar[dict] = {"forget_gate": True}
+    init_schemes = ("uniform", "orthogonal")
+    init_hints: ClassVar[dict[str, str]] = {"identity": "'identity' is the IRNN scheme of the plain ReLU RNN"}
 
-    def __init__(self, kernels, forget_gate: bool = True):
-        self.kernels, self.forget_gate = kernels, forget_gate
+    def checked_options(self, options):
+        return {"forget_gate": _checks.flag("forget_gate", options["forget_gate"])}
+
+    @property
+    def gate_blocks(self):
+        return ("i", "f", "g", "o") if self.options["forget_gate"] else ("i", "g", "o")
+
+    def parameter_shapes(self, D, H):
+        GH = len(self.gate_blocks) * H
+        return {"W_x": (D, GH), "W_h": (H, GH), "b": (GH,)}
+
+    def init_options(self, scheme, forget_bias: float = 0.0, **others):
+        super().init_options(scheme, **others)
+        if forget_bias and not self.options["forget_gate"]:
+            raise ValueError("forget_bias: the cell without forget gate has no forget-gate bias")
+        return {"forget_bias": float(forget_bias)}
+
+    def init_parameters(self, rng, D, H, scheme, forget_bias: float = 0.0):
+        G = len(self.gate_blocks)
+        W_x = initializers.uniform(rng, (D, G * H), H)
+        if scheme == "uniform":
+            W_h, b = initializers.uniform(rng, (H, G * H), H), initializers.uniform(rng, (G * H,), H)
+        else:
+            W_h, b = np.hstack([initializers.orthogonal(rng, H) for _ in range(G)]), np.zeros(G * H)
+        if "f" in self.gate_blocks:
+            b[self.gate_columns(H)["f"]] += forget_bias
+        return {"W_x": W_x, "W_h": W_h, "b": b}
 
     def forward(self, p, x, state, lengths):
         h0, c0 = (None, None) if state is None else state
         hs, c_T, cache = self.kernels.lstm_forward(
-            x, p["W_x"], p["W_h"], p["b"], h0, c0, forget_gate=self.forget_gate, lengths=lengths
+            x, p["W_x"], p["W_h"], p["b"], h0, c0, forget_gate=self.options["forget_gate"], lengths=lengths
         )
         return hs, (final_states(hs, lengths), c_T), cache
 
@@ -92,21 +323,57 @@ class LSTMCell(_SummedBiasCell):
         grads = self.kernels.lstm_backward(cache, dhs, dc_T)
         return grads.dx, (grads.dh0, grads.dc0), {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db}
 
-    @staticmethod
-    def state_at(cache, step):
+    def state_at(self, cache, step):
         if step == 0:
             return cache.h0.copy(), cache.c0.copy()
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
 
+    def from_torch(self, tensors):
+        return _summed_bias_from_torch(tensors, ("W_x", "W_h", "b"))
 
-class GRUCell:
+    def to_torch_grads(self, grads, has_bias):
+        return _summed_bias_to_torch(grads, ("W_x", "W_h", "b"), has_bias)
+
+    def training_scalars(self, T, B, D, H, block_rows, checkpoint):
+        from .checkpoint import segment_steps
+
+        GH = len(self.gate_blocks) * H
+        if checkpoint is None:
+            saved = T * B * (GH + 2 * H)  # gates, hs, cs
+        else:
+            segment = segment_steps(checkpoint, T, B, GH)
+            # hs, the (h, C) checkpoints, and one segment's gates, hs, cs, upstream copy and dx
+            saved = T * B * H + 2 * -(-T // segment) * B * H + segment * B * (GH + 3 * H + D)
+        scratch = block_rows * (self.dz_columns(H) + H) + B * H  # one block's dZ and previous states; dh
+        states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
+        return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 2, H)
+
+
+@register
+class GRUCell(Cell):
     """PyTorch's GRU: gate blocks r, z, n, the recurrent bias of n (``b_hn``) inside the reset product."""
 
-    state_parts = 1
-    base_names = ("W_x", "W_h", "b", "b_hn")
+    name = "gru"
+    init_schemes = ("uniform", "orthogonal")
+    init_hints: ClassVar[dict[str, str]] = {"identity": "'identity' is the IRNN scheme of the plain ReLU RNN"}
 
-    def __init__(self, kernels):
-        self.kernels = kernels
+    @property
+    def gate_blocks(self):
+        return ("r", "z", "n")
+
+    def parameter_shapes(self, D, H):
+        return {"W_x": (D, 3 * H), "W_h": (H, 3 * H), "b": (3 * H,), "b_hn": (H,)}
+
+    def init_parameters(self, rng, D, H, scheme, **init_options):
+        W_x = initializers.uniform(rng, (D, 3 * H), H)
+        if scheme == "uniform":
+            # torch draws b_ih and b_hh; the r and z blocks of the two add up in b
+            b_ih, b_hh = initializers.uniform(rng, (3 * H,), H), initializers.uniform(rng, (3 * H,), H)
+            W_h = initializers.uniform(rng, (H, 3 * H), H)
+            b = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
+            return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hh[2 * H :]}
+        W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
+        return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
 
     def forward(self, p, x, h0, lengths):
         hs, cache = self.kernels.gru_forward(x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths)
@@ -116,18 +383,25 @@ class GRUCell:
         grads = self.kernels.gru_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
         return grads.dx, grads.dh0, {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db, "b_hn": grads.db_hn}
 
-    @staticmethod
-    def state_at(cache, step):
+    def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
-    @staticmethod
-    def from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
-        W_x, W_h, b, b_hn = gru_weights_from_torch(weight_ih, weight_hh, bias_ih, bias_hh)
+    def from_torch(self, tensors):
+        names = self.torch_parameters
+        W_x, W_h, b, b_hn = gru_weights_from_torch(*(tensors.get(name) for name in names))
         return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hn}
 
-    @staticmethod
-    def to_torch_grads(grads, has_bias):
+    def to_torch_grads(self, grads, has_bias):
         db, db_hn = grads["b"], grads["b_hn"]
         H = db_hn.shape[0]
         biases = (db, np.concatenate([db[: 2 * H], db_hn])) if has_bias else (None, None)
         return [grads["W_x"].T, grads["W_h"].T, *biases]
+
+    def dz_columns(self, H):
+        return 4 * H  # the gate blocks and r's share of n's recurrent product
+
+    def training_scalars(self, T, B, D, H, block_rows, checkpoint):
+        saved = T * B * (3 * H + 2 * H)  # gates, hn, hs
+        scratch = block_rows * (self.dz_columns(H) + H) + B * H  # one block's dZ and previous states; dh's direct part
+        states = B * H  # default h0
+        return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 1, H)

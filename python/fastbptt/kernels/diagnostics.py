@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, cells
 from ._types import GRUCache, LSTMCache, RNNCache
 
 #: sup |phi'| for each activation: gamma_h of the classic bound
@@ -185,9 +185,8 @@ def _pairs(T: int, B: int, norms_for_t) -> JacobianNormPairs:
 
 
 def _lstm_blocks(cache: LSTMCache):
-    H = cache.W_h.shape[0]
-    names = "ifgo" if cache.forget_gate else "igo"
-    return {name: slice(n * H, (n + 1) * H) for n, name in enumerate(names)}
+    """The columns of each gate block (the LSTM's specification)."""
+    return cells.cell_class("lstm")("reference", forget_gate=cache.forget_gate).gate_columns(cache.W_h.shape[0])
 
 
 def lstm_state_jacobians(cache: LSTMCache, start: int = 0, stop: int | None = None) -> np.ndarray:

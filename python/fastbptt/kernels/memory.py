@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
-from .checkpoint import block_steps, segment_steps
-
-CELLS = ("rnn", "lstm", "gru")
+from . import _checks, cells
+from .checkpoint import block_steps
 
 
 def workspace_bytes(
@@ -28,44 +26,27 @@ def workspace_bytes(
     Parameters
     ----------
     cell : {"rnn", "lstm", "gru"}
+        Or any registered cell (:mod:`fastbptt.kernels.cells`).
     T, B, D, H : int
         Time steps, batch, input features, hidden units (each >= 1).
     dtype : float32 or float64
     forget_gate : bool
-        For ``cell="lstm"``: the modern cell (4 gates) or the original one (3 gates).
+        For a cell with that option (the LSTM): the modern cell (4 gates) or the original one (3 gates).
     checkpoint : None, "sqrt" or int
-        For ``cell="lstm"``: as for :func:`fastbptt.lstm_forward`.
+        For a cell with a checkpointed mode (the LSTM): as for :func:`fastbptt.lstm_forward`.
     """
-    cell = _checks.choice("cell", cell, CELLS)
+    spec_class = cells.cell_class(_checks.choice("cell", cell, cells.names()))
     T, B, D, H = (_checks.positive_int(name, value) for name, value in (("T", T), ("B", B), ("D", D), ("H", H)))
     itemsize = _checks.float_dtype("dtype", dtype).itemsize
-    if checkpoint is not None and cell != "lstm":
+    if checkpoint is not None and not spec_class.checkpointing:
         raise ValueError(f"checkpoint: only the LSTM has a checkpointed mode, got cell={cell!r}")
     _checks.flag("forget_gate", forget_gate)
-    GH = {"rnn": H, "lstm": (4 if forget_gate else 3) * H, "gru": 3 * H}[cell]
-    dZ_columns = GH + H if cell == "gru" else GH
-    block_rows = min(T, block_steps(B, dZ_columns)) * B
-    scratch = block_rows * (dZ_columns + H)  # dZ and the previous states of one block
-    if cell == "rnn":
-        saved = T * B * H  # hs
-        states = B * H  # default h0
-        grads = T * B * D + B * H + D * H + H * H + H
-    elif cell == "gru":
-        saved = T * B * (GH + 2 * H)  # gates, hn, hs
-        scratch += B * H  # the direct part of dh
-        states = B * H  # default h0
-        grads = T * B * D + B * H + D * GH + H * GH + GH + H
-    else:
-        if checkpoint is None:
-            saved = T * B * (GH + 2 * H)  # gates, hs, cs
-        else:
-            segment = segment_steps(checkpoint, T, B, GH)
-            # hs, the (h, C) checkpoints, and one segment's gates, hs, cs, upstream copy and dx
-            saved = T * B * H + 2 * -(-T // segment) * B * H + segment * B * (GH + 3 * H + D)
-        scratch += B * H  # dh
-        states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
-        grads = T * B * D + 2 * B * H + D * GH + H * GH + GH
+    options = {"forget_gate": forget_gate} if "forget_gate" in spec_class.option_defaults else {}
+    spec = spec_class("reference", **options)
+    block_rows = min(T, block_steps(B, spec.dz_columns(H))) * B
+    scalars = spec.training_scalars(T, B, D, H, block_rows, checkpoint)
+    GH = len(spec.gate_blocks) * H
     packet = 64 // itemsize  # panels are padded to a whole SIMD packet (at most 64 bytes)
     panels = -(-GH // packet) * packet
     packed = (D + H) * panels + GH * (-(-H // packet) * packet) + 3 * packet
-    return (saved + scratch + states + grads + packed) * itemsize
+    return (scalars + packed) * itemsize

@@ -15,69 +15,54 @@ at its own last step, and the reverse direction starts at each sequence's own en
 
 from __future__ import annotations
 
-import json
-import zipfile
-from pathlib import Path
-
 import numpy as np
 
 from ..kernels import _checks, cells, stack
-from ..kernels import functional as _functional
-from ..kernels import init as initializers
-from ..kernels import reference as _reference
 from ..kernels.stack import StackCache
+from .saving import load_arrays, save_arrays
 
-BACKENDS = {"fast": _functional, "reference": _reference}
-FORMAT_VERSION = 1
-
-
-def backend_module(backend: str):
-    """The module that computes for ``backend``: "fast" (the compiled core) or "reference" (plain NumPy)."""
-    return BACKENDS[_checks.choice("backend", backend, tuple(BACKENDS))]
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
 
 
-def save_arrays(path, kind: str, config: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Writes ``arrays`` and a JSON description (``kind``, ``config``) into one ``.npz`` file."""
-    meta = json.dumps({"format": FORMAT_VERSION, "kind": kind, "config": config})
-    np.savez(Path(path), __meta__=np.array(meta), **arrays)
+class Recurrent:
+    """A recurrent layer of any registered cell (:mod:`fastbptt.kernels.cells`): stacking, directions, lengths,
+    parameters and gradients as dicts, batch_first, the cache, save/load. :class:`RNN`, :class:`LSTM` and
+    :class:`GRU` are this layer with their cell's options as arguments.
 
+    Parameters
+    ----------
+    cell : str or Cell subclass
+        A registered cell's name ("rnn", "lstm", "gru", ...) or its specification.
+    input_size, hidden_size : int
+        D and H.
+    num_layers, bidirectional, batch_first, dtype, backend, seed
+        As for :class:`RNN`.
+    init : str
+        One of the cell's initialisation schemes (its ``init_schemes``; the first is the default).
+    init_options : dict, optional
+        Options of the initialisation the cell takes (the LSTM's ``forget_bias``).
+    **cell_options
+        The cell's options (the RNN's ``activation``, the LSTM's ``forget_gate``).
+    """
 
-def load_arrays(path, kind: str, config: dict, expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reads what :func:`save_arrays` wrote and checks it against ``kind``, ``config`` and the shapes of
-    ``expected``; returns new arrays in the dtypes of ``expected``. Raises ValueError before anything is used."""
-    try:
-        # Opened here, not by np.load, which leaves the file open when it is not a valid archive.
-        with open(Path(path), "rb") as file, np.load(file, allow_pickle=False) as data:
-            stored = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
-    try:
-        meta = json.loads(str(stored.pop("__meta__")))
-    except (KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not written by fastbptt's save() (no valid __meta__ entry)") from error
-    if meta.get("format") != FORMAT_VERSION or meta.get("kind") != kind:
-        raise ValueError(f"{path}: holds a {meta.get('kind')!r} (format {meta.get('format')}), expected a {kind!r}")
-    if meta.get("config") != config:
-        raise ValueError(f"{path}: was saved with {meta.get('config')}, but this {kind} has {config}")
-    if set(stored) != set(expected):
-        raise ValueError(f"{path}: holds arrays {sorted(stored)}, expected {sorted(expected)}")
-    for name, array in stored.items():
-        if array.shape != expected[name].shape:
-            raise ValueError(f"{path}: {name} has shape {array.shape}, expected {expected[name].shape}")
-        if array.dtype.kind != "f":
-            raise ValueError(f"{path}: {name} has dtype {array.dtype}, expected a float array")
-    return {name: stored[name].astype(expected[name].dtype) for name in expected}
+    kind = ""  #: what save() records; the cell's name unless a subclass names it
 
-
-class _RecurrentLayer:
-    """What RNN, LSTM and GRU share: stacking, directions, lengths, parameters and gradients as dicts,
-    batch_first, the cache, save/load. A subclass says how one cell is initialised, run and differentiated."""
-
-    kind = ""
-
-    def __init__(self, input_size, hidden_size, *, num_layers, bidirectional, batch_first, dtype, backend):
+    def __init__(
+        self,
+        cell,
+        input_size: int,
+        hidden_size: int,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        dtype=np.float32,
+        backend: str = "fast",
+        init: str | None = None,
+        init_options: dict | None = None,
+        seed=None,
+        **cell_options,
+    ):
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
@@ -86,17 +71,18 @@ class _RecurrentLayer:
         self.batch_first = bool(batch_first)
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
-        self._kernels = backend_module(backend)
+        spec = cells.cell_class(cell)
+        #: runs one cell forward and backward, and says its parameters and states (:mod:`fastbptt.kernels.cells`)
+        self.cell = spec(backend, **cell_options)
+        self.kind = self.kind or spec.name
+        if init in spec.init_hints:
+            raise ValueError(f"init: {spec.init_hints[init]}; use one of {', '.join(map(repr, spec.init_schemes))}")
+        self.init = _checks.choice("init", init or spec.init_schemes[0], spec.init_schemes)
+        self._init_options = self.cell.init_options(self.init, **(init_options or {}))
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.cache: StackCache | None = None
-
-    # -- what a cell kind provides ------------------------------------------------------------------------------
-    #: runs one cell forward and backward (:mod:`fastbptt.kernels.cells`); set by the subclass
-    cell: cells.RNNCell | cells.LSTMCell | cells.GRUCell
-
-    def _cell_params(self, rng: np.random.Generator, input_size: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        self._init_params(np.random.default_rng(seed))
 
     # -- parameters ---------------------------------------------------------------------------------------------
     @property
@@ -121,7 +107,8 @@ class _RecurrentLayer:
         params = {}
         for _, layer, direction in self._cells():
             input_size = self.input_size if layer == 0 else self.num_directions * self.hidden_size
-            for name, value in self._cell_params(rng, input_size).items():
+            values = self.cell.init_parameters(rng, input_size, self.hidden_size, self.init, **self._init_options)
+            for name, value in values.items():
                 params[name + self.suffix(layer, direction)] = value
         self.params = {name: np.ascontiguousarray(value, dtype=self.dtype) for name, value in params.items()}
         self.grads = {name: np.zeros_like(value) for name, value in self.params.items()}
@@ -129,7 +116,7 @@ class _RecurrentLayer:
     def _params_of(self, layer: int, direction: int) -> dict[str, np.ndarray]:
         """The parameters of one layer and direction by base name (the arrays themselves, not copies)."""
         suffix = self.suffix(layer, direction)
-        return {base: self.params[base + suffix] for base in self.cell.base_names}
+        return {base: self.params[base + suffix] for base in self.cell.parameter_names}
 
     def zero_grad(self) -> None:
         """Sets every accumulated parameter gradient to zero (in place)."""
@@ -231,7 +218,7 @@ class _RecurrentLayer:
         return {
             "num_layers": self.num_layers,
             "num_directions": self.num_directions,
-            "concurrent": self.backend == "fast",
+            "concurrent": self.cell.backend == "fast",
         }
 
     def backward(self, doutputs, dstate=None):
@@ -271,6 +258,7 @@ class _RecurrentLayer:
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "bidirectional": self.bidirectional,
+            **self.cell.options,
         }
 
     def save(self, path) -> None:
@@ -288,7 +276,7 @@ class _RecurrentLayer:
             self.params[name][...] = value
 
 
-class RNN(_RecurrentLayer):
+class RNN(Recurrent):
     """The plain RNN layer ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
     Parameters
@@ -337,6 +325,7 @@ class RNN(_RecurrentLayer):
         backend: str = "fast",
     ):
         super().__init__(
+            "rnn",
             input_size,
             hidden_size,
             num_layers=num_layers,
@@ -344,33 +333,14 @@ class RNN(_RecurrentLayer):
             batch_first=batch_first,
             dtype=dtype,
             backend=backend,
+            init=init,
+            seed=seed,
+            activation=activation,
         )
-        self.activation = _checks.choice("activation", activation, _checks.ACTIVATIONS)
-        self.cell = cells.RNNCell(self._kernels, self.activation)
-        self.init = _checks.choice("init", init, initializers.SCHEMES)
-        self._init_params(np.random.default_rng(seed))
-
-    def _cell_params(self, rng, input_size):
-        D, H = input_size, self.hidden_size
-        if self.init == "uniform":
-            return {
-                "W_xh": initializers.uniform(rng, (D, H), H),
-                "W_hh": initializers.uniform(rng, (H, H), H),
-                "b_h": initializers.uniform(rng, (H,), H),
-            }
-        if self.init == "orthogonal":
-            return {
-                "W_xh": initializers.uniform(rng, (D, H), H),
-                "W_hh": initializers.orthogonal(rng, H),
-                "b_h": np.zeros(H),
-            }
-        return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
-
-    def _config(self) -> dict:
-        return super()._config() | {"activation": self.activation}
+        self.activation = self.cell.options["activation"]
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(Recurrent):
     """The LSTM layer (gate blocks i, f, g, o as PyTorch), or the original cell without forget gate.
 
     States are pairs ``(h, c)``.
@@ -420,6 +390,7 @@ class LSTM(_RecurrentLayer):
         backend: str = "fast",
     ):
         super().__init__(
+            "lstm",
             input_size,
             hidden_size,
             num_layers=num_layers,
@@ -427,36 +398,16 @@ class LSTM(_RecurrentLayer):
             batch_first=batch_first,
             dtype=dtype,
             backend=backend,
+            init=init,
+            init_options={"forget_bias": forget_bias},
+            seed=seed,
+            forget_gate=forget_gate,
         )
-        self.forget_gate = _checks.flag("forget_gate", forget_gate)
-        self.cell = cells.LSTMCell(self._kernels, self.forget_gate)
-        if init == "identity":
-            raise ValueError(
-                "init: 'identity' is the IRNN scheme of the plain ReLU RNN; use 'uniform' or 'orthogonal' for the LSTM"
-            )
-        self.init = _checks.choice("init", init, ("uniform", "orthogonal"))
-        if forget_bias and not self.forget_gate:
-            raise ValueError("forget_bias: the cell without forget gate has no forget-gate bias")
-        self.forget_bias = float(forget_bias)
-        self._init_params(np.random.default_rng(seed))
-
-    def _cell_params(self, rng, input_size):
-        D, H = input_size, self.hidden_size
-        G = 4 if self.forget_gate else 3
-        W_x = initializers.uniform(rng, (D, G * H), H)
-        if self.init == "uniform":
-            W_h, b = initializers.uniform(rng, (H, G * H), H), initializers.uniform(rng, (G * H,), H)
-        else:
-            W_h, b = np.hstack([initializers.orthogonal(rng, H) for _ in range(G)]), np.zeros(G * H)
-        if self.forget_gate:
-            b[H : 2 * H] += self.forget_bias
-        return {"W_x": W_x, "W_h": W_h, "b": b}
-
-    def _config(self) -> dict:
-        return super()._config() | {"forget_gate": self.forget_gate}
+        self.forget_gate = self.cell.options["forget_gate"]
+        self.forget_bias = self._init_options["forget_bias"]
 
 
-class GRU(_RecurrentLayer):
+class GRU(Recurrent):
     """The GRU layer with PyTorch's cell (gate blocks r, z, n; the recurrent bias of n inside the reset product).
 
     Parameters
@@ -496,6 +447,7 @@ class GRU(_RecurrentLayer):
         backend: str = "fast",
     ):
         super().__init__(
+            "gru",
             input_size,
             hidden_size,
             num_layers=num_layers,
@@ -503,19 +455,6 @@ class GRU(_RecurrentLayer):
             batch_first=batch_first,
             dtype=dtype,
             backend=backend,
+            init=init,
+            seed=seed,
         )
-        self.cell = cells.GRUCell(self._kernels)
-        self.init = _checks.choice("init", init, ("uniform", "orthogonal"))
-        self._init_params(np.random.default_rng(seed))
-
-    def _cell_params(self, rng, input_size):
-        D, H = input_size, self.hidden_size
-        W_x = initializers.uniform(rng, (D, 3 * H), H)
-        if self.init == "uniform":
-            # torch draws b_ih and b_hh; the r and z blocks of the two add up in b
-            b_ih, b_hh = initializers.uniform(rng, (3 * H,), H), initializers.uniform(rng, (3 * H,), H)
-            W_h = initializers.uniform(rng, (H, 3 * H), H)
-            b = b_ih + np.concatenate([b_hh[: 2 * H], np.zeros(H)])
-            return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hh[2 * H :]}
-        W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
-        return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}

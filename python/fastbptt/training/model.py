@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import _checks
-from .layers import LSTM, RNN, backend_module, load_arrays, save_arrays
-
-CELLS = ("rnn", "lstm")
+from ..kernels import _checks, cells
+from .layers import Recurrent
+from .saving import load_arrays, save_arrays
 
 
 class SequenceModel:
@@ -22,15 +21,16 @@ class SequenceModel:
         H.
     num_classes : int, optional
         K, the number of output classes; ``vocab_size`` when omitted (a character model predicts tokens).
-    cell : {"lstm", "rnn"}
+    cell : {"lstm", "rnn", "gru"}
+        Or any registered cell (:mod:`fastbptt.kernels.cells`).
     embedding_dim : int, optional
         Input as a learned embedding ``[V, E]`` (initialised ``N(0, 1)`` as PyTorch's); one-hot vectors (the
         classic model) when omitted.
     activation, init : str
-        Passed to :class:`fastbptt.RNN` (``activation`` "tanh", "relu", "sigmoid"; ``init`` "uniform",
-        "orthogonal", "identity") or :class:`fastbptt.LSTM` (``init`` "uniform", "orthogonal").
+        Passed to the layer where its cell takes them: the RNN's ``activation`` ("tanh", "relu", "sigmoid");
+        ``init`` one of the cell's schemes ("uniform", "orthogonal", and the RNN's "identity").
     forget_gate, forget_bias
-        Passed to :class:`fastbptt.LSTM`.
+        The LSTM's; ``forget_bias`` must be 0 for a cell without forget gate.
     seed : int or None
         Seeds every initialisation.
     batch_first : bool
@@ -67,35 +67,26 @@ class SequenceModel:
         self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_classes = self.vocab_size if num_classes is None else _checks.positive_int("num_classes", num_classes)
-        self.cell = _checks.choice("cell", cell, CELLS)
+        self.cell = _checks.choice("cell", cell, cells.names())
         self.embedding_dim = None if embedding_dim is None else _checks.positive_int("embedding_dim", embedding_dim)
         self.batch_first = bool(batch_first)
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
-        self._kernels = backend_module(backend)
         layer_seed, embedding_seed, output_seed = np.random.SeedSequence(seed).spawn(3)
         input_size = self.embedding_dim or self.vocab_size
-        if self.cell == "rnn":
-            self.rnn = RNN(
-                input_size,
-                hidden_size,
-                activation=activation,
-                init=init,
-                seed=layer_seed,
-                dtype=dtype,
-                backend=backend,
-            )
-        else:
-            self.rnn = LSTM(
-                input_size,
-                hidden_size,
-                forget_gate=forget_gate,
-                forget_bias=forget_bias,
-                init=init,
-                seed=layer_seed,
-                dtype=dtype,
-                backend=backend,
-            )
+        spec = cells.cell_class(self.cell)
+        offered = {"activation": activation, "forget_gate": forget_gate}
+        self.rnn = Recurrent(
+            spec,
+            input_size,
+            hidden_size,
+            init=init,
+            init_options={"forget_bias": forget_bias} if forget_bias else None,
+            seed=layer_seed,
+            dtype=dtype,
+            backend=backend,
+            **{name: value for name, value in offered.items() if name in spec.option_defaults},
+        )
         self.params: dict[str, np.ndarray] = {}
         if self.embedding_dim is not None:
             embedding = np.random.default_rng(embedding_seed).standard_normal((self.vocab_size, self.embedding_dim))
@@ -152,7 +143,7 @@ class SequenceModel:
         tokens, x = self._embed(tokens)
         targets = self._time_major_tokens("targets", targets)
         hs, final_state = self.rnn.forward(x, state)
-        loss, og = self._kernels.softmax_cross_entropy(
+        loss, og = self.rnn.cell.kernels.softmax_cross_entropy(
             hs,
             self.params["W_yh"],
             self.params["b_y"],
@@ -218,11 +209,8 @@ class SequenceModel:
             "num_classes": self.num_classes,
             "cell": self.cell,
             "embedding_dim": self.embedding_dim,
+            **self.rnn.cell.options,
         }
-        if self.cell == "rnn":
-            config["activation"] = self.rnn.activation
-        else:
-            config["forget_gate"] = self.rnn.forget_gate
         return config
 
     def save(self, path) -> None:
