@@ -265,5 +265,5 @@ def test_rnn_matches_torch(rng, nonlinearity, shape):
 
 
 def test_layers_have_their_docstrings():
-    for layer in (fb.RNN, fb.LSTM, fb.GRU):
+    for layer in (fb.RNN, fb.LSTM, fb.GRU, fb.Recurrent):
         assert layer.__doc__ and "num_layers : int" in layer.__doc__ and "Parameters" in layer.__doc__

@@ -50,7 +50,7 @@ from .kernels.functional import (
 from .kernels.memory import workspace_bytes
 from .kernels.sequences import final_states, reverse_sequences
 from .kernels.threads import get_num_threads, set_num_threads
-from .training.layers import GRU, LSTM, RNN
+from .training.layers import GRU, LSTM, RNN, Recurrent
 from .training.model import SequenceModel
 from .training.optim import SGD, Adam, clip_grad_norm
 from .training.tbptt import TrainResult, Window, tbptt_windows, train_tbptt
@@ -73,6 +73,7 @@ __all__ = [
     "GRUGrads",
     "LSTM",
     "RNN",
+    "Recurrent",
     "SGD",
     "Adam",
     "LSTMCache",

@@ -35,14 +35,31 @@ class Recurrent:
         A registered cell's name ("rnn", "lstm", "gru", ...) or its specification.
     input_size, hidden_size : int
         D and H.
-    num_layers, bidirectional, batch_first, dtype, backend, seed
-        As for :class:`RNN`.
-    init : str
-        One of the cell's initialisation schemes (its ``init_schemes``; the first is the default).
+    num_layers : int
+        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
+    bidirectional : bool
+        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
+    batch_first : bool
+        Inputs and outputs as ``[B, T, ...]`` instead of time-major ``[T, B, ...]``.
+    dtype : float32 (default) or float64
+    backend : {"fast", "reference"}
+        The compiled core or the NumPy reference.
+    init : str, optional
+        One of the cell's initialisation schemes (its ``init_schemes``); the first of them when omitted.
     init_options : dict, optional
-        Options of the initialisation the cell takes (the LSTM's ``forget_bias``).
+        Options of the initialisation that the cell takes (the LSTM's ``forget_bias``).
+    seed : int or None
+        Seed of the initialisation.
     **cell_options
         The cell's options (the RNN's ``activation``, the LSTM's ``forget_gate``).
+
+    Attributes
+    ----------
+    cell : Cell
+        The cell's specification with its options, on the layer's backend.
+    params, grads : dict of ndarray
+        The cell's parameters by base name (with the suffixes ``_l{k}`` for layer k > 0 and ``_reverse`` for the
+        reverse direction) and their accumulated gradients.
     """
 
     kind = ""  #: what save() records; the cell's name unless a subclass names it
