@@ -20,7 +20,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -80,12 +79,23 @@ def medians_interleaved(runs: dict, repeats: int) -> dict:
     return {name: (statistics.median(samples), samples) for name, samples in times.items()}
 
 
+class BlasLimitError(RuntimeError):
+    """NumPy's BLAS runs on more threads than a measurement says it does."""
+
+
 def blas_limits(threads: int):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return nullcontext()
-    return threadpool_limits(limits=threads)
+    """A context in which NumPy's BLAS runs on ``threads`` threads (threadpoolctl); raises BlasLimitError when the
+    limit does not take, so that no "1 thread" figure is measured on every core."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    limits = threadpool_limits(limits=threads, user_api="blas")
+    blas = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    wrong = [pool for pool in blas if pool.get("num_threads") != threads]
+    if not blas or wrong:
+        limits.restore_original_limits()
+        found = ", ".join(f"{pool.get('internal_api')} at {pool.get('num_threads')}" for pool in blas) or "no BLAS"
+        raise BlasLimitError(f"could not limit NumPy's BLAS to {threads} thread(s): threadpoolctl sees {found}")
+    return limits
 
 
 def matmul_rate(dtype, threads: int, repeats: int) -> float:
@@ -166,9 +176,10 @@ def numpy_runner(module, cell: str, p, backward: bool = True):
     return run
 
 
-def torch_runner(torch, module_class, cell: str, p, backward: bool = True):
+def torch_runner(torch, module_class, cell: str, p, backward: bool = True, no_grad: bool = False):
     """forward (+ backward) of a torch module (torch.nn or fastbptt.torch) with the problem's weights; the forward
-    runs with autograd recording, as in training."""
+    runs with autograd recording, as in training, unless ``no_grad`` (inference: under torch.no_grad(), an input
+    that does not require grad, no backward)."""
     T, B, D = p["x"].shape
     H = p["W_h"].shape[0]
     dtype = torch.float32 if p["x"].dtype == np.float32 else torch.float64
@@ -182,7 +193,7 @@ def torch_runner(torch, module_class, cell: str, p, backward: bool = True):
             module.bias_hh_l0.zero_()
             if cell == "gru":
                 module.bias_hh_l0[2 * H :].copy_(torch.from_numpy(p["b_hn"]))
-    x = torch.from_numpy(p["x"]).requires_grad_(True)
+    x = torch.from_numpy(p["x"]).requires_grad_(not no_grad)
 
     def run():
         for parameter in (x, *module.parameters()):
@@ -191,7 +202,11 @@ def torch_runner(torch, module_class, cell: str, p, backward: bool = True):
         if backward:
             output.sum().backward()
 
-    return run, module, x
+    def infer():
+        with torch.no_grad():
+            module(x)
+
+    return (infer if no_grad else run), module, x
 
 
 def check_agreement(torch) -> None:
@@ -258,20 +273,17 @@ def header(torch, out) -> None:
         file=out,
     )
     print(f"CPU: {cpu_description()}, {os.cpu_count()} cores", file=out)
-    try:
-        from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info
 
-        for pool in threadpool_info():
-            details = ", ".join(
-                str(value)
-                for value in (pool.get("version"), pool.get("architecture"), f"{pool.get('num_threads')} threads")
-                if value
-            )
-            api = pool.get("user_api", "?")
-            name = pool.get("internal_api") if pool.get("internal_api") != api else pool.get("prefix")
-            print(f"{api}: {name} ({details})", file=out)
-    except ImportError:
-        print("BLAS: threadpoolctl not installed, thread limits of NumPy's BLAS not applied", file=out)
+    for pool in threadpool_info():
+        details = ", ".join(
+            str(value)
+            for value in (pool.get("version"), pool.get("architecture"), f"{pool.get('num_threads')} threads")
+            if value
+        )
+        api = pool.get("user_api", "?")
+        name = pool.get("internal_api") if pool.get("internal_api") != api else pool.get("prefix")
+        print(f"{api}: {name} ({details})", file=out)
     slowed = [name for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(name)]
     if slowed:
         print(
@@ -408,6 +420,116 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     return row
 
 
+TORCH_CELLS = ("lstm", "gru")
+TORCH_SHAPES = ("S", "M", "L", "LONG")
+
+
+def error_inputs_refused_as_torch_nn(torch, fbt) -> tuple[int, list]:
+    """PyTorch's own list of bad RNN/GRU/LSTM arguments (``torch.testing._internal.common_modules``, which needs
+    expecttest) run against fastbptt.torch: (how many there are, those not refused with torch.nn's exception type
+    and message)."""
+    import re
+
+    from torch.testing._internal import common_modules as common
+
+    total, failures = 0, []
+    for info in common.module_db:
+        if info.module_cls not in (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM) or info.module_error_inputs_func is None:
+            continue
+        ours = getattr(fbt, info.module_cls.__name__)
+        for error_input in info.module_error_inputs_func(
+            info, device="cpu", dtype=torch.float32, requires_grad=False, training=True
+        ):
+            total += 1
+            sample = error_input.module_error_input
+            try:
+                module = ours(*sample.constructor_input.args, **sample.constructor_input.kwargs)
+                if error_input.error_on == common.ModuleErrorEnum.CONSTRUCTION_ERROR:
+                    failures.append((info.module_cls.__name__, sample, "constructed"))
+                    continue
+                module(*sample.forward_input.args, **sample.forward_input.kwargs)
+                failures.append((info.module_cls.__name__, sample, "accepted"))
+            except Exception as error:  # noqa: BLE001 - compared with what torch.nn raises
+                if not isinstance(error, error_input.error_type) or not re.search(error_input.error_regex, str(error)):
+                    failures.append((info.module_cls.__name__, sample, f"{type(error).__name__}: {error}"))
+    return total, failures
+
+
+def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
+    """fastbptt.torch against torch.nn, float32, in training (forward + backward) and under torch.no_grad(), with
+    the kernels alone beside them (what fastbptt.torch's module path adds to them is its overhead)."""
+    import torch
+
+    import fastbptt.torch as fbt
+
+    header(torch, out)
+    check_agreement(torch)
+    columns = [
+        "cell",
+        "threads",
+        "shape",
+        "torch.nn train ms",
+        "fb.torch train ms",
+        "train torch/fb",
+        "torch.nn no_grad ms",
+        "fb.torch no_grad ms",
+        "no_grad torch/fb",
+        "kernels train ms",
+        "module overhead %",
+    ]
+    print("| " + " | ".join(columns) + " |", file=out)
+    print("|" + "---|" * len(columns), file=out, flush=True)
+    rows, saved = [], (get_num_threads(), torch.get_num_threads())
+    try:
+        for threads in threads_list:
+            set_num_threads(threads)
+            torch.set_num_threads(threads)
+            for cell in TORCH_CELLS:
+                for name in TORCH_SHAPES:
+                    p = problem(cell, SHAPES[name], np.float32)
+                    dropin, theirs = module_classes(torch, fbt, cell)
+                    runs = {
+                        "torch_train": torch_runner(torch, theirs, cell, p)[0],
+                        "dropin_train": torch_runner(torch, dropin, cell, p)[0],
+                        "torch_no_grad": torch_runner(torch, theirs, cell, p, backward=False, no_grad=True)[0],
+                        "dropin_no_grad": torch_runner(torch, dropin, cell, p, backward=False, no_grad=True)[0],
+                        "kernels_train": numpy_runner(fast, cell, p),
+                    }
+                    row = {"cell": cell, "threads": threads, "shape": name, "dtype": "float32"}
+                    for key, (median, samples) in medians_interleaved(runs, repeats).items():
+                        row[key + "_ms"], row[key + "_times"] = median, samples
+                    row["train_ratio"] = row["torch_train_ms"] / row["dropin_train_ms"]
+                    row["no_grad_ratio"] = row["torch_no_grad_ms"] / row["dropin_no_grad_ms"]
+                    row["overhead_percent"] = 100 * (row["dropin_train_ms"] / row["kernels_train_ms"] - 1)
+                    rows.append(row)
+                    values = [
+                        cell,
+                        str(threads),
+                        name,
+                        fmt(row["torch_train_ms"], 2),
+                        fmt(row["dropin_train_ms"], 2),
+                        fmt(row["train_ratio"], 2),
+                        fmt(row["torch_no_grad_ms"], 2),
+                        fmt(row["dropin_no_grad_ms"], 2),
+                        fmt(row["no_grad_ratio"], 2),
+                        fmt(row["kernels_train_ms"], 2),
+                        fmt(row["overhead_percent"], 0),
+                    ]
+                    print("| " + " | ".join(values) + " |", file=out, flush=True)
+    finally:
+        set_num_threads(saved[0])
+        torch.set_num_threads(saved[1])
+    try:
+        total, failures = error_inputs_refused_as_torch_nn(torch, fbt)
+    except ImportError as error:
+        print(f"\nPyTorch's error inputs: not run ({error}; pip install expecttest)", file=out)
+    else:
+        refused = total - len(failures)
+        print(f"\nPyTorch's error inputs refused as torch.nn refuses them: {refused} of {total}", file=out)
+        rows.append({"error_inputs": total, "error_inputs_refused": refused})
+    return rows
+
+
 def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -517,6 +639,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scaling", action="store_true", help="instead: peak training memory vs workspace_bytes, and time vs T"
     )
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="instead: fastbptt.torch vs torch.nn (LSTM and GRU, float32, S/M/L/LONG), training and no_grad, the "
+        "module path's overhead over the kernels, and PyTorch's error inputs",
+    )
 
 
 def run_from_args(args) -> int:
@@ -533,6 +661,8 @@ def run_from_args(args) -> int:
         shapes, threads, repeats = ["S", "LONG"], [1], 3
     if args.scaling:
         rows = run_scaling()
+    elif args.torch:
+        rows = run_torch_comparison(threads, repeats)
     else:
         rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
     if args.json:
