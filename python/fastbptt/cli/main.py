@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import _core
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -36,6 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastbptt", description="Fast, exact BPTT for RNNs and LSTMs on the CPU.")
+    parser.add_argument("--version", action="version", version=f"fastbptt {_core.__version__}")
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser(
         "demo",

@@ -101,6 +101,11 @@ class Recurrent:
         self.cache: StackCache | None = None
         self._init_params(np.random.default_rng(seed))
 
+    def __getstate__(self) -> dict:
+        """What pickle and copy.deepcopy keep: configuration, parameters and gradients, not the cache of the last
+        forward (its arrays are read-only so that no edit changes a gradient, which a copy would not keep)."""
+        return {**self.__dict__, "cache": None}
+
     # -- parameters ---------------------------------------------------------------------------------------------
     @property
     def _simple(self) -> bool:

@@ -41,6 +41,45 @@ class _Optimizer:
         self.params = params
         self.lr = _check_positive("lr", lr)
 
+    #: the per-parameter arrays of the optimiser's state, and its scalar settings and counters
+    _state_arrays: tuple[str, ...] = ()
+    _state_scalars: tuple[str, ...] = ("lr",)
+
+    def state_dict(self) -> dict:
+        """The optimiser's state as plain values and copies of its arrays (picklable, ``np.savez``-able per
+        array): with the parameters saved beside it, :meth:`load_state_dict` resumes training exactly."""
+        state = {"type": type(self).__name__}
+        state.update({name: getattr(self, name) for name in self._state_scalars})
+        state.update({name: {k: a.copy() for k, a in getattr(self, name).items()} for name in self._state_arrays})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Takes the state :meth:`state_dict` returned (of an optimiser of this type over parameters of the same
+        names and shapes); checks everything before it changes anything, and raises ValueError on a mismatch."""
+        if not isinstance(state, dict) or state.get("type") != type(self).__name__:
+            got = state.get("type") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected the state_dict() of a {type(self).__name__}, got {got!r}")
+        missing = [name for name in (*self._state_scalars, *self._state_arrays) if name not in state]
+        if missing:
+            raise ValueError(f"state: lacks {missing}")
+        for name in self._state_arrays:
+            arrays = state[name]
+            if set(arrays) != set(self.params):
+                raise ValueError(
+                    f"state[{name!r}]: keys {sorted(arrays)} differ from the parameters' {sorted(self.params)}"
+                )
+            for key, array in arrays.items():
+                if np.shape(array) != self.params[key].shape:
+                    raise ValueError(
+                        f"state[{name!r}][{key!r}]: shape {np.shape(array)} differs from the parameter's "
+                        f"{self.params[key].shape}"
+                    )
+        for name in self._state_scalars:
+            setattr(self, name, state[name])
+        for name in self._state_arrays:
+            for key, array in getattr(self, name).items():
+                np.copyto(array, state[name][key], casting="same_kind")
+
     def _checked(self, grads: dict[str, np.ndarray]):
         if set(grads) != set(self.params):
             raise ValueError(f"grads: keys {sorted(grads)} differ from the parameters' {sorted(self.params)}")
@@ -62,6 +101,9 @@ class SGD(_Optimizer):
             raise ValueError(f"momentum: must lie in [0, 1), got {momentum}")
         self.momentum = float(momentum)
         self.velocity = {name: np.zeros_like(p) for name, p in params.items()}
+
+    _state_arrays = ("velocity",)
+    _state_scalars = ("lr", "momentum")
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
         """Updates every parameter in place from its gradient."""
@@ -85,6 +127,9 @@ class Adam(_Optimizer):
         self.t = 0
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
+
+    _state_arrays = ("m", "v")
+    _state_scalars = ("lr", "beta1", "beta2", "eps", "t")
 
     def step(self, grads: dict[str, np.ndarray]) -> None:
         """Updates every parameter in place from its gradient."""
