@@ -136,67 +136,32 @@ def test_the_gil_is_released_while_the_core_computes(rng):
 
 
 def test_core_rejects_misuse_with_python_exceptions():
-    x = np.zeros((2, 3, 4), np.float32)
+    def rnn_forward(**changed):
+        """_core.rnn_forward on valid float32 arguments ([T, B, D] = [2, 3, 4], H = 5) with some replaced."""
+        args = {
+            "x": np.zeros((2, 3, 4), np.float32),
+            "W_xh": np.zeros((4, 5), np.float32),
+            "W_hh": np.zeros((5, 5), np.float32),
+            "b_h": np.zeros(5, np.float32),
+            "h0": np.zeros((3, 5), np.float32),
+            "activation": "tanh",
+            "lengths": NO_LENGTHS,
+        }
+        return _core.rnn_forward(*{**args, **changed}.values())
+
+    rnn_forward()  # the valid call runs
     with pytest.raises(ValueError, match=r"W_xh: expected shape \[4, 5\], got \[3, 5\]"):
-        _core.rnn_forward(
-            x,
-            np.zeros((3, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "tanh",
-            NO_LENGTHS,
-        )
+        rnn_forward(W_xh=np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match=r"x: expected 3 dimensions, got 2"):
-        _core.rnn_forward(
-            np.zeros((2, 3), np.float32),
-            np.zeros((3, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "tanh",
-            NO_LENGTHS,
-        )
+        rnn_forward(x=np.zeros((2, 3), np.float32))
     with pytest.raises(TypeError):  # the binding never converts: float64 with float32 weights matches no overload
-        _core.rnn_forward(
-            x.astype(np.float64),
-            np.zeros((4, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "tanh",
-            NO_LENGTHS,
-        )
+        rnn_forward(x=np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="activation"):
-        _core.rnn_forward(
-            x,
-            np.zeros((4, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "gelu",
-            NO_LENGTHS,
-        )
+        rnn_forward(activation="gelu")
     with pytest.raises(ValueError, match=r"lengths: every length must lie in 1 \.\. T = 2, got 3 for sequence 1"):
-        _core.rnn_forward(
-            x,
-            np.zeros((4, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "tanh",
-            np.array([1, 3, 2]),
-        )
+        rnn_forward(lengths=np.array([1, 3, 2]))
     with pytest.raises(ValueError, match=r"lengths: expected B = 3 values, got 2"):
-        _core.rnn_forward(
-            x,
-            np.zeros((4, 5), np.float32),
-            np.zeros((5, 5), np.float32),
-            np.zeros(5, np.float32),
-            np.zeros((3, 5), np.float32),
-            "tanh",
-            np.array([1, 2]),
-        )
+        rnn_forward(lengths=np.array([1, 2]))
 
 
 def test_version_and_build_info():
@@ -266,4 +231,4 @@ def test_rnn_matches_torch(rng, nonlinearity, shape):
 
 def test_layers_have_their_docstrings():
     for layer in (fb.RNN, fb.LSTM, fb.GRU, fb.Recurrent):
-        assert layer.__doc__ and "num_layers : int" in layer.__doc__ and "Parameters" in layer.__doc__
+        assert layer.__doc__ and "Parameters" in layer.__doc__ and "num_layers" in layer.__doc__

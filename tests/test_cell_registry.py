@@ -108,8 +108,10 @@ def test_registry_refuses_what_is_not_a_named_cell_and_a_taken_name(registered):
         cells.register(object)
     with pytest.raises(ValueError, match="registered already"):
         cells.register(type("Other", (ScaledTanhRNN,), {}))
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(TypeError, match="unexpected keyword argument.* radius .*cell's options: scale"):
         Recurrent(registered, D, H, radius=2.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument.* num_layer "):
+        fb.GRU(D, H, num_layer=2)
 
 
 def test_the_test_cell_s_kernel_is_its_equation(registered):

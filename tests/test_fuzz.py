@@ -451,6 +451,24 @@ def cache_replacement(draw, cache, other_kind_cache):
     return draw(st.sampled_from([cache, cache, cache, other_kind_cache, None, {}, (), "cache"]))
 
 
+def check_backward(data, kernel: str, caches, other_kind_cache, valid: dict, seed, dtype, optional=()):
+    """``kernel`` (e.g. "rnn_backward") of both paths on mutated upstream gradients and the cache of its own
+    path, of the other path (caches are interchangeable), or a replaced one: the same outcome, inputs unchanged."""
+    fast_cache, ref_cache = caches
+    args, _ = data.draw(mutated(valid, seed, optional=optional))
+    which = data.draw(st.sampled_from(["own", "other backend", "replaced"]))
+    before = snapshot(args)
+    if which == "replaced":
+        cache = data.draw(cache_replacement(fast_cache, other_kind_cache))
+        fast_cache = ref_cache = cache
+    elif which == "other backend":
+        fast_cache, ref_cache = ref_cache, fast_cache
+    fast = call(getattr(fb, kernel), fast_cache, **args)
+    assert_unchanged(before, args)
+    reference = call(getattr(ref, kernel), ref_cache, **args)
+    assert_same_outcome(fast, reference, ["cache", *valid], dtype, "grads", args)
+
+
 @FUZZ
 @given(T=SIZES, B=SIZES, D=SIZES, H=SIZES, dtype=FLOATS, seed=SEEDS, data=st.data())
 def test_rnn_backward(T, B, D, H, dtype, seed, data):
@@ -461,18 +479,7 @@ def test_rnn_backward(T, B, D, H, dtype, seed, data):
     _, ref_cache = ref.rnn_forward(**problem, activation=activation)
     _, _, lstm_cache = fb.lstm_forward(np.ones((1, 1, 1), dtype), *(np.ones(s, dtype) for s in [(1, 4), (1, 4), 4]))
     valid = {"dhs": rng.standard_normal((T, B, H)).astype(dtype)}
-    args, _ = data.draw(mutated(valid, seed))
-    which = data.draw(st.sampled_from(["own", "other backend", "replaced"]))
-    before = snapshot(args)
-    if which == "replaced":
-        cache = data.draw(cache_replacement(fast_cache, lstm_cache))
-        fast_cache = ref_cache = cache
-    elif which == "other backend":  # caches are interchangeable between the fast path and the reference
-        fast_cache, ref_cache = ref_cache, fast_cache
-    fast = call(fb.rnn_backward, fast_cache, **args)
-    assert_unchanged(before, args)
-    reference = call(ref.rnn_backward, ref_cache, **args)
-    assert_same_outcome(fast, reference, ["cache", "dhs"], dtype, "grads", args)
+    check_backward(data, "rnn_backward", (fast_cache, ref_cache), lstm_cache, valid, seed, dtype)
 
 
 @FUZZ
@@ -485,18 +492,7 @@ def test_lstm_backward(T, B, D, H, dtype, seed, data):
     _, _, ref_cache = ref.lstm_forward(**problem, forget_gate=forget_gate)
     _, rnn_cache = fb.rnn_forward(*(np.ones(s, dtype) for s in [(1, 1, 1), (1, 1), (1, 1), 1]))
     valid = {"dhs": rng.standard_normal((T, B, H)).astype(dtype), "dc_T": rng.standard_normal((B, H)).astype(dtype)}
-    args, _ = data.draw(mutated(valid, seed, optional=("dc_T",)))
-    which = data.draw(st.sampled_from(["own", "other backend", "replaced"]))
-    before = snapshot(args)
-    if which == "replaced":
-        cache = data.draw(cache_replacement(fast_cache, rnn_cache))
-        fast_cache = ref_cache = cache
-    elif which == "other backend":
-        fast_cache, ref_cache = ref_cache, fast_cache
-    fast = call(fb.lstm_backward, fast_cache, **args)
-    assert_unchanged(before, args)
-    reference = call(ref.lstm_backward, ref_cache, **args)
-    assert_same_outcome(fast, reference, ["cache", "dhs", "dc_T"], dtype, "grads", args)
+    check_backward(data, "lstm_backward", (fast_cache, ref_cache), rnn_cache, valid, seed, dtype, optional=("dc_T",))
 
 
 @FUZZ
@@ -509,18 +505,7 @@ def test_gru_backward(T, B, D, H, dtype, seed, data):
     _, ref_cache = ref.gru_forward(**problem, lengths=lengths)
     _, rnn_cache = fb.rnn_forward(*(np.ones(s, dtype) for s in [(1, 1, 1), (1, 1), (1, 1), 1]))
     valid = {"dhs": rng.standard_normal((T, B, H)).astype(dtype)}
-    args, _ = data.draw(mutated(valid, seed))
-    which = data.draw(st.sampled_from(["own", "other backend", "replaced"]))
-    before = snapshot(args)
-    if which == "replaced":
-        cache = data.draw(cache_replacement(fast_cache, rnn_cache))
-        fast_cache = ref_cache = cache
-    elif which == "other backend":
-        fast_cache, ref_cache = ref_cache, fast_cache
-    fast = call(fb.gru_backward, fast_cache, **args)
-    assert_unchanged(before, args)
-    reference = call(ref.gru_backward, ref_cache, **args)
-    assert_same_outcome(fast, reference, ["cache", "dhs"], dtype, "grads", args)
+    check_backward(data, "gru_backward", (fast_cache, ref_cache), rnn_cache, valid, seed, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

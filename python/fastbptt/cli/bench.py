@@ -294,6 +294,11 @@ def header(torch, out) -> None:
         )
 
 
+def print_row(values, out) -> None:
+    """One row of a Markdown table."""
+    print("| " + " | ".join(values) + " |", file=out, flush=True)
+
+
 def fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -325,7 +330,7 @@ def run_bench(
         "fb GFLOP/s",
         "% of matmul",
     ]
-    print("| " + " | ".join(columns) + " |", file=out)
+    print_row(columns, out)
     print("|" + "---|" * len(columns), file=out, flush=True)
     saved_threads = get_num_threads()
     try:
@@ -356,28 +361,23 @@ def run_bench(
                             backward,
                         )
                         rows.append(row)
-                        print(
-                            "| "
-                            + " | ".join(
-                                [
-                                    cell,
-                                    np.dtype(dtype).name,
-                                    str(threads),
-                                    name,
-                                    ",".join(map(str, SHAPES[name])),
-                                    fmt(row["fastbptt_ms"], 2),
-                                    fmt(row["torch_ms"], 2),
-                                    fmt(row["dropin_ms"], 2),
-                                    fmt(row["reference_ms"], 1),
-                                    fmt(row["torch_over_fb"], 2),
-                                    fmt(row["ref_over_fb"], 1),
-                                    fmt(row["gflops"]),
-                                    fmt(row["percent_of_matmul"], 0),
-                                ]
-                            )
-                            + " |",
-                            file=out,
-                            flush=True,
+                        print_row(
+                            [
+                                cell,
+                                np.dtype(dtype).name,
+                                str(threads),
+                                name,
+                                ",".join(map(str, SHAPES[name])),
+                                fmt(row["fastbptt_ms"], 2),
+                                fmt(row["torch_ms"], 2),
+                                fmt(row["dropin_ms"], 2),
+                                fmt(row["reference_ms"], 1),
+                                fmt(row["torch_over_fb"], 2),
+                                fmt(row["ref_over_fb"], 1),
+                                fmt(row["gflops"]),
+                                fmt(row["percent_of_matmul"], 0),
+                            ],
+                            out,
                         )
     finally:
         set_num_threads(saved_threads)
@@ -477,7 +477,7 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
         "kernels train ms",
         "module overhead %",
     ]
-    print("| " + " | ".join(columns) + " |", file=out)
+    print_row(columns, out)
     print("|" + "---|" * len(columns), file=out, flush=True)
     rows, saved = [], (get_num_threads(), torch.get_num_threads())
     try:
@@ -515,7 +515,7 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
                         fmt(row["kernels_train_ms"], 2),
                         fmt(row["overhead_percent"], 0),
                     ]
-                    print("| " + " | ".join(values) + " |", file=out, flush=True)
+                    print_row(values, out)
     finally:
         set_num_threads(saved[0])
         torch.set_num_threads(saved[1])

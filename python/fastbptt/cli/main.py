@@ -36,6 +36,11 @@ def _bench(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def seed_and_output_dir(command: argparse.ArgumentParser, default_dir: str, what: str) -> None:
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--output-dir", "--out-dir", dest="out_dir", default=default_dir, help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastbptt", description="Fast, exact BPTT for RNNs and LSTMs on the CPU.")
     parser.add_argument("--version", action="version", version=f"fastbptt {_core.__version__}")
@@ -50,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hidden", type=int, help="hidden units of the character model (default 128)")
     demo.add_argument("--length", type=int, default=100, help="sequence length of the long-range task")
     demo.add_argument("--updates", type=int, help="updates per model in the long-range task (default 1500)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument(
-        "--output-dir", "--out-dir", dest="out_dir", default="fastbptt-demo", help="where the model and figures go"
-    )
+    seed_and_output_dir(demo, "fastbptt-demo", "where the model and figures go")
     demo.set_defaults(run=_demo)
     diagnose = commands.add_parser(
         "diagnose",
@@ -63,10 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--length", type=int, default=100, help="T")
     diagnose.add_argument("--batch", type=int, default=16, help="B")
     diagnose.add_argument("--hidden", type=int, default=64, help="H")
-    diagnose.add_argument("--seed", type=int, default=0)
-    diagnose.add_argument(
-        "--output-dir", "--out-dir", dest="out_dir", default="fastbptt-diagnose", help="where the figure goes"
-    )
+    seed_and_output_dir(diagnose, "fastbptt-diagnose", "where the figure goes")
     diagnose.set_defaults(run=_diagnose)
     bench = commands.add_parser(
         "bench",

@@ -106,8 +106,7 @@ def lstm_forward(
         recompute each segment: one more forward pass, memory beyond the outputs independent of T, and the
         bits of full BPTT. Not with ``lengths``.
     lengths : integer array [B], optional
-        Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
-        are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
+        As for :func:`rnn_forward`.
 
     Returns
     -------
@@ -188,8 +187,7 @@ def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndar
     h0 : ndarray [B, H], optional
         Initial state; zeros when omitted.
     lengths : integer array [B], optional
-        Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
-        are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
+        As for :func:`rnn_forward`.
 
     Returns
     -------

@@ -89,6 +89,13 @@ class Recurrent:
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.backend = backend
         spec = cells.cell_class(cell)
+        unknown = sorted(set(cell_options) - set(spec.option_defaults))
+        if unknown:
+            takes = ", ".join(spec.option_defaults) or "none"
+            raise TypeError(
+                f"{type(self).__name__}: unexpected keyword argument(s) {', '.join(unknown)} (the {spec.name} cell's "
+                f"options: {takes}; the layer's: num_layers, bidirectional, batch_first, dtype, backend, init, seed)"
+            )
         #: runs one cell forward and backward, and says its parameters and states (:mod:`fastbptt.kernels.cells`)
         self.cell = spec(backend, **cell_options)
         self.kind = self.kind or spec.name
@@ -333,32 +340,9 @@ class RNN(Recurrent):
     kind = "RNN"
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        activation: str = "tanh",
-        init: str = "uniform",
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        seed=None,
-        batch_first: bool = False,
-        dtype=np.float32,
-        backend: str = "fast",
+        self, input_size: int, hidden_size: int, *, activation: str = "tanh", init: str = "uniform", **options
     ):
-        super().__init__(
-            "rnn",
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            batch_first=batch_first,
-            dtype=dtype,
-            backend=backend,
-            init=init,
-            seed=seed,
-            activation=activation,
-        )
+        super().__init__("rnn", input_size, hidden_size, init=init, activation=activation, **options)
         self.activation = self.cell.options["activation"]
 
 
@@ -380,11 +364,7 @@ class LSTM(Recurrent):
     init : {"uniform", "orthogonal"}
         "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
         gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, ``b`` zero.
-    num_layers : int
-        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
-    bidirectional : bool
-        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
-    seed, batch_first, dtype, backend
+    num_layers, bidirectional, seed, batch_first, dtype, backend
         As for :class:`RNN`.
 
     Attributes
@@ -404,26 +384,16 @@ class LSTM(Recurrent):
         forget_gate: bool = True,
         forget_bias: float = 0.0,
         init: str = "uniform",
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        seed=None,
-        batch_first: bool = False,
-        dtype=np.float32,
-        backend: str = "fast",
+        **options,
     ):
         super().__init__(
             "lstm",
             input_size,
             hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            batch_first=batch_first,
-            dtype=dtype,
-            backend=backend,
             init=init,
             init_options={"forget_bias": forget_bias},
-            seed=seed,
             forget_gate=forget_gate,
+            **options,
         )
         self.forget_gate = self.cell.options["forget_gate"]
         self.forget_bias = self._init_options["forget_bias"]
@@ -439,11 +409,7 @@ class GRU(Recurrent):
     init : {"uniform", "orthogonal"}
         "uniform": ``U(-1/sqrt(H), 1/sqrt(H))`` for every parameter (PyTorch's default). "orthogonal": each
         gate block of ``W_h`` a random orthogonal ``[H, H]`` matrix, ``W_x`` uniform, biases zero.
-    num_layers : int
-        Layers stacked on one another; layer k > 0 takes the outputs of layer k-1 (both directions).
-    bidirectional : bool
-        Each layer also runs over every sequence reversed (within its length); outputs concatenate the directions.
-    seed, batch_first, dtype, backend
+    num_layers, bidirectional, seed, batch_first, dtype, backend
         As for :class:`RNN`.
 
     Attributes
@@ -455,28 +421,5 @@ class GRU(Recurrent):
 
     kind = "GRU"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        init: str = "uniform",
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        seed=None,
-        batch_first: bool = False,
-        dtype=np.float32,
-        backend: str = "fast",
-    ):
-        super().__init__(
-            "gru",
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            batch_first=batch_first,
-            dtype=dtype,
-            backend=backend,
-            init=init,
-            seed=seed,
-        )
+    def __init__(self, input_size: int, hidden_size: int, *, init: str = "uniform", **options):
+        super().__init__("gru", input_size, hidden_size, init=init, **options)
