@@ -10,28 +10,41 @@
 namespace fastbptt::bindings {
 namespace {
 
+/// The arrays every GRU call reads besides the cache, as the core's structs of views.
+template <class Scalar>
+struct GruArguments {
+  Shape s;
+  gru::Inputs<Scalar> inputs;
+  gru::Weights<Scalar> weights;
+
+  GruArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h, const Array<Scalar>& h0)
+      : s(sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0)) {
+    inputs.x = as_matrix(x, "x", 3);
+    weights.W_x = as_matrix(W_x, "W_x", 2);
+    weights.W_h = as_matrix(W_h, "W_h", 2);
+    inputs.h0 = as_matrix(h0, "h0", 2);
+  }
+};
+
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
                       const LengthsArray& lengths) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const Index GH = gru::gate_count * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto b_v = as_vector(b, "b");
-  const auto b_hn_v = as_vector(b_hn, "b_hn");
-  const auto h0_m = as_matrix(h0, "h0", 2);
+  GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  a.weights.b_hn = as_vector(b_hn, "b_hn");
   const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto hn = new_array<Scalar>({s.T, s.B, s.H});
-  auto gates = new_array<Scalar>({s.T, s.B, GH});
-  auto hs_m = as_mutable_matrix(hs);
-  auto hn_m = as_mutable_matrix(hn);
-  auto gates_m = as_mutable_matrix(gates);
+  auto gates = new_array<Scalar>({s.T, s.B, gru::gate_count * s.H});
+  gru::Cache<Scalar> cache;
+  cache.gates = as_mutable_matrix(gates);
+  cache.hn = as_mutable_matrix(hn);
+  cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    gru::forward<Scalar>(s, x_m, W_x_m, W_h_m, b_v, b_hn_v, h0_m, gates_m, hn_m, hs_m, lengths_v);
+    gru::forward<Scalar>(s, a.inputs, a.weights, cache, lengths_v);
   }
   return py::make_tuple(hs, gates, hn);
 }
@@ -41,16 +54,15 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
                        bool hidden_grad_norms) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
+  const GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto hn_m = as_matrix(hn, "hn", 3);
-  const auto hs_m = as_matrix(hs, "hs", 3);
-  const auto dhs_m = as_matrix(dhs, "dhs", 3);
+  gru::Cache<const Scalar> cache;
+  cache.gates = as_matrix(gates, "gates", 3);
+  cache.hn = as_matrix(hn, "hn", 3);
+  cache.hs = as_matrix(hs, "hs", 3);
+  gru::Upstream<Scalar> upstream;
+  upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
   auto dx = new_array<Scalar>({s.T, s.B, s.D});
   auto dh0 = new_array<Scalar>({s.B, s.H});
@@ -58,19 +70,22 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   auto dW_h = new_array<Scalar>({s.H, GH});
   auto db = new_array<Scalar>({GH});
   auto db_hn = new_array<Scalar>({s.H});
-  auto dx_m = as_mutable_matrix(dx);
-  auto dh0_m = as_mutable_matrix(dh0);
-  auto dW_x_m = as_mutable_matrix(dW_x);
-  auto dW_h_m = as_mutable_matrix(dW_h);
-  auto db_v = as_mutable_vector(db);
-  auto db_hn_v = as_mutable_vector(db_hn);
+  gru::Gradients<Scalar> gradients;
+  gradients.dx = as_mutable_matrix(dx);
+  gradients.dh0 = as_mutable_matrix(dh0);
+  gradients.dW_x = as_mutable_matrix(dW_x);
+  gradients.dW_h = as_mutable_matrix(dW_h);
+  gradients.db = as_mutable_vector(db);
+  gradients.db_hn = as_mutable_vector(db_hn);
   std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+  BackwardOptions<Scalar> options;
+  if (hidden_grad_norms) {
+    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+    options.dh_norms = as_mutable_matrix(*norms);
+  }
   {
     py::gil_scoped_release release;
-    gru::backward<Scalar>(s, x_m, W_x_m, W_h_m, h0_m, gates_m, hn_m, hs_m, dhs_m, dx_m, dh0_m, dW_x_m, dW_h_m, db_v,
-                          db_hn_v, lengths_v, false,
-                          norms ? norms->mutable_data() : nullptr);
+    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
   if (norms) return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn, *norms);
   return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn);

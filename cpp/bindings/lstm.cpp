@@ -10,28 +10,42 @@
 namespace fastbptt::bindings {
 namespace {
 
+/// The arrays every LSTM call reads besides the cache, as the core's structs of views.
+template <class Scalar>
+struct LstmArguments {
+  Shape s;
+  lstm::Inputs<Scalar> inputs;
+  lstm::Weights<Scalar> weights;
+
+  LstmArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h, const Array<Scalar>& h0,
+                const Array<Scalar>& c0)
+      : s(sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0)) {
+    inputs.x = as_matrix(x, "x", 3);
+    weights.W_x = as_matrix(W_x, "W_x", 2);
+    weights.W_h = as_matrix(W_h, "W_h", 2);
+    inputs.h0 = as_matrix(h0, "h0", 2);
+    inputs.c0 = as_matrix(c0, "c0", 2);
+  }
+};
+
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
                        const LengthsArray& lengths) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const Index GH = lstm::gate_count(forget_gate) * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto b_v = as_vector(b, "b");
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto c0_m = as_matrix(c0, "c0", 2);
+  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
   const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
-  auto gates = new_array<Scalar>({s.T, s.B, GH});
-  auto hs_m = as_mutable_matrix(hs);
-  auto cs_m = as_mutable_matrix(cs);
-  auto gates_m = as_mutable_matrix(gates);
+  auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
+  lstm::Cache<Scalar> cache;
+  cache.gates = as_mutable_matrix(gates);
+  cache.hs = as_mutable_matrix(hs);
+  cache.cs = as_mutable_matrix(cs);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, b_v, h0_m, c0_m, gates_m, hs_m, cs_m, lengths_v);
+    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, lengths_v);
   }
   return py::make_tuple(hs, cs, gates);
 }
@@ -43,18 +57,16 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar>& dW_x, Array<Scalar>& dW_h,
-                        Array<Scalar>& db, const LengthsArray& lengths, bool accumulate, Scalar* dh_norms) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto c0_m = as_matrix(c0, "c0", 2);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto hs_m = as_matrix(hs, "hs", 3);
-  const auto cs_m = as_matrix(cs, "cs", 3);
-  const auto dhs_m = as_matrix(dhs, "dhs", 3);
-  const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
+                        Array<Scalar>& db, const LengthsArray& lengths, const BackwardOptions<Scalar>& options) {
+  const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  lstm::Cache<const Scalar> cache;
+  cache.gates = as_matrix(gates, "gates", 3);
+  cache.hs = as_matrix(hs, "hs", 3);
+  cache.cs = as_matrix(cs, "cs", 3);
+  lstm::Upstream<Scalar> upstream;
+  upstream.dhs = as_matrix(dhs, "dhs", 3);
+  upstream.dc_T = as_matrix(dc_T, "dc_T", 2);
   const auto lengths_v = as_lengths(lengths);
   check_ndim(dW_x, "dW_x", 2);
   check_ndim(dW_h, "dW_h", 2);
@@ -62,16 +74,16 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   auto dx = new_array<Scalar>({s.T, s.B, s.D});
   auto dh0 = new_array<Scalar>({s.B, s.H});
   auto dc0 = new_array<Scalar>({s.B, s.H});
-  auto dx_m = as_mutable_matrix(dx);
-  auto dh0_m = as_mutable_matrix(dh0);
-  auto dc0_m = as_mutable_matrix(dc0);
-  auto dW_x_m = as_mutable_matrix(dW_x);
-  auto dW_h_m = as_mutable_matrix(dW_h);
-  auto db_v = as_mutable_vector(db);
+  lstm::Gradients<Scalar> gradients;
+  gradients.dx = as_mutable_matrix(dx);
+  gradients.dh0 = as_mutable_matrix(dh0);
+  gradients.dc0 = as_mutable_matrix(dc0);
+  gradients.dW_x = as_mutable_matrix(dW_x);
+  gradients.dW_h = as_mutable_matrix(dW_h);
+  gradients.db = as_mutable_vector(db);
   {
     py::gil_scoped_release release;
-    lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v, accumulate, dh_norms);
+    lstm::backward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
   return py::make_tuple(dx, dh0, dc0);
 }
@@ -88,9 +100,13 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   auto dW_h = new_array<Scalar>({s.H, GH});
   auto db = new_array<Scalar>({GH});
   std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+  BackwardOptions<Scalar> options;
+  if (hidden_grad_norms) {
+    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+    options.dh_norms = as_mutable_matrix(*norms);
+  }
   const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h,
-                                            db, lengths, false, norms ? norms->mutable_data() : nullptr);
+                                            db, lengths, options);
   if (norms) return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db, *norms);
   return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db);
 }
@@ -102,8 +118,10 @@ py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, c
                              const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                              const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar> dW_x, Array<Scalar> dW_h,
                              Array<Scalar> db) {
+  BackwardOptions<Scalar> options;
+  options.accumulate = true;
   return backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db,
-                               LengthsArray(0), true, nullptr);
+                               LengthsArray(0), options);
 }
 
 template <class Scalar>

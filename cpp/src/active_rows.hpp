@@ -69,18 +69,30 @@ void record_row_norms(const Eigen::Ref<const RowMatrix<Scalar>>& m, const Active
   }
 }
 
+/// The rows of `m` [T*B, .] that run step t: its block of B rows, picked longest sequence first.
+template <class Scalar, class Matrix>
+LeftOperand<Scalar> step_rows(const Matrix& m, Index t, Index B, const ActiveRows& active) {
+  LeftOperand<Scalar> rows;
+  rows.first = strided_rows(m.middleRows(t * B, B));
+  rows.rows = active.count(t);
+  rows.row_index = active.order();
+  return rows;
+}
+
 /// out = x W for the rows that run each step: one product over all T*B rows when every sequence runs every step,
 /// else one per step over its running rows (a row's bits are the same either way; padding rows are left alone).
 template <class Scalar>
 void project_inputs(const PackedWeights<Scalar>& W, const Eigen::Ref<const RowMatrix<Scalar>>& x,
                     Eigen::Ref<RowMatrix<Scalar>> out, const Shape& s, const ActiveRows& active) {
   if (active.all()) {
-    W.multiply(x.data(), x.outerStride(), s.T * s.B, out.data(), out.outerStride(), false);
+    LeftOperand<Scalar> all_rows;
+    all_rows.first = strided_rows(x);
+    all_rows.rows = s.T * s.B;
+    W.multiply(all_rows, strided_rows(out), Store::overwrite);
     return;
   }
   for (Index t = 0; t < s.T; ++t) {
-    W.multiply(x.data() + t * s.B * x.outerStride(), x.outerStride(), active.count(t),
-               out.data() + t * s.B * out.outerStride(), out.outerStride(), false, active.order());
+    W.multiply(step_rows<Scalar>(x, t, s.B, active), strided_rows(out.middleRows(t * s.B, s.B)), Store::overwrite);
   }
 }
 

@@ -10,14 +10,20 @@ namespace {
 namespace ei = Eigen::internal;
 
 template <class Scalar>
-void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& W_x, const Eigen::Ref<const RowMatrix<Scalar>>& W_h,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& h0) {
+void check_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
   detail::check_sizes(s);
-  detail::check_shape("x", x, s.T * s.B, s.D);
-  detail::check_shape("W_x", W_x, s.D, gate_count * s.H);
-  detail::check_shape("W_h", W_h, s.H, gate_count * s.H);
-  detail::check_shape("h0", h0, s.B, s.H);
+  detail::check_shape("x", in.x, s.T * s.B, s.D);
+  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_shape("W_x", w.W_x, s.D, gate_count * s.H);
+  detail::check_shape("W_h", w.W_h, s.H, gate_count * s.H);
+}
+
+template <class Element>
+void check_cache(const Shape& s, const Cache<Element>& cache) {
+  const Index N = s.T * s.B;
+  detail::check_shape("gates", cache.gates, N, gate_count * s.H);
+  detail::check_shape("hn", cache.hn, N, s.H);
+  detail::check_shape("hs", cache.hs, N, s.H);
 }
 
 /// The GRU's step. Unlike the LSTM's, the recurrent product cannot be added onto the input projection (r scales
@@ -25,8 +31,8 @@ void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
 /// projected inputs already in the gate rows.
 template <class Scalar>
 struct ForwardCell {
-  ConstVectorRef<Scalar> b, b_hn;
-  MatrixRef<Scalar> gates, hn, hs;
+  detail::VectorMap<const Scalar> b, b_hn;
+  detail::MatrixMap<Scalar> gates, hn, hs;
   const detail::PackedWeights<Scalar>& packed_W_h;
   const Shape& s;
   const detail::ActiveRows& active;
@@ -34,9 +40,9 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W_h; }
 
-  void step_product(Index, Index running, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
-    packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, recurrent.data(), recurrent.cols(),
-                              false, active.order(), own.q0, own.q1);
+  void step_product(Index, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, 0, s.B, active), own.panels,
+                              detail::strided_rows(recurrent), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar* h_prev) {
@@ -70,9 +76,9 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = true;
-  ConstMatrixRef<Scalar> x, W_x, h0, gates, hn, hs;
-  MatrixRef<Scalar> dx, dW_x, dW_h;
-  VectorRef<Scalar> db, db_hn;
+  detail::MatrixMap<const Scalar> x, W_x, h0, gates, hn, hs;
+  detail::MatrixMap<Scalar> dx, dW_x, dW_h;
+  detail::VectorMap<Scalar> db, db_hn;
   const Shape& s;
   RowMatrix<Scalar> direct;  // [B, H] dh z of the step
 
@@ -137,61 +143,57 @@ struct BackwardCell {
 }  // namespace
 
 template <class Scalar>
-void forward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-             ConstVectorRef<Scalar> b, ConstVectorRef<Scalar> b_hn, ConstMatrixRef<Scalar> h0,
-             MatrixRef<Scalar> gates, MatrixRef<Scalar> hn, MatrixRef<Scalar> hs, ConstLengthsRef lengths) {
-  check_inputs<Scalar>(s, x, W_x, W_h, h0);
-  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
-  detail::check_shape("b", b, 1, GH);
-  detail::check_shape("b_hn", b_hn, 1, H);
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hn", hn, N, H);
-  detail::check_shape("hs", hs, N, H);
+void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<Scalar>& cache,
+             ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  const Index H = s.H, B = s.B, GH = gate_count * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("b_hn", w.b_hn, 1, H);
+  check_cache(s, cache);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) {  // the rows of finished sequences
-    gates.setZero();
-    hn.setZero();
-    hs.setZero();
+    cache.gates.map().setZero();
+    cache.hn.map().setZero();
+    cache.hs.map().setZero();
   }
-  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false, gate_count);
-  detail::project_inputs(packed_W_x, x, gates, s, active);
-  ForwardCell<Scalar> cell{b, b_hn, gates, hn, hs, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
-  detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
+  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given),
+      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  detail::project_inputs<Scalar>(packed_W_x, in.x.map(), cache.gates.map(), s, active);
+  ForwardCell<Scalar> cell{w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(),
+                           packed_W_h, s,           active,            RowMatrix<Scalar>(B, GH)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
 }
 
 template <class Scalar>
-void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-              ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
-              ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
-  check_inputs<Scalar>(s, x, W_x, W_h, h0);
+void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<const Scalar>& cache,
+              const Upstream<Scalar>& up, const Gradients<Scalar>& grad, ConstLengthsRef lengths,
+              const BackwardOptions<Scalar>& options) {
+  check_inputs(s, in, w);
+  check_cache(s, cache);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hn", hn, N, H);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("dhs", dhs, N, H);
-  detail::check_shape("dx", dx, N, s.D);
-  detail::check_shape("dh0", dh0, B, H);
-  detail::check_shape("dW_x", dW_x, s.D, GH);
-  detail::check_shape("dW_h", dW_h, H, GH);
-  detail::check_shape("db", db, 1, GH);
-  detail::check_shape("db_hn", db_hn, 1, H);
+  detail::check_shape("dhs", up.dhs, N, H);
+  detail::check_shape("dx", grad.dx, N, s.D);
+  detail::check_shape("dh0", grad.dh0, B, H);
+  detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+  detail::check_shape("dW_h", grad.dW_h, H, GH);
+  detail::check_shape("db", grad.db, 1, GH);
+  detail::check_shape("db_hn", grad.db_hn, 1, H);
+  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
-  BackwardCell<Scalar> cell{x, W_x, h0, gates, hn, hs, dx, dW_x, dW_h, db, db_hn, s, RowMatrix<Scalar>(B, H)};
-  detail::backward_time_loop<Scalar>(s, active, W_h, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
+  BackwardCell<Scalar> cell{in.x.map(),      w.W_x.map(),      in.h0.map(),    cache.gates.map(),
+                            cache.hn.map(),  cache.hs.map(),   grad.dx.map(),  grad.dW_x.map(),
+                            grad.dW_h.map(), grad.db.map(),    grad.db_hn.map(), s,
+                            RowMatrix<Scalar>(B, H)};
+  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+                                     grad.dh0.map(), options, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
-  template void forward<Scalar>(const Shape&, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,                   \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstVectorRef<Scalar>,          \
-                                ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, \
-                                ConstLengthsRef);                                                                \
-  template void backward<Scalar>(const Shape&, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,                  \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,     \
-                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
+  template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
+                                const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                   \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -17,16 +17,22 @@ struct GateColumns {
 };
 
 template <class Scalar>
-void check_inputs(const Shape& s, bool forget_gate, const Eigen::Ref<const RowMatrix<Scalar>>& x,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& W_x, const Eigen::Ref<const RowMatrix<Scalar>>& W_h,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& h0, const Eigen::Ref<const RowMatrix<Scalar>>& c0) {
+void check_inputs(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
   detail::check_sizes(s);
   const Index GH = gate_count(forget_gate) * s.H;
-  detail::check_shape("x", x, s.T * s.B, s.D);
-  detail::check_shape("W_x", W_x, s.D, GH);
-  detail::check_shape("W_h", W_h, s.H, GH);
-  detail::check_shape("h0", h0, s.B, s.H);
-  detail::check_shape("c0", c0, s.B, s.H);
+  detail::check_shape("x", in.x, s.T * s.B, s.D);
+  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_shape("c0", in.c0, s.B, s.H);
+  detail::check_shape("W_x", w.W_x, s.D, GH);
+  detail::check_shape("W_h", w.W_h, s.H, GH);
+}
+
+template <class Element>
+void check_cache(const Shape& s, bool forget_gate, const Cache<Element>& cache) {
+  const Index N = s.T * s.B;
+  detail::check_shape("gates", cache.gates, N, gate_count(forget_gate) * s.H);
+  detail::check_shape("hs", cache.hs, N, s.H);
+  detail::check_shape("cs", cache.cs, N, s.H);
 }
 
 /// The LSTM's step: z_t = [x_t, h_{t-1}] [W_x; W_h] is one product, written into the gate rows; one pass per row
@@ -35,9 +41,9 @@ void check_inputs(const Shape& s, bool forget_gate, const Eigen::Ref<const RowMa
 template <class Scalar>
 struct ForwardCell {
   bool forget_gate;
-  ConstMatrixRef<Scalar> x, c0;
-  ConstVectorRef<Scalar> b;
-  MatrixRef<Scalar> gates, hs, cs;
+  detail::MatrixMap<const Scalar> x, c0;
+  detail::VectorMap<const Scalar> b;
+  detail::MatrixMap<Scalar> gates, hs, cs;
   const detail::PackedWeights<Scalar>& packed_W;
   const Shape& s;
   const detail::ActiveRows& active;
@@ -45,10 +51,9 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W; }
 
-  void step_product(Index t, Index running, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
-    packed_W.multiply_units(x.row(t * s.B).data(), x.outerStride(), running, gates.row(t * s.B).data(),
-                            gates.outerStride(), false, active.order(), own.q0, own.q1, h_prev_t.data(),
-                            h_prev_t.outerStride());
+  void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    packed_W.multiply_units(detail::stacked_step_rows<Scalar>(x, h_prev_t, t, active), own.panels,
+                            detail::strided_rows(gates.middleRows(t * s.B, s.B)), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar*) {
@@ -83,9 +88,9 @@ template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = false;
   bool forget_gate;
-  ConstMatrixRef<Scalar> x, W_x, c0, gates, cs;
-  MatrixRef<Scalar> dc, dx, dW_x, dW_h;
-  VectorRef<Scalar> db;
+  detail::MatrixMap<const Scalar> x, W_x, c0, gates, cs;
+  detail::MatrixMap<Scalar> dc, dx, dW_x, dW_h;
+  detail::VectorMap<Scalar> db;
   const Shape& s;
   GateColumns col;
 
@@ -139,68 +144,61 @@ struct BackwardCell {
 }  // namespace
 
 template <class Scalar>
-void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
-             ConstMatrixRef<Scalar> W_h, ConstVectorRef<Scalar> b, ConstMatrixRef<Scalar> h0,
-             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs,
-             ConstLengthsRef lengths) {
-  check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
-  const Index H = s.H, N = s.T * s.B, GH = gate_count(forget_gate) * H;
-  detail::check_shape("b", b, 1, GH);
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("cs", cs, N, H);
+void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+             const Cache<Scalar>& cache, ConstLengthsRef lengths) {
+  check_inputs(s, forget_gate, in, w);
+  const Index H = s.H, GH = gate_count(forget_gate) * H;
+  detail::check_shape("b", w.b, 1, GH);
+  check_cache(s, forget_gate, cache);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) {  // the rows of finished sequences
-    gates.setZero();
-    hs.setZero();
-    cs.setZero();
+    cache.gates.map().setZero();
+    cache.hs.map().setZero();
+    cache.cs.map().setZero();
   }
   // The weights are packed once here. The packed product rounds a row the same whatever rows a call covers, so
   // chunked runs equal one run bit for bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(W_x, W_h, gate_count(forget_gate));
-  ForwardCell<Scalar> cell{forget_gate, x, c0, b, gates, hs, cs, packed_W, s, active, GateColumns(forget_gate, H)};
-  detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
+  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  ForwardCell<Scalar> cell{forget_gate, in.x.map(),     in.c0.map(), w.b.map(),
+                           cache.gates.map(), cache.hs.map(), cache.cs.map(), packed_W,
+                           s,           active,         GateColumns(forget_gate, H)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
 }
 
 template <class Scalar>
-void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
-              ConstMatrixRef<Scalar> W_h, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> c0,
-              ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
-              ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
-              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
-  check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
+void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+              const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
+  check_inputs(s, forget_gate, in, w);
+  check_cache(s, forget_gate, cache);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("cs", cs, N, H);
-  detail::check_shape("dhs", dhs, N, H);
-  detail::check_shape("dc_T", dc_T, B, H);
-  detail::check_shape("dx", dx, N, s.D);
-  detail::check_shape("dh0", dh0, B, H);
-  detail::check_shape("dc0", dc0, B, H);
-  detail::check_shape("dW_x", dW_x, s.D, GH);
-  detail::check_shape("dW_h", dW_h, H, GH);
-  detail::check_shape("db", db, 1, GH);
+  detail::check_shape("dhs", up.dhs, N, H);
+  detail::check_shape("dc_T", up.dc_T, B, H);
+  detail::check_shape("dx", grad.dx, N, s.D);
+  detail::check_shape("dh0", grad.dh0, B, H);
+  detail::check_shape("dc0", grad.dc0, B, H);
+  detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+  detail::check_shape("dW_h", grad.dW_h, H, GH);
+  detail::check_shape("db", grad.db, 1, GH);
+  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
-  dc0 = dc_T;
-  BackwardCell<Scalar> cell{forget_gate, x, W_x, c0, gates, cs, dc0, dx, dW_x, dW_h, db, s, GateColumns(forget_gate, H)};
-  detail::backward_time_loop<Scalar>(s, active, W_h, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
+  grad.dc0.map() = up.dc_T.map();
+  BackwardCell<Scalar> cell{forget_gate,    in.x.map(),       w.W_x.map(),      in.c0.map(),
+                            cache.gates.map(), cache.cs.map(),  grad.dc0.map(),   grad.dx.map(),
+                            grad.dW_x.map(), grad.dW_h.map(),  grad.db.map(),    s,
+                            GateColumns(forget_gate, H)};
+  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+                                     grad.dh0.map(), options, cell);
 }
 
-#define FASTBPTT_INSTANTIATE(Scalar)                                                                            \
-  template void forward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,            \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                   \
-                                MatrixRef<Scalar>, ConstLengthsRef);                                            \
-  template void backward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,           \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, MatrixRef<Scalar>,             \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,    \
-                                 VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
+#define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
+  template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
+                                const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,             \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE
