@@ -49,6 +49,28 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
   return py::make_tuple(hs, gates, hn);
 }
 
+/// (hs, h_T): the forward without the training cache.
+template <class Scalar>
+py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                                const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
+                                const LengthsArray& lengths) {
+  GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  a.weights.b_hn = as_vector(b_hn, "b_hn");
+  const auto lengths_v = as_lengths(lengths);
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto h_T = new_array<Scalar>({s.B, s.H});
+  gru::Outputs<Scalar> outputs;
+  outputs.hs = as_mutable_matrix(hs);
+  outputs.h_T = as_mutable_matrix(h_T);
+  {
+    py::gil_scoped_release release;
+    gru::forward_inference<Scalar>(s, a.inputs, a.weights, outputs, lengths_v);
+  }
+  return py::make_tuple(hs, h_T);
+}
+
 template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
@@ -97,6 +119,10 @@ void define(py::module_& m) {
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("b_hn").noconvert(),
         py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
         "(hs, gates, hn) = GRU forward over x [T,B,D]; see fastbptt.gru_forward.");
+  m.def("gru_forward_inference", &gru_forward_inference<Scalar>, py::arg("x").noconvert(),
+        py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(),
+        py::arg("b_hn").noconvert(), py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
+        "(hs, h_T) = GRU forward over x [T,B,D] keeping no cache for backward; gru_forward's bits.");
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),

@@ -50,6 +50,29 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   return py::make_tuple(hs, cs, gates);
 }
 
+/// (hs, h_T, c_T): the forward without the training cache.
+template <class Scalar>
+py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                                 const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
+                                 bool forget_gate, const LengthsArray& lengths) {
+  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  const auto lengths_v = as_lengths(lengths);
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto h_T = new_array<Scalar>({s.B, s.H});
+  auto c_T = new_array<Scalar>({s.B, s.H});
+  lstm::Outputs<Scalar> outputs;
+  outputs.hs = as_mutable_matrix(hs);
+  outputs.h_T = as_mutable_matrix(h_T);
+  outputs.c_T = as_mutable_matrix(c_T);
+  {
+    py::gil_scoped_release release;
+    lstm::forward_inference<Scalar>(s, forget_gate, a.inputs, a.weights, outputs, lengths_v);
+  }
+  return py::make_tuple(hs, h_T, c_T);
+}
+
 /// The LSTM's BPTT into the given weight-gradient arrays (overwritten, or added to with accumulate); returns
 /// (dx, dh0, dc0).
 template <class Scalar>
@@ -130,6 +153,10 @@ void define(py::module_& m) {
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("forget_gate"), py::arg("lengths").noconvert(),
         "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
+  m.def("lstm_forward_inference", &lstm_forward_inference<Scalar>, py::arg("x").noconvert(),
+        py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(),
+        py::arg("c0").noconvert(), py::arg("forget_gate"), py::arg("lengths").noconvert(),
+        "(hs, h_T, c_T) = LSTM forward over x [T,B,D] keeping no cache for backward; lstm_forward's bits.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),

@@ -46,6 +46,27 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
   return hs;
 }
 
+/// (hs, h_T): the forward for inference.
+template <class Scalar>
+py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
+                                const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
+                                const LengthsArray& lengths) {
+  RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
+  const Shape& s = a.s;
+  a.weights.b_h = as_vector(b_h, "b_h");
+  const auto lengths_v = as_lengths(lengths);
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto h_T = new_array<Scalar>({s.B, s.H});
+  rnn::Outputs<Scalar> outputs;
+  outputs.hs = as_mutable_matrix(hs);
+  outputs.h_T = as_mutable_matrix(h_T);
+  {
+    py::gil_scoped_release release;
+    rnn::forward_inference<Scalar>(s, a.phi, a.inputs, a.weights, outputs, lengths_v);
+  }
+  return py::make_tuple(hs, h_T);
+}
+
 template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
@@ -87,6 +108,10 @@ void define(py::module_& m) {
   m.def("rnn_forward", &rnn_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(), py::arg("h0").noconvert(), py::arg("activation"),
         py::arg("lengths").noconvert(), "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward.");
+  m.def("rnn_forward_inference", &rnn_forward_inference<Scalar>, py::arg("x").noconvert(),
+        py::arg("W_xh").noconvert(), py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(),
+        py::arg("h0").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
+        "(hs, h_T) = RNN forward over x [T,B,D] for inference; rnn_forward's bits.");
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),

@@ -28,11 +28,18 @@ void check_cache(const Shape& s, const Cache<Element>& cache) {
 
 /// The GRU's step. Unlike the LSTM's, the recurrent product cannot be added onto the input projection (r scales
 /// its n block): the step's product h_{t-1} W_h goes into `recurrent`, and one pass per row combines it with the
-/// projected inputs already in the gate rows.
-template <class Scalar>
+/// projected inputs in the gate rows. For training (Keep::training_cache) the projections of all steps are in
+/// `gates` beforehand, and the pass writes the activated gates over them and h_{t-1} W_hn + b_hn into `hn`.
+/// Forward-only (Keep::current_state) `gates` holds one step's B rows, which the step's product x_t W_x fills for
+/// the thread's units, and nothing else is kept. Either way each element of a projection is the same sum in the
+/// same order (PackedWeights), so both forwards give the same bits.
+template <class Scalar, detail::Keep keep>
 struct ForwardCell {
+  static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
+  detail::MatrixMap<const Scalar> x;
   detail::VectorMap<const Scalar> b, b_hn;
   detail::MatrixMap<Scalar> gates, hn, hs;
+  const detail::PackedWeights<Scalar>& packed_W_x;  // grouped by gate block (forward-only; training projects ahead)
   const detail::PackedWeights<Scalar>& packed_W_h;
   const Shape& s;
   const detail::ActiveRows& active;
@@ -40,16 +47,22 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W_h; }
 
-  void step_product(Index, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+  /// The row of `gates` that holds batch row r at step t.
+  Index kept_row(Index t, Index r) const { return keeps_cache ? t * s.B + r : r; }
+
+  void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    if constexpr (!keeps_cache) {
+      packed_W_x.multiply_units(detail::step_rows<Scalar>(x, t, s.B, active), own.panels,
+                                detail::strided_rows(gates), detail::Store::overwrite);
+    }
     packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, 0, s.B, active), own.panels,
                               detail::strided_rows(recurrent), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar* h_prev) {
     const Index H = s.H;
-    Scalar* g = gates.row(t * s.B + r).data();
+    Scalar* g = gates.row(kept_row(t, r)).data();
     const Scalar* rec = recurrent.row(r).data();
-    Scalar* hn_row = hn.row(t * s.B + r).data();
     Scalar* h = hs.row(t * s.B + r).data();
     detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
       const auto reset =
@@ -60,12 +73,14 @@ struct ForwardCell {
       const auto n = detail::tanh<Scalar>(
           ei::padd(ei::padd(lanes.load(g + 2 * H), lanes.load(b.data() + 2 * H)), ei::pmul(reset, hidden_n)));
       // (1 - z) n + z h_{t-1} rather than n + z (h_{t-1} - n): a saturated z = 1 keeps the state exactly.
-      const auto keep = ei::pmul(update, lanes.load(h_prev));
-      lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep));
-      lanes.store(g, reset);
-      lanes.store(g + H, update);
-      lanes.store(g + 2 * H, n);
-      lanes.store(hn_row, hidden_n);
+      const auto keep_state = ei::pmul(update, lanes.load(h_prev));
+      lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep_state));
+      if constexpr (keeps_cache) {
+        lanes.store(g, reset);
+        lanes.store(g + H, update);
+        lanes.store(g + 2 * H, n);
+        lanes.store(hn.row(t * s.B + r).data(), hidden_n);
+      }
     });
   }
 };
@@ -159,9 +174,33 @@ void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w,
   const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given),
       packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
   detail::project_inputs<Scalar>(packed_W_x, in.x.map(), cache.gates.map(), s, active);
-  ForwardCell<Scalar> cell{w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(),
-                           packed_W_h, s,           active,            RowMatrix<Scalar>(B, GH)};
+  ForwardCell<Scalar, detail::Keep::training_cache> cell{
+      in.x.map(), w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(), packed_W_x,
+      packed_W_h, s,         active,       RowMatrix<Scalar>(B, GH)};
   detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
+}
+
+template <class Scalar>
+void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Outputs<Scalar>& out,
+                       ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  const Index H = s.H, B = s.B, GH = gate_count * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("b_hn", w.b_hn, 1, H);
+  detail::check_shape("hs", out.hs, s.T * B, H);
+  detail::check_shape("h_T", out.h_T, B, H);
+  const detail::ActiveRows active(s, lengths);
+  if (!active.all()) out.hs.map().setZero();  // the rows of finished sequences
+  // W_x in gate blocks, like W_h, so that a thread's panels of either hold the same hidden units.
+  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given, gate_count),
+      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  RowMatrix<Scalar> step_gates(B, GH);
+  const detail::MatrixMap<Scalar> not_kept = MatrixView<Scalar>().map();  // hn
+  ForwardCell<Scalar, detail::Keep::current_state> cell{
+      in.x.map(), w.b.map(), w.b_hn.map(), MatrixView<Scalar>(step_gates).map(), not_kept,
+      out.hs.map(), packed_W_x, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
 template <class Scalar>
@@ -191,6 +230,8 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
                                 const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,          \
+                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
   template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                   \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&);

@@ -36,10 +36,12 @@ void check_cache(const Shape& s, bool forget_gate, const Cache<Element>& cache) 
 }
 
 /// The LSTM's step: z_t = [x_t, h_{t-1}] [W_x; W_h] is one product, written into the gate rows; one pass per row
-/// over the thread's units takes the pre-activations in, puts the activated gates back in place, and writes C_t
-/// and h_t.
-template <class Scalar>
+/// over the thread's units takes the pre-activations in and writes C_t and h_t. For training (Keep::training_cache)
+/// `gates` and `cs` hold every step's rows and the pass puts the activated gates back in place; forward-only
+/// (Keep::current_state) `gates` holds one step's B rows and `cs` the B rows of the current C, updated in place.
+template <class Scalar, detail::Keep keep>
 struct ForwardCell {
+  static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
   bool forget_gate;
   detail::MatrixMap<const Scalar> x, c0;
   detail::VectorMap<const Scalar> b;
@@ -51,15 +53,19 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W; }
 
+  /// The row of `gates` and `cs` that holds batch row r at step t.
+  Index kept_row(Index t, Index r) const { return keeps_cache ? t * s.B + r : r; }
+
   void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
     packed_W.multiply_units(detail::stacked_step_rows<Scalar>(x, h_prev_t, t, active), own.panels,
-                            detail::strided_rows(gates.middleRows(t * s.B, s.B)), detail::Store::overwrite);
+                            detail::strided_rows(gates.middleRows(kept_row(t, 0), s.B)), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar*) {
-    Scalar* z = gates.row(t * s.B + r).data();
-    const Scalar* c_prev = detail::previous_state<Scalar>(c0, cs, t, s.B).row(r).data();
-    Scalar* c = cs.row(t * s.B + r).data();
+    Scalar* z = gates.row(kept_row(t, r)).data();
+    const Scalar* c_prev =
+        keeps_cache ? detail::previous_state<Scalar>(c0, cs, t, s.B).row(r).data() : cs.row(r).data();
+    Scalar* c = cs.row(kept_row(t, r)).data();
     Scalar* h = hs.row(t * s.B + r).data();
     detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
       const auto gate = [&](Index column) { return ei::padd(lanes.load(z + column), lanes.load(b.data() + column)); };
@@ -70,14 +76,16 @@ struct ForwardCell {
       if (forget_gate) {
         const auto f = detail::sigmoid<Scalar>(gate(col.f));
         c_new = ei::padd(ei::pmul(f, lanes.load(c_prev)), c_new);
-        lanes.store(z + col.f, f);
+        if constexpr (keeps_cache) lanes.store(z + col.f, f);
       } else {
         c_new = ei::padd(lanes.load(c_prev), c_new);
       }
-      lanes.store(z + col.i, i);
-      lanes.store(z + col.g, g);
-      lanes.store(z + col.o, o);
-      lanes.store(c, c_new);
+      if constexpr (keeps_cache) {
+        lanes.store(z + col.i, i);
+        lanes.store(z + col.g, g);
+        lanes.store(z + col.o, o);
+      }
+      lanes.store(c, c_new);  // forward-only, c is c_prev: each lane is read before it is written
       lanes.store(h, ei::pmul(o, detail::tanh<Scalar>(c_new)));
     });
   }
@@ -159,10 +167,32 @@ void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const W
   // The weights are packed once here. The packed product rounds a row the same whatever rows a call covers, so
   // chunked runs equal one run bit for bit (Eigen's general product picks its code path by a row's position).
   const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
-  ForwardCell<Scalar> cell{forget_gate, in.x.map(),     in.c0.map(), w.b.map(),
-                           cache.gates.map(), cache.hs.map(), cache.cs.map(), packed_W,
-                           s,           active,         GateColumns(forget_gate, H)};
+  ForwardCell<Scalar, detail::Keep::training_cache> cell{
+      forget_gate, in.x.map(), in.c0.map(), w.b.map(), cache.gates.map(), cache.hs.map(), cache.cs.map(),
+      packed_W,    s,          active,      GateColumns(forget_gate, H)};
   detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
+}
+
+template <class Scalar>
+void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+  check_inputs(s, forget_gate, in, w);
+  const Index H = s.H, GH = gate_count(forget_gate) * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("hs", out.hs, s.T * s.B, H);
+  detail::check_shape("h_T", out.h_T, s.B, H);
+  detail::check_shape("c_T", out.c_T, s.B, H);
+  const detail::ActiveRows active(s, lengths);
+  if (!active.all()) out.hs.map().setZero();  // the rows of finished sequences
+  // c_T holds the current C of every sequence; a finished sequence's row stops changing at its last step.
+  out.c_T.map() = in.c0.map();
+  RowMatrix<Scalar> step_gates(s.B, GH);
+  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  ForwardCell<Scalar, detail::Keep::current_state> cell{
+      forget_gate,   in.x.map(), in.c0.map(), w.b.map(), MatrixView<Scalar>(step_gates).map(), out.hs.map(),
+      out.c_T.map(), packed_W,   s,           active,    GateColumns(forget_gate, H)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
 template <class Scalar>
@@ -196,6 +226,8 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
                                 const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,    \
+                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
   template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,             \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&);

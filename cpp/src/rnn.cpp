@@ -78,6 +78,20 @@ struct BackwardCell {
   }
 };
 
+/// The time loop of both forwards: hs, which the RNN's step writes in place, is all it keeps either way.
+template <class Scalar>
+void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active) {
+  if (!active.all()) hs.setZero();  // the outputs of finished sequences
+  // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
+  // bit (Eigen's general product picks its code path by a row's position).
+  const detail::PackedWeights<Scalar> packed_W(w.W_xh.map(), w.W_hh.map(), 1);
+  detail::with_activation(activation, [&](auto phi) {
+    ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), hs, packed_W, s, active};
+    detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell);
+  });
+}
+
 }  // namespace
 
 template <class Scalar>
@@ -86,16 +100,19 @@ void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, co
   check_inputs(s, in, w);
   detail::check_shape("b_h", w.b_h, 1, s.H);
   detail::check_shape("hs", cache.hs, s.T * s.B, s.H);
-  const detail::ActiveRows active(s, lengths);
-  if (!active.all()) cache.hs.map().setZero();  // the outputs of finished sequences
+  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths));
+}
 
-  // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
-  // bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(w.W_xh.map(), w.W_hh.map(), 1);
-  detail::with_activation(activation, [&](auto phi) {
-    ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), cache.hs.map(), packed_W, s, active};
-    detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
-  });
+template <class Scalar>
+void forward_inference(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  detail::check_shape("b_h", w.b_h, 1, s.H);
+  detail::check_shape("hs", out.hs, s.T * s.B, s.H);
+  detail::check_shape("h_T", out.h_T, s.B, s.H);
+  const detail::ActiveRows active(s, lengths);
+  run_forward(s, activation, in, w, out.hs.map(), active);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
 template <class Scalar>
@@ -124,6 +141,8 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
                                 const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, Activation, const Inputs<Scalar>&,                      \
+                                          const Weights<Scalar>&, const Outputs<Scalar>&, ConstLengthsRef);     \
   template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,       \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&);

@@ -46,7 +46,13 @@ void check_options(const Shape& s, const BackwardOptions<Scalar>& options) {
   if (options.dh_norms.outer_stride() != s.B) throw std::invalid_argument("dh_norms: expected contiguous rows");
 }
 
-/// Runs a cell's forward over steps 0 .. T-1, writing h_t into `hs` (which the next step reads).
+/// What a forward keeps: what backward reads (training), or only the state the next step needs (inference, where
+/// memory beyond the outputs does not grow with T). A cell's forward policy takes it as a template argument, so
+/// that both forwards run the same arithmetic per element and give the same bits.
+enum class Keep { training_cache, current_state };
+
+/// Runs a cell's forward over steps 0 .. T-1, writing h_t into `hs` (which the next step reads). It serves the
+/// training forward and the forward-only one alike: the cell decides what it keeps (see Keep).
 /// The cell provides
 ///   const PackedWeights<Scalar>& step_weights() const        the weights of a step's product (they set the team)
 ///   void step_product(Index t, const UnitSlice&, const StateRows<Scalar>& h_prev)

@@ -29,6 +29,15 @@ def rnn_forward(
     activation: str,
     lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.floating]: ...
+def rnn_forward_inference(
+    x: npt.NDArray[np.floating],
+    W_xh: npt.NDArray[np.floating],
+    W_hh: npt.NDArray[np.floating],
+    b_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    activation: str,
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def rnn_backward(
     x: npt.NDArray[np.floating],
     W_xh: npt.NDArray[np.floating],
@@ -41,6 +50,16 @@ def rnn_backward(
     hidden_grad_norms: bool = False,
 ) -> tuple[npt.NDArray[np.floating], ...]: ...
 def lstm_forward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    c0: npt.NDArray[np.floating],
+    forget_gate: bool,
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def lstm_forward_inference(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
     W_h: npt.NDArray[np.floating],
@@ -90,6 +109,15 @@ def gru_forward(
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def gru_forward_inference(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    b_hn: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_backward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],

@@ -40,6 +40,13 @@ struct Cache {
   }
 };
 
+/// What `forward_inference` writes.
+template <class Scalar>
+struct Outputs {
+  MatrixView<Scalar> hs;   ///< [T*B, H]  out  h_1 .. h_T (rows past a sequence's end are zero)
+  MatrixView<Scalar> h_T;  ///< [B, H]    out  each sequence's state after its last step
+};
+
 /// The gradient of the loss that reaches the GRU's outputs from above.
 template <class Scalar>
 struct Upstream {
@@ -74,6 +81,16 @@ struct Gradients {
 template <class Scalar>
 void forward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+
+/// Runs the GRU as `forward` does, for inference: each step projects its own inputs x_t W_x (instead of all steps'
+/// at once) and nothing but the state is kept. hs and h_T have the bits of `forward`'s hs and final states (each
+/// element of a projection is the same sum in the same order); memory beyond the outputs is two [B, 3H] matrices
+/// and the packed weights, whatever T is.
+/// shape, inputs, weights, lengths   in   as for `forward`
+/// outputs      out  hs, h_T (see Outputs)
+template <class Scalar>
+void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
+                       const Outputs<Scalar>& outputs, ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);

@@ -39,6 +39,14 @@ struct Cache {
   }
 };
 
+/// What `forward_inference` writes.
+template <class Scalar>
+struct Outputs {
+  MatrixView<Scalar> hs;   ///< [T*B, H]  out  h_1 .. h_T (rows past a sequence's end are zero)
+  MatrixView<Scalar> h_T;  ///< [B, H]    out  each sequence's hidden state after its last step
+  MatrixView<Scalar> c_T;  ///< [B, H]    out  each sequence's cell state after its last step
+};
+
 /// The gradients of the loss that reach the LSTM's outputs from above.
 template <class Scalar>
 struct Upstream {
@@ -77,6 +85,16 @@ struct Gradients {
 template <class Scalar>
 void forward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+
+/// Runs the LSTM over all T steps as `forward` does, and keeps only the current state: for inference, when no
+/// gradient is wanted. hs, h_T and c_T have the bits of `forward`'s hs and final states (the same arithmetic per
+/// element); memory beyond the outputs is one step's gates [B, G*H] and the packed weights, whatever T is.
+/// shape, forget_gate, inputs, weights, lengths   in   as for `forward`
+/// outputs      out  hs, h_T, c_T (see Outputs)
+template <class Scalar>
+void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs,
+                       const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
+                       ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`, from upstream gradients on every h_t and on the final C_T.
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):

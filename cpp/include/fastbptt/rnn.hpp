@@ -34,6 +34,13 @@ struct Cache {
   }
 };
 
+/// What `forward_inference` writes.
+template <class Scalar>
+struct Outputs {
+  MatrixView<Scalar> hs;   ///< [T*B, H]  out  h_1 .. h_T (rows past a sequence's end are zero)
+  MatrixView<Scalar> h_T;  ///< [B, H]    out  each sequence's state after its last step
+};
+
 /// The gradient of the loss that reaches the RNN's outputs from above.
 template <class Scalar>
 struct Upstream {
@@ -67,6 +74,15 @@ struct Gradients {
 template <class Scalar>
 void forward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+
+/// Runs the RNN as `forward` does, for inference: hs has `forward`'s bits, and h_T holds each sequence's final
+/// state. The RNN's forward keeps nothing but hs anyway; memory beyond the outputs is the packed weights.
+/// shape, activation, inputs, weights, lengths   in   as for `forward`
+/// outputs      out  hs, h_T (see Outputs)
+template <class Scalar>
+void forward_inference(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs,
+                       const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
+                       ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
