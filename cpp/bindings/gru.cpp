@@ -75,7 +75,7 @@ template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
-                       bool hidden_grad_norms) {
+                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
   const GruArguments<Scalar> a(x, W_x, W_h, h0);
   const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
@@ -86,21 +86,28 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   gru::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  auto dx = new_array<Scalar>({s.T, s.B, s.D});
-  auto dh0 = new_array<Scalar>({s.B, s.H});
-  auto dW_x = new_array<Scalar>({s.D, GH});
-  auto dW_h = new_array<Scalar>({s.H, GH});
-  auto db = new_array<Scalar>({GH});
-  auto db_hn = new_array<Scalar>({s.H});
-  gru::Gradients<Scalar> gradients;
-  gradients.dx = as_mutable_matrix(dx);
-  gradients.dh0 = as_mutable_matrix(dh0);
-  gradients.dW_x = as_mutable_matrix(dW_x);
-  gradients.dW_h = as_mutable_matrix(dW_h);
-  gradients.db = as_mutable_vector(db);
-  gradients.db_hn = as_mutable_vector(db_hn);
-  std::optional<Array<Scalar>> norms;
   BackwardOptions<Scalar> options;
+  options.need_dx = need_dx;
+  options.need_weight_gradients = need_weight_grads;
+  gru::Gradients<Scalar> gradients;
+  std::optional<Array<Scalar>> dx, dW_x, dW_h, db, db_hn;
+  if (need_dx) {
+    dx = new_array<Scalar>({s.T, s.B, s.D});
+    gradients.dx = as_mutable_matrix(*dx);
+  }
+  auto dh0 = new_array<Scalar>({s.B, s.H});
+  gradients.dh0 = as_mutable_matrix(dh0);
+  if (need_weight_grads) {
+    dW_x = new_array<Scalar>({s.D, GH});
+    dW_h = new_array<Scalar>({s.H, GH});
+    db = new_array<Scalar>({GH});
+    db_hn = new_array<Scalar>({s.H});
+    gradients.dW_x = as_mutable_matrix(*dW_x);
+    gradients.dW_h = as_mutable_matrix(*dW_h);
+    gradients.db = as_mutable_vector(*db);
+    gradients.db_hn = as_mutable_vector(*db_hn);
+  }
+  std::optional<Array<Scalar>> norms;
   if (hidden_grad_norms) {
     norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
     options.dh_norms = as_mutable_matrix(*norms);
@@ -109,8 +116,12 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
     py::gil_scoped_release release;
     gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
-  if (norms) return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn, *norms);
-  return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn);
+  if (norms) {
+    return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
+                          array_or_none(db_hn), *norms);
+  }
+  return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
+                        array_or_none(db_hn));
 }
 
 template <class Scalar>
@@ -126,8 +137,10 @@ void define(py::module_& m) {
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
-        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false,
-        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward.");
+        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
+        py::arg("need_weight_grads") = true,
+        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward. dx is "
+        "None without need_dx, and dW_x, dW_h, db, db_hn are None without need_weight_grads (not computed).");
 }
 
 }  // namespace

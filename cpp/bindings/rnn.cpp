@@ -70,7 +70,8 @@ py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x
 template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
-                       const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms) {
+                       const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms,
+                       bool need_dx, bool need_weight_grads) {
   const RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
   const Shape& s = a.s;
   rnn::Cache<const Scalar> cache;
@@ -78,19 +79,26 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   rnn::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  auto dx = new_array<Scalar>({s.T, s.B, s.D});
-  auto dh0 = new_array<Scalar>({s.B, s.H});
-  auto dW_xh = new_array<Scalar>({s.D, s.H});
-  auto dW_hh = new_array<Scalar>({s.H, s.H});
-  auto db_h = new_array<Scalar>({s.H});
-  rnn::Gradients<Scalar> gradients;
-  gradients.dx = as_mutable_matrix(dx);
-  gradients.dh0 = as_mutable_matrix(dh0);
-  gradients.dW_xh = as_mutable_matrix(dW_xh);
-  gradients.dW_hh = as_mutable_matrix(dW_hh);
-  gradients.db_h = as_mutable_vector(db_h);
-  std::optional<Array<Scalar>> norms;
   BackwardOptions<Scalar> options;
+  options.need_dx = need_dx;
+  options.need_weight_gradients = need_weight_grads;
+  rnn::Gradients<Scalar> gradients;
+  std::optional<Array<Scalar>> dx, dW_xh, dW_hh, db_h;
+  if (need_dx) {
+    dx = new_array<Scalar>({s.T, s.B, s.D});
+    gradients.dx = as_mutable_matrix(*dx);
+  }
+  auto dh0 = new_array<Scalar>({s.B, s.H});
+  gradients.dh0 = as_mutable_matrix(dh0);
+  if (need_weight_grads) {
+    dW_xh = new_array<Scalar>({s.D, s.H});
+    dW_hh = new_array<Scalar>({s.H, s.H});
+    db_h = new_array<Scalar>({s.H});
+    gradients.dW_xh = as_mutable_matrix(*dW_xh);
+    gradients.dW_hh = as_mutable_matrix(*dW_hh);
+    gradients.db_h = as_mutable_vector(*db_h);
+  }
+  std::optional<Array<Scalar>> norms;
   if (hidden_grad_norms) {
     norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
     options.dh_norms = as_mutable_matrix(*norms);
@@ -99,8 +107,11 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
     py::gil_scoped_release release;
     rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
-  if (norms) return py::make_tuple(dx, dh0, dW_xh, dW_hh, db_h, *norms);
-  return py::make_tuple(dx, dh0, dW_xh, dW_hh, db_h);
+  if (norms) {
+    return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h),
+                          *norms);
+  }
+  return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h));
 }
 
 template <class Scalar>
@@ -115,8 +126,9 @@ void define(py::module_& m) {
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
-        py::arg("hidden_grad_norms") = false,
-        "(dx, dh0, dW_xh, dW_hh, db_h) = BPTT of the RNN; see fastbptt.rnn_backward.");
+        py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true, py::arg("need_weight_grads") = true,
+        "(dx, dh0, dW_xh, dW_hh, db_h[, dh_norms [T+1,B]]) = BPTT of the RNN; see fastbptt.rnn_backward. dx is None "
+        "without need_dx, and dW_xh, dW_hh, db_h are None without need_weight_grads (not computed).");
 }
 
 }  // namespace

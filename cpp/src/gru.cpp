@@ -99,7 +99,7 @@ struct BackwardCell {
 
   Index dz_columns() const { return gate_count * s.H + s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_x.setZero();
     dW_h.setZero();
     db.setZero();
@@ -137,8 +137,8 @@ struct BackwardCell {
     });
   }
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     const Index H = s.H;
     const auto dz_rz = dz_block.leftCols(2 * H);
     const auto dz_n = dz_block.rightCols(H);
@@ -149,9 +149,13 @@ struct BackwardCell {
     detail::add_column_sums<Scalar>(dz_rz, db.head(2 * H));
     detail::add_column_sums<Scalar>(dz_n, db.tail(H));
     detail::add_column_sums<Scalar>(dz_block.middleCols(2 * H, H), db_hn);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
+    const Index H = s.H;
     auto dx_block = dx.middleRows(t0 * s.B, rows);
-    dx_block.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
-    dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
+    dx_block.noalias() = dz_block.leftCols(2 * H) * W_x.leftCols(2 * H).transpose();
+    dx_block.noalias() += dz_block.rightCols(H) * W_x.rightCols(H).transpose();
   }
 };
 
@@ -211,12 +215,14 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
   check_cache(s, cache);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
   detail::check_shape("dhs", up.dhs, N, H);
-  detail::check_shape("dx", grad.dx, N, s.D);
   detail::check_shape("dh0", grad.dh0, B, H);
-  detail::check_shape("dW_x", grad.dW_x, s.D, GH);
-  detail::check_shape("dW_h", grad.dW_h, H, GH);
-  detail::check_shape("db", grad.db, 1, GH);
-  detail::check_shape("db_hn", grad.db_hn, 1, H);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+    detail::check_shape("dW_h", grad.dW_h, H, GH);
+    detail::check_shape("db", grad.db, 1, GH);
+    detail::check_shape("db_hn", grad.db_hn, 1, H);
+  }
   detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   BackwardCell<Scalar> cell{in.x.map(),      w.W_x.map(),      in.h0.map(),    cache.gates.map(),

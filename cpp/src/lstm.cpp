@@ -104,7 +104,7 @@ struct BackwardCell {
 
   Index dz_columns() const { return gate_count(forget_gate) * s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_x.setZero();
     dW_h.setZero();
     db.setZero();
@@ -140,11 +140,14 @@ struct BackwardCell {
 
   void add_direct_term(Index, const detail::UnitSlice&, Scalar*) const {}
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     dW_x.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
     dW_h.noalias() += h_prev.transpose() * dz_block;
     detail::add_column_sums<Scalar>(dz_block, db);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
     dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_x.transpose();
   }
 };
@@ -204,12 +207,14 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
   detail::check_shape("dhs", up.dhs, N, H);
   detail::check_shape("dc_T", up.dc_T, B, H);
-  detail::check_shape("dx", grad.dx, N, s.D);
   detail::check_shape("dh0", grad.dh0, B, H);
   detail::check_shape("dc0", grad.dc0, B, H);
-  detail::check_shape("dW_x", grad.dW_x, s.D, GH);
-  detail::check_shape("dW_h", grad.dW_h, H, GH);
-  detail::check_shape("db", grad.db, 1, GH);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+    detail::check_shape("dW_h", grad.dW_h, H, GH);
+    detail::check_shape("db", grad.db, 1, GH);
+  }
   detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T

@@ -54,7 +54,7 @@ struct BackwardCell {
 
   Index dz_columns() const { return s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_xh.setZero();
     dW_hh.setZero();
     db_h.setZero();
@@ -69,11 +69,14 @@ struct BackwardCell {
 
   void add_direct_term(Index, const detail::UnitSlice&, Scalar*) const {}
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     dW_xh.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
     dW_hh.noalias() += h_prev.transpose() * dz_block;
     detail::add_column_sums<Scalar>(dz_block, db_h);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
     dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_xh.transpose();
   }
 };
@@ -123,11 +126,13 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
   const Index N = s.T * s.B;
   detail::check_shape("hs", cache.hs, N, s.H);
   detail::check_shape("dhs", up.dhs, N, s.H);
-  detail::check_shape("dx", grad.dx, N, s.D);
   detail::check_shape("dh0", grad.dh0, s.B, s.H);
-  detail::check_shape("dW_xh", grad.dW_xh, s.D, s.H);
-  detail::check_shape("dW_hh", grad.dW_hh, s.H, s.H);
-  detail::check_shape("db_h", grad.db_h, 1, s.H);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_xh", grad.dW_xh, s.D, s.H);
+    detail::check_shape("dW_hh", grad.dW_hh, s.H, s.H);
+    detail::check_shape("db_h", grad.db_h, 1, s.H);
+  }
   detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   detail::with_activation(activation, [&](auto phi) {

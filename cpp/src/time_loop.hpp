@@ -87,12 +87,15 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 /// The cell provides
 ///   Index dz_columns() const                                  columns of a row of dZ
 ///   static constexpr bool direct_term                         whether dL/dh_{t-1} has a term that bypasses W_h
-///   void zero_gradients()                                     sets its weight gradients to zero
+///   void zero_weight_gradients()                              sets its weight gradients to zero
 ///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* dh_row, Scalar* dz_row)
 ///   void add_direct_term(Index r, const UnitSlice&, Scalar* dh_prev_row)        (when direct_term)
-///   void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
-///                       const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
-///                                 the block's share of dW, db, dx; dZ and h_prev hold the rows of steps t0 ..
+///   void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
+///                             const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
+///                                 the block's share of dW and db; dZ and h_prev hold the rows of steps t0 ..
+///   void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ)
+///                                 the block's rows of dx
+/// The options say which of the last two run (need_weight_gradients, need_dx).
 template <class Scalar, class Cell>
 void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> W_h,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
@@ -102,7 +105,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
   BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
   RowMatrix<Scalar>& dZ = scratch.dZ();
   RowMatrix<Scalar>& h_prev = scratch.previous_states();
-  if (!options.accumulate) cell.zero_gradients();
+  if (options.need_weight_gradients && !options.accumulate) cell.zero_weight_gradients();
   Scalar* const dh_norms = options.dh_norms.data();  // null when not asked for
   // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
   // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
@@ -145,8 +148,11 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
                                              t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
       }
     });
-    gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
-    cell.block_products(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+    if (options.need_weight_gradients) {
+      gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
+      cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+    }
+    if (options.need_dx) cell.write_dx(t0, rows, dZ.topRows(rows));
     t1 = t0;
   }
   record_row_norms<Scalar>(dh0, active, 0, dh_norms);

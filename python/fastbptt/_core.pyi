@@ -48,7 +48,9 @@ def rnn_backward(
     activation: str,
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_forward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -83,7 +85,9 @@ def lstm_backward(
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -99,7 +103,9 @@ def lstm_backward_into(
     dW_x: npt.NDArray[np.floating],
     dW_h: npt.NDArray[np.floating],
     db: npt.NDArray[np.floating],
-) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_forward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -129,7 +135,9 @@ def gru_backward(
     dhs: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],
     W_yh: npt.NDArray[np.floating],

@@ -101,7 +101,7 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// shape, inputs, weights (W_x, W_h), cache, lengths   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_x, dW_h, db, db_hn (see Gradients)
-/// options      in   accumulate, dh_norms (see BackwardOptions)
+/// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions)
 /// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,

@@ -91,7 +91,7 @@ void forward_inference(const Shape& shape, Activation activation, const Inputs<S
 /// shape, activation, inputs, weights (W_xh, W_hh), cache, lengths   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_xh, dW_hh, db_h (see Gradients)
-/// options      in   accumulate, dh_norms (see BackwardOptions and lstm::backward)
+/// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions and lstm::backward)
 /// Allocates scratch of one block of steps per call, none inside the time loop.
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,

@@ -131,6 +131,13 @@ struct BackwardOptions {
   /// [T+1, B] out, optional (empty: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state), what
   /// BPTT carries back to each step; 0 past a sequence's length.
   MatrixView<Scalar> dh_norms;
+  /// Compute dx. false (the input needs no gradient): the products dZ W_xᵀ are skipped, and the gradients' dx may
+  /// be empty; it is not written.
+  bool need_dx = true;
+  /// Compute the weight gradients (dW_x, dW_h, db, and the GRU's db_hn). false (frozen weights): their products
+  /// and column sums are skipped, and their views may be empty; they are not written, with accumulate neither.
+  /// The initial-state gradients and the recursion through time are computed either way.
+  bool need_weight_gradients = true;
 };
 
 /// Sizes of one call: T time steps, B sequences in the batch, D input features, H hidden units.
