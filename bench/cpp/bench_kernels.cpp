@@ -99,12 +99,37 @@ struct Rnn : Common<Scalar> {
         db_h(Vector<Scalar>::Zero(s.H)) {}
 
   void forward() {
-    fastbptt::rnn::forward<Scalar>(this->shape, fastbptt::Activation::tanh, this->x, W_xh, W_hh, b_h, this->h0,
-                                   this->hs);
+    fastbptt::rnn::forward<Scalar>(this->shape, fastbptt::Activation::tanh, inputs(), weights(), cache());
   }
   void backward() {
-    fastbptt::rnn::backward<Scalar>(this->shape, fastbptt::Activation::tanh, this->x, W_xh, W_hh, this->h0,
-                                    this->hs, this->dhs, this->dx, this->dh0, dW_xh, dW_hh, db_h);
+    fastbptt::rnn::Upstream<Scalar> upstream;
+    upstream.dhs = this->dhs;
+    fastbptt::rnn::Gradients<Scalar> gradients;
+    gradients.dx = this->dx;
+    gradients.dh0 = this->dh0;
+    gradients.dW_xh = dW_xh;
+    gradients.dW_hh = dW_hh;
+    gradients.db_h = db_h;
+    fastbptt::rnn::backward<Scalar>(this->shape, fastbptt::Activation::tanh, inputs(), weights(), cache(), upstream,
+                                    gradients);
+  }
+  fastbptt::rnn::Inputs<Scalar> inputs() const {
+    fastbptt::rnn::Inputs<Scalar> in;
+    in.x = this->x;
+    in.h0 = this->h0;
+    return in;
+  }
+  fastbptt::rnn::Weights<Scalar> weights() const {
+    fastbptt::rnn::Weights<Scalar> w;
+    w.W_xh = W_xh;
+    w.W_hh = W_hh;
+    w.b_h = b_h;
+    return w;
+  }
+  fastbptt::rnn::Cache<Scalar> cache() {
+    fastbptt::rnn::Cache<Scalar> c;
+    c.hs = this->hs;
+    return c;
   }
 
   Matrix<Scalar> W_xh, W_hh;
@@ -132,13 +157,40 @@ struct Lstm : Common<Scalar> {
         dW_h(Matrix<Scalar>::Zero(s.H, gates * s.H)),
         db(Vector<Scalar>::Zero(gates * s.H)) {}
 
-  void forward() {
-    fastbptt::lstm::forward<Scalar>(this->shape, true, this->x, W_x, W_h, b, this->h0, c0, gate_values, this->hs,
-                                    cs);
-  }
+  void forward() { fastbptt::lstm::forward<Scalar>(this->shape, true, inputs(), weights(), cache()); }
   void backward() {
-    fastbptt::lstm::backward<Scalar>(this->shape, true, this->x, W_x, W_h, this->h0, c0, gate_values, this->hs, cs,
-                                     this->dhs, dc_T, this->dx, this->dh0, dc0, dW_x, dW_h, db);
+    fastbptt::lstm::Upstream<Scalar> upstream;
+    upstream.dhs = this->dhs;
+    upstream.dc_T = dc_T;
+    fastbptt::lstm::Gradients<Scalar> gradients;
+    gradients.dx = this->dx;
+    gradients.dh0 = this->dh0;
+    gradients.dc0 = dc0;
+    gradients.dW_x = dW_x;
+    gradients.dW_h = dW_h;
+    gradients.db = db;
+    fastbptt::lstm::backward<Scalar>(this->shape, true, inputs(), weights(), cache(), upstream, gradients);
+  }
+  fastbptt::lstm::Inputs<Scalar> inputs() const {
+    fastbptt::lstm::Inputs<Scalar> in;
+    in.x = this->x;
+    in.h0 = this->h0;
+    in.c0 = c0;
+    return in;
+  }
+  fastbptt::lstm::Weights<Scalar> weights() const {
+    fastbptt::lstm::Weights<Scalar> w;
+    w.W_x = W_x;
+    w.W_h = W_h;
+    w.b = b;
+    return w;
+  }
+  fastbptt::lstm::Cache<Scalar> cache() {
+    fastbptt::lstm::Cache<Scalar> c;
+    c.gates = gate_values;
+    c.hs = this->hs;
+    c.cs = cs;
+    return c;
   }
 
   Matrix<Scalar> W_x, W_h;
@@ -165,12 +217,39 @@ struct Gru : Common<Scalar> {
         db(Vector<Scalar>::Zero(gates * s.H)),
         db_hn(Vector<Scalar>::Zero(s.H)) {}
 
-  void forward() {
-    fastbptt::gru::forward<Scalar>(this->shape, this->x, W_x, W_h, b, b_hn, this->h0, gate_values, hn, this->hs);
-  }
+  void forward() { fastbptt::gru::forward<Scalar>(this->shape, inputs(), weights(), cache()); }
   void backward() {
-    fastbptt::gru::backward<Scalar>(this->shape, this->x, W_x, W_h, this->h0, gate_values, hn, this->hs, this->dhs,
-                                    this->dx, this->dh0, dW_x, dW_h, db, db_hn);
+    fastbptt::gru::Upstream<Scalar> upstream;
+    upstream.dhs = this->dhs;
+    fastbptt::gru::Gradients<Scalar> gradients;
+    gradients.dx = this->dx;
+    gradients.dh0 = this->dh0;
+    gradients.dW_x = dW_x;
+    gradients.dW_h = dW_h;
+    gradients.db = db;
+    gradients.db_hn = db_hn;
+    fastbptt::gru::backward<Scalar>(this->shape, inputs(), weights(), cache(), upstream, gradients);
+  }
+  fastbptt::gru::Inputs<Scalar> inputs() const {
+    fastbptt::gru::Inputs<Scalar> in;
+    in.x = this->x;
+    in.h0 = this->h0;
+    return in;
+  }
+  fastbptt::gru::Weights<Scalar> weights() const {
+    fastbptt::gru::Weights<Scalar> w;
+    w.W_x = W_x;
+    w.W_h = W_h;
+    w.b = b;
+    w.b_hn = b_hn;
+    return w;
+  }
+  fastbptt::gru::Cache<Scalar> cache() {
+    fastbptt::gru::Cache<Scalar> c;
+    c.gates = gate_values;
+    c.hn = hn;
+    c.hs = this->hs;
+    return c;
   }
 
   Matrix<Scalar> W_x, W_h;

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,12 @@ MutableMatrixMap<Scalar> as_mutable_matrix(Array<Scalar>& array) {
 template <class Scalar>
 Eigen::Map<RowVector<Scalar>> as_mutable_vector(Array<Scalar>& array) {
   return {array.mutable_data(), array.size()};
+}
+
+/// The array, or None for one that was not computed.
+template <class Scalar>
+py::object array_or_none(const std::optional<Array<Scalar>>& array) {
+  return array ? py::object(*array) : py::object(py::none());
 }
 
 /// Per-sequence lengths as int64; an empty array means every sequence runs all T steps.

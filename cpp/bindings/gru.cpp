@@ -10,70 +10,118 @@
 namespace fastbptt::bindings {
 namespace {
 
+/// The arrays every GRU call reads besides the cache, as the core's structs of views.
+template <class Scalar>
+struct GruArguments {
+  Shape s;
+  gru::Inputs<Scalar> inputs;
+  gru::Weights<Scalar> weights;
+
+  GruArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h, const Array<Scalar>& h0)
+      : s(sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0)) {
+    inputs.x = as_matrix(x, "x", 3);
+    weights.W_x = as_matrix(W_x, "W_x", 2);
+    weights.W_h = as_matrix(W_h, "W_h", 2);
+    inputs.h0 = as_matrix(h0, "h0", 2);
+  }
+};
+
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
                       const LengthsArray& lengths) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const Index GH = gru::gate_count * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto b_v = as_vector(b, "b");
-  const auto b_hn_v = as_vector(b_hn, "b_hn");
-  const auto h0_m = as_matrix(h0, "h0", 2);
+  GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  a.weights.b_hn = as_vector(b_hn, "b_hn");
   const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto hn = new_array<Scalar>({s.T, s.B, s.H});
-  auto gates = new_array<Scalar>({s.T, s.B, GH});
-  auto hs_m = as_mutable_matrix(hs);
-  auto hn_m = as_mutable_matrix(hn);
-  auto gates_m = as_mutable_matrix(gates);
+  auto gates = new_array<Scalar>({s.T, s.B, gru::gate_count * s.H});
+  gru::Cache<Scalar> cache;
+  cache.gates = as_mutable_matrix(gates);
+  cache.hn = as_mutable_matrix(hn);
+  cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    gru::forward<Scalar>(s, x_m, W_x_m, W_h_m, b_v, b_hn_v, h0_m, gates_m, hn_m, hs_m, lengths_v);
+    gru::forward<Scalar>(s, a.inputs, a.weights, cache, lengths_v);
   }
   return py::make_tuple(hs, gates, hn);
+}
+
+/// (hs, h_T): the forward without the training cache.
+template <class Scalar>
+py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                                const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
+                                const LengthsArray& lengths) {
+  GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  a.weights.b_hn = as_vector(b_hn, "b_hn");
+  const auto lengths_v = as_lengths(lengths);
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto h_T = new_array<Scalar>({s.B, s.H});
+  gru::Outputs<Scalar> outputs;
+  outputs.hs = as_mutable_matrix(hs);
+  outputs.h_T = as_mutable_matrix(h_T);
+  {
+    py::gil_scoped_release release;
+    gru::forward_inference<Scalar>(s, a.inputs, a.weights, outputs, lengths_v);
+  }
+  return py::make_tuple(hs, h_T);
 }
 
 template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
-                       bool hidden_grad_norms) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
+                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
+  const GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto hn_m = as_matrix(hn, "hn", 3);
-  const auto hs_m = as_matrix(hs, "hs", 3);
-  const auto dhs_m = as_matrix(dhs, "dhs", 3);
+  gru::Cache<const Scalar> cache;
+  cache.gates = as_matrix(gates, "gates", 3);
+  cache.hn = as_matrix(hn, "hn", 3);
+  cache.hs = as_matrix(hs, "hs", 3);
+  gru::Upstream<Scalar> upstream;
+  upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  auto dx = new_array<Scalar>({s.T, s.B, s.D});
+  BackwardOptions<Scalar> options;
+  options.need_dx = need_dx;
+  options.need_weight_gradients = need_weight_grads;
+  gru::Gradients<Scalar> gradients;
+  std::optional<Array<Scalar>> dx, dW_x, dW_h, db, db_hn;
+  if (need_dx) {
+    dx = new_array<Scalar>({s.T, s.B, s.D});
+    gradients.dx = as_mutable_matrix(*dx);
+  }
   auto dh0 = new_array<Scalar>({s.B, s.H});
-  auto dW_x = new_array<Scalar>({s.D, GH});
-  auto dW_h = new_array<Scalar>({s.H, GH});
-  auto db = new_array<Scalar>({GH});
-  auto db_hn = new_array<Scalar>({s.H});
-  auto dx_m = as_mutable_matrix(dx);
-  auto dh0_m = as_mutable_matrix(dh0);
-  auto dW_x_m = as_mutable_matrix(dW_x);
-  auto dW_h_m = as_mutable_matrix(dW_h);
-  auto db_v = as_mutable_vector(db);
-  auto db_hn_v = as_mutable_vector(db_hn);
+  gradients.dh0 = as_mutable_matrix(dh0);
+  if (need_weight_grads) {
+    dW_x = new_array<Scalar>({s.D, GH});
+    dW_h = new_array<Scalar>({s.H, GH});
+    db = new_array<Scalar>({GH});
+    db_hn = new_array<Scalar>({s.H});
+    gradients.dW_x = as_mutable_matrix(*dW_x);
+    gradients.dW_h = as_mutable_matrix(*dW_h);
+    gradients.db = as_mutable_vector(*db);
+    gradients.db_hn = as_mutable_vector(*db_hn);
+  }
   std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+  if (hidden_grad_norms) {
+    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+    options.dh_norms = as_mutable_matrix(*norms);
+  }
   {
     py::gil_scoped_release release;
-    gru::backward<Scalar>(s, x_m, W_x_m, W_h_m, h0_m, gates_m, hn_m, hs_m, dhs_m, dx_m, dh0_m, dW_x_m, dW_h_m, db_v,
-                          db_hn_v, lengths_v, false,
-                          norms ? norms->mutable_data() : nullptr);
+    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
-  if (norms) return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn, *norms);
-  return py::make_tuple(dx, dh0, dW_x, dW_h, db, db_hn);
+  if (norms) {
+    return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
+                          array_or_none(db_hn), *norms);
+  }
+  return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
+                        array_or_none(db_hn));
 }
 
 template <class Scalar>
@@ -82,11 +130,17 @@ void define(py::module_& m) {
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("b_hn").noconvert(),
         py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
         "(hs, gates, hn) = GRU forward over x [T,B,D]; see fastbptt.gru_forward.");
+  m.def("gru_forward_inference", &gru_forward_inference<Scalar>, py::arg("x").noconvert(),
+        py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(),
+        py::arg("b_hn").noconvert(), py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
+        "(hs, h_T) = GRU forward over x [T,B,D] keeping no cache for backward; gru_forward's bits.");
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
-        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false,
-        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward.");
+        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
+        py::arg("need_weight_grads") = true,
+        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward. dx is "
+        "None without need_dx, and dW_x, dW_h, db, db_hn are None without need_weight_grads (not computed).");
 }
 
 }  // namespace

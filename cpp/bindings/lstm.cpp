@@ -10,70 +10,117 @@
 namespace fastbptt::bindings {
 namespace {
 
+/// The arrays every LSTM call reads besides the cache, as the core's structs of views.
+template <class Scalar>
+struct LstmArguments {
+  Shape s;
+  lstm::Inputs<Scalar> inputs;
+  lstm::Weights<Scalar> weights;
+
+  LstmArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h, const Array<Scalar>& h0,
+                const Array<Scalar>& c0)
+      : s(sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0)) {
+    inputs.x = as_matrix(x, "x", 3);
+    weights.W_x = as_matrix(W_x, "W_x", 2);
+    weights.W_h = as_matrix(W_h, "W_h", 2);
+    inputs.h0 = as_matrix(h0, "h0", 2);
+    inputs.c0 = as_matrix(c0, "c0", 2);
+  }
+};
+
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
                        const LengthsArray& lengths) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const Index GH = lstm::gate_count(forget_gate) * s.H;
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto b_v = as_vector(b, "b");
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto c0_m = as_matrix(c0, "c0", 2);
+  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
   const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
-  auto gates = new_array<Scalar>({s.T, s.B, GH});
-  auto hs_m = as_mutable_matrix(hs);
-  auto cs_m = as_mutable_matrix(cs);
-  auto gates_m = as_mutable_matrix(gates);
+  auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
+  lstm::Cache<Scalar> cache;
+  cache.gates = as_mutable_matrix(gates);
+  cache.hs = as_mutable_matrix(hs);
+  cache.cs = as_mutable_matrix(cs);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, b_v, h0_m, c0_m, gates_m, hs_m, cs_m, lengths_v);
+    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, lengths_v);
   }
   return py::make_tuple(hs, cs, gates);
 }
 
-/// The LSTM's BPTT into the given weight-gradient arrays (overwritten, or added to with accumulate); returns
-/// (dx, dh0, dc0).
+/// (hs, h_T, c_T): the forward without the training cache.
+template <class Scalar>
+py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                                 const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
+                                 bool forget_gate, const LengthsArray& lengths) {
+  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  a.weights.b = as_vector(b, "b");
+  const auto lengths_v = as_lengths(lengths);
+  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto h_T = new_array<Scalar>({s.B, s.H});
+  auto c_T = new_array<Scalar>({s.B, s.H});
+  lstm::Outputs<Scalar> outputs;
+  outputs.hs = as_mutable_matrix(hs);
+  outputs.h_T = as_mutable_matrix(h_T);
+  outputs.c_T = as_mutable_matrix(c_T);
+  {
+    py::gil_scoped_release release;
+    lstm::forward_inference<Scalar>(s, forget_gate, a.inputs, a.weights, outputs, lengths_v);
+  }
+  return py::make_tuple(hs, h_T, c_T);
+}
+
+/// The weight-gradient arrays of a backward call: fresh ones, given ones (checkpointed BPTT adds to them), or none
+/// when the weights need no gradient.
+template <class Scalar>
+struct WeightGradientArrays {
+  std::optional<Array<Scalar>> dW_x, dW_h, db;
+};
+
+/// The LSTM's BPTT, the weight gradients into `weights` (overwritten, or added to with options.accumulate; left
+/// alone without options.need_weight_gradients); returns (dx or None, dh0, dc0).
 template <class Scalar>
 py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
-                        const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar>& dW_x, Array<Scalar>& dW_h,
-                        Array<Scalar>& db, const LengthsArray& lengths, bool accumulate, Scalar* dh_norms) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
-  const auto x_m = as_matrix(x, "x", 3);
-  const auto W_x_m = as_matrix(W_x, "W_x", 2);
-  const auto W_h_m = as_matrix(W_h, "W_h", 2);
-  const auto h0_m = as_matrix(h0, "h0", 2);
-  const auto c0_m = as_matrix(c0, "c0", 2);
-  const auto gates_m = as_matrix(gates, "gates", 3);
-  const auto hs_m = as_matrix(hs, "hs", 3);
-  const auto cs_m = as_matrix(cs, "cs", 3);
-  const auto dhs_m = as_matrix(dhs, "dhs", 3);
-  const auto dc_T_m = as_matrix(dc_T, "dc_T", 2);
+                        const Array<Scalar>& dc_T, bool forget_gate, WeightGradientArrays<Scalar>& weights,
+                        const LengthsArray& lengths, const BackwardOptions<Scalar>& options) {
+  const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const Shape& s = a.s;
+  lstm::Cache<const Scalar> cache;
+  cache.gates = as_matrix(gates, "gates", 3);
+  cache.hs = as_matrix(hs, "hs", 3);
+  cache.cs = as_matrix(cs, "cs", 3);
+  lstm::Upstream<Scalar> upstream;
+  upstream.dhs = as_matrix(dhs, "dhs", 3);
+  upstream.dc_T = as_matrix(dc_T, "dc_T", 2);
   const auto lengths_v = as_lengths(lengths);
-  check_ndim(dW_x, "dW_x", 2);
-  check_ndim(dW_h, "dW_h", 2);
-  check_ndim(db, "db", 1);
-  auto dx = new_array<Scalar>({s.T, s.B, s.D});
+  lstm::Gradients<Scalar> gradients;
+  if (options.need_weight_gradients) {
+    check_ndim(*weights.dW_x, "dW_x", 2);
+    check_ndim(*weights.dW_h, "dW_h", 2);
+    check_ndim(*weights.db, "db", 1);
+    gradients.dW_x = as_mutable_matrix(*weights.dW_x);
+    gradients.dW_h = as_mutable_matrix(*weights.dW_h);
+    gradients.db = as_mutable_vector(*weights.db);
+  }
+  std::optional<Array<Scalar>> dx;
+  if (options.need_dx) {
+    dx = new_array<Scalar>({s.T, s.B, s.D});
+    gradients.dx = as_mutable_matrix(*dx);
+  }
   auto dh0 = new_array<Scalar>({s.B, s.H});
   auto dc0 = new_array<Scalar>({s.B, s.H});
-  auto dx_m = as_mutable_matrix(dx);
-  auto dh0_m = as_mutable_matrix(dh0);
-  auto dc0_m = as_mutable_matrix(dc0);
-  auto dW_x_m = as_mutable_matrix(dW_x);
-  auto dW_h_m = as_mutable_matrix(dW_h);
-  auto db_v = as_mutable_vector(db);
+  gradients.dh0 = as_mutable_matrix(dh0);
+  gradients.dc0 = as_mutable_matrix(dc0);
   {
     py::gil_scoped_release release;
-    lstm::backward<Scalar>(s, forget_gate, x_m, W_x_m, W_h_m, h0_m, c0_m, gates_m, hs_m, cs_m, dhs_m, dc_T_m,
-                           dx_m, dh0_m, dc0_m, dW_x_m, dW_h_m, db_v, lengths_v, accumulate, dh_norms);
+    lstm::backward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
   }
-  return py::make_tuple(dx, dh0, dc0);
+  return py::make_tuple(array_or_none(dx), dh0, dc0);
 }
 
 template <class Scalar>
@@ -81,18 +128,31 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
-                        bool hidden_grad_norms) {
+                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
-  auto dW_x = new_array<Scalar>({s.D, GH});
-  auto dW_h = new_array<Scalar>({s.H, GH});
-  auto db = new_array<Scalar>({GH});
+  BackwardOptions<Scalar> options;
+  options.need_dx = need_dx;
+  options.need_weight_gradients = need_weight_grads;
+  WeightGradientArrays<Scalar> weights;
+  if (need_weight_grads) {
+    weights.dW_x = new_array<Scalar>({s.D, GH});
+    weights.dW_h = new_array<Scalar>({s.H, GH});
+    weights.db = new_array<Scalar>({GH});
+  }
   std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
-  const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h,
-                                            db, lengths, false, norms ? norms->mutable_data() : nullptr);
-  if (norms) return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db, *norms);
-  return py::make_tuple(d[0], d[1], d[2], dW_x, dW_h, db);
+  if (hidden_grad_norms) {
+    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
+    options.dh_norms = as_mutable_matrix(*norms);
+  }
+  const py::tuple d =
+      backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights, lengths, options);
+  if (norms) {
+    return py::make_tuple(d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
+                          array_or_none(weights.db), *norms);
+  }
+  return py::make_tuple(d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
+                        array_or_none(weights.db));
 }
 
 /// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).
@@ -101,9 +161,14 @@ py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, c
                              const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                              const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                              const Array<Scalar>& dc_T, bool forget_gate, Array<Scalar> dW_x, Array<Scalar> dW_h,
-                             Array<Scalar> db) {
-  return backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db,
-                               LengthsArray(0), true, nullptr);
+                             Array<Scalar> db, bool need_dx, bool need_weight_grads) {
+  BackwardOptions<Scalar> options;
+  options.accumulate = true;
+  options.need_dx = need_dx;
+  options.need_weight_gradients = need_weight_grads;
+  WeightGradientArrays<Scalar> weights{dW_x, dW_h, db};
+  return backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights,
+                               LengthsArray(0), options);
 }
 
 template <class Scalar>
@@ -112,18 +177,26 @@ void define(py::module_& m) {
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("forget_gate"), py::arg("lengths").noconvert(),
         "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
+  m.def("lstm_forward_inference", &lstm_forward_inference<Scalar>, py::arg("x").noconvert(),
+        py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(),
+        py::arg("c0").noconvert(), py::arg("forget_gate"), py::arg("lengths").noconvert(),
+        "(hs, h_T, c_T) = LSTM forward over x [T,B,D] keeping no cache for backward; lstm_forward's bits.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
-        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false,
-        "(dx, dh0, dc0, dW_x, dW_h, db[, dh_norms [T+1,B]]) = BPTT of the LSTM; see fastbptt.lstm_backward.");
+        py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
+        py::arg("need_weight_grads") = true,
+        "(dx, dh0, dc0, dW_x, dW_h, db[, dh_norms [T+1,B]]) = BPTT of the LSTM; see fastbptt.lstm_backward. "
+        "dx is None without need_dx, and dW_x, dW_h, db are None without need_weight_grads (not computed).");
   m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("dW_x").noconvert(), py::arg("dW_h").noconvert(), py::arg("db").noconvert(),
-        "(dx, dh0, dc0) = BPTT of one segment, its weight gradients added to dW_x, dW_h, db in place.");
+        py::arg("need_dx") = true, py::arg("need_weight_grads") = true,
+        "(dx, dh0, dc0) = BPTT of one segment, its weight gradients added to dW_x, dW_h, db in place "
+        "(left alone without need_weight_grads); dx is None without need_dx.");
 }
 
 }  // namespace

@@ -10,23 +10,36 @@ namespace {
 namespace ei = Eigen::internal;
 
 template <class Scalar>
-void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& W_x, const Eigen::Ref<const RowMatrix<Scalar>>& W_h,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& h0) {
+void check_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
   detail::check_sizes(s);
-  detail::check_shape("x", x, s.T * s.B, s.D);
-  detail::check_shape("W_x", W_x, s.D, gate_count * s.H);
-  detail::check_shape("W_h", W_h, s.H, gate_count * s.H);
-  detail::check_shape("h0", h0, s.B, s.H);
+  detail::check_shape("x", in.x, s.T * s.B, s.D);
+  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_shape("W_x", w.W_x, s.D, gate_count * s.H);
+  detail::check_shape("W_h", w.W_h, s.H, gate_count * s.H);
+}
+
+template <class Element>
+void check_cache(const Shape& s, const Cache<Element>& cache) {
+  const Index N = s.T * s.B;
+  detail::check_shape("gates", cache.gates, N, gate_count * s.H);
+  detail::check_shape("hn", cache.hn, N, s.H);
+  detail::check_shape("hs", cache.hs, N, s.H);
 }
 
 /// The GRU's step. Unlike the LSTM's, the recurrent product cannot be added onto the input projection (r scales
 /// its n block): the step's product h_{t-1} W_h goes into `recurrent`, and one pass per row combines it with the
-/// projected inputs already in the gate rows.
-template <class Scalar>
+/// projected inputs in the gate rows. For training (Keep::training_cache) the projections of all steps are in
+/// `gates` beforehand, and the pass writes the activated gates over them and h_{t-1} W_hn + b_hn into `hn`.
+/// Forward-only (Keep::current_state) `gates` holds one step's B rows, which the step's product x_t W_x fills for
+/// the thread's units, and nothing else is kept. Either way each element of a projection is the same sum in the
+/// same order (PackedWeights), so both forwards give the same bits.
+template <class Scalar, detail::Keep keep>
 struct ForwardCell {
-  ConstVectorRef<Scalar> b, b_hn;
-  MatrixRef<Scalar> gates, hn, hs;
+  static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
+  detail::MatrixMap<const Scalar> x;
+  detail::VectorMap<const Scalar> b, b_hn;
+  detail::MatrixMap<Scalar> gates, hn, hs;
+  const detail::PackedWeights<Scalar>& packed_W_x;  // grouped by gate block (forward-only; training projects ahead)
   const detail::PackedWeights<Scalar>& packed_W_h;
   const Shape& s;
   const detail::ActiveRows& active;
@@ -34,16 +47,22 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W_h; }
 
-  void step_product(Index, Index running, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
-    packed_W_h.multiply_units(h_prev_t.data(), h_prev_t.outerStride(), running, recurrent.data(), recurrent.cols(),
-                              false, active.order(), own.q0, own.q1);
+  /// The row of `gates` that holds batch row r at step t.
+  Index kept_row(Index t, Index r) const { return keeps_cache ? t * s.B + r : r; }
+
+  void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    if constexpr (!keeps_cache) {
+      packed_W_x.multiply_units(detail::step_rows<Scalar>(x, t, s.B, active), own.panels,
+                                detail::strided_rows(gates), detail::Store::overwrite);
+    }
+    packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, 0, s.B, active), own.panels,
+                              detail::strided_rows(recurrent), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar* h_prev) {
     const Index H = s.H;
-    Scalar* g = gates.row(t * s.B + r).data();
+    Scalar* g = gates.row(kept_row(t, r)).data();
     const Scalar* rec = recurrent.row(r).data();
-    Scalar* hn_row = hn.row(t * s.B + r).data();
     Scalar* h = hs.row(t * s.B + r).data();
     detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
       const auto reset =
@@ -54,12 +73,14 @@ struct ForwardCell {
       const auto n = detail::tanh<Scalar>(
           ei::padd(ei::padd(lanes.load(g + 2 * H), lanes.load(b.data() + 2 * H)), ei::pmul(reset, hidden_n)));
       // (1 - z) n + z h_{t-1} rather than n + z (h_{t-1} - n): a saturated z = 1 keeps the state exactly.
-      const auto keep = ei::pmul(update, lanes.load(h_prev));
-      lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep));
-      lanes.store(g, reset);
-      lanes.store(g + H, update);
-      lanes.store(g + 2 * H, n);
-      lanes.store(hn_row, hidden_n);
+      const auto keep_state = ei::pmul(update, lanes.load(h_prev));
+      lanes.store(h, ei::padd(ei::pmul(ei::psub(detail::constant<Scalar>(1), update), n), keep_state));
+      if constexpr (keeps_cache) {
+        lanes.store(g, reset);
+        lanes.store(g + H, update);
+        lanes.store(g + 2 * H, n);
+        lanes.store(hn.row(t * s.B + r).data(), hidden_n);
+      }
     });
   }
 };
@@ -70,15 +91,15 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = true;
-  ConstMatrixRef<Scalar> x, W_x, h0, gates, hn, hs;
-  MatrixRef<Scalar> dx, dW_x, dW_h;
-  VectorRef<Scalar> db, db_hn;
+  detail::MatrixMap<const Scalar> x, W_x, h0, gates, hn, hs;
+  detail::MatrixMap<Scalar> dx, dW_x, dW_h;
+  detail::VectorMap<Scalar> db, db_hn;
   const Shape& s;
   RowMatrix<Scalar> direct;  // [B, H] dh z of the step
 
   Index dz_columns() const { return gate_count * s.H + s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_x.setZero();
     dW_h.setZero();
     db.setZero();
@@ -116,8 +137,8 @@ struct BackwardCell {
     });
   }
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     const Index H = s.H;
     const auto dz_rz = dz_block.leftCols(2 * H);
     const auto dz_n = dz_block.rightCols(H);
@@ -128,70 +149,98 @@ struct BackwardCell {
     detail::add_column_sums<Scalar>(dz_rz, db.head(2 * H));
     detail::add_column_sums<Scalar>(dz_n, db.tail(H));
     detail::add_column_sums<Scalar>(dz_block.middleCols(2 * H, H), db_hn);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
+    const Index H = s.H;
     auto dx_block = dx.middleRows(t0 * s.B, rows);
-    dx_block.noalias() = dz_rz * W_x.leftCols(2 * H).transpose();
-    dx_block.noalias() += dz_n * W_x.rightCols(H).transpose();
+    dx_block.noalias() = dz_block.leftCols(2 * H) * W_x.leftCols(2 * H).transpose();
+    dx_block.noalias() += dz_block.rightCols(H) * W_x.rightCols(H).transpose();
   }
 };
 
 }  // namespace
 
 template <class Scalar>
-void forward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-             ConstVectorRef<Scalar> b, ConstVectorRef<Scalar> b_hn, ConstMatrixRef<Scalar> h0,
-             MatrixRef<Scalar> gates, MatrixRef<Scalar> hn, MatrixRef<Scalar> hs, ConstLengthsRef lengths) {
-  check_inputs<Scalar>(s, x, W_x, W_h, h0);
-  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
-  detail::check_shape("b", b, 1, GH);
-  detail::check_shape("b_hn", b_hn, 1, H);
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hn", hn, N, H);
-  detail::check_shape("hs", hs, N, H);
+void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<Scalar>& cache,
+             ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  const Index H = s.H, B = s.B, GH = gate_count * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("b_hn", w.b_hn, 1, H);
+  check_cache(s, cache);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) {  // the rows of finished sequences
-    gates.setZero();
-    hn.setZero();
-    hs.setZero();
+    cache.gates.map().setZero();
+    cache.hn.map().setZero();
+    cache.hs.map().setZero();
   }
-  const detail::PackedWeights<Scalar> packed_W_x(W_x, false), packed_W_h(W_h, false, gate_count);
-  detail::project_inputs(packed_W_x, x, gates, s, active);
-  ForwardCell<Scalar> cell{b, b_hn, gates, hn, hs, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
-  detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
+  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given),
+      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  detail::project_inputs<Scalar>(packed_W_x, in.x.map(), cache.gates.map(), s, active);
+  ForwardCell<Scalar, detail::Keep::training_cache> cell{
+      in.x.map(), w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(), packed_W_x,
+      packed_W_h, s,         active,       RowMatrix<Scalar>(B, GH)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
 }
 
 template <class Scalar>
-void backward(const Shape& s, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-              ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
-              ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
-  check_inputs<Scalar>(s, x, W_x, W_h, h0);
-  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hn", hn, N, H);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("dhs", dhs, N, H);
-  detail::check_shape("dx", dx, N, s.D);
-  detail::check_shape("dh0", dh0, B, H);
-  detail::check_shape("dW_x", dW_x, s.D, GH);
-  detail::check_shape("dW_h", dW_h, H, GH);
-  detail::check_shape("db", db, 1, GH);
-  detail::check_shape("db_hn", db_hn, 1, H);
+void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Outputs<Scalar>& out,
+                       ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  const Index H = s.H, B = s.B, GH = gate_count * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("b_hn", w.b_hn, 1, H);
+  detail::check_shape("hs", out.hs, s.T * B, H);
+  detail::check_shape("h_T", out.h_T, B, H);
   const detail::ActiveRows active(s, lengths);
-  BackwardCell<Scalar> cell{x, W_x, h0, gates, hn, hs, dx, dW_x, dW_h, db, db_hn, s, RowMatrix<Scalar>(B, H)};
-  detail::backward_time_loop<Scalar>(s, active, W_h, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
+  if (!active.all()) out.hs.map().setZero();  // the rows of finished sequences
+  // W_x in gate blocks, like W_h, so that a thread's panels of either hold the same hidden units.
+  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given, gate_count),
+      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  RowMatrix<Scalar> step_gates(B, GH);
+  const detail::MatrixMap<Scalar> not_kept = MatrixView<Scalar>().map();  // hn
+  ForwardCell<Scalar, detail::Keep::current_state> cell{
+      in.x.map(), w.b.map(), w.b_hn.map(), MatrixView<Scalar>(step_gates).map(), not_kept,
+      out.hs.map(), packed_W_x, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
+}
+
+template <class Scalar>
+void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<const Scalar>& cache,
+              const Upstream<Scalar>& up, const Gradients<Scalar>& grad, ConstLengthsRef lengths,
+              const BackwardOptions<Scalar>& options) {
+  check_inputs(s, in, w);
+  check_cache(s, cache);
+  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
+  detail::check_shape("dhs", up.dhs, N, H);
+  detail::check_shape("dh0", grad.dh0, B, H);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+    detail::check_shape("dW_h", grad.dW_h, H, GH);
+    detail::check_shape("db", grad.db, 1, GH);
+    detail::check_shape("db_hn", grad.db_hn, 1, H);
+  }
+  detail::check_options(s, options);
+  const detail::ActiveRows active(s, lengths);
+  BackwardCell<Scalar> cell{in.x.map(),      w.W_x.map(),      in.h0.map(),    cache.gates.map(),
+                            cache.hn.map(),  cache.hs.map(),   grad.dx.map(),  grad.dW_x.map(),
+                            grad.dW_h.map(), grad.db.map(),    grad.db_hn.map(), s,
+                            RowMatrix<Scalar>(B, H)};
+  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+                                     grad.dh0.map(), options, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
-  template void forward<Scalar>(const Shape&, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,                   \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstVectorRef<Scalar>,          \
-                                ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, \
-                                ConstLengthsRef);                                                                \
-  template void backward<Scalar>(const Shape&, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,                  \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,     \
-                                 VectorRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
+  template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
+                                const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,          \
+                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
+  template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                   \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

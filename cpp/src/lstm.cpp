@@ -17,27 +17,35 @@ struct GateColumns {
 };
 
 template <class Scalar>
-void check_inputs(const Shape& s, bool forget_gate, const Eigen::Ref<const RowMatrix<Scalar>>& x,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& W_x, const Eigen::Ref<const RowMatrix<Scalar>>& W_h,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& h0, const Eigen::Ref<const RowMatrix<Scalar>>& c0) {
+void check_inputs(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
   detail::check_sizes(s);
   const Index GH = gate_count(forget_gate) * s.H;
-  detail::check_shape("x", x, s.T * s.B, s.D);
-  detail::check_shape("W_x", W_x, s.D, GH);
-  detail::check_shape("W_h", W_h, s.H, GH);
-  detail::check_shape("h0", h0, s.B, s.H);
-  detail::check_shape("c0", c0, s.B, s.H);
+  detail::check_shape("x", in.x, s.T * s.B, s.D);
+  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_shape("c0", in.c0, s.B, s.H);
+  detail::check_shape("W_x", w.W_x, s.D, GH);
+  detail::check_shape("W_h", w.W_h, s.H, GH);
+}
+
+template <class Element>
+void check_cache(const Shape& s, bool forget_gate, const Cache<Element>& cache) {
+  const Index N = s.T * s.B;
+  detail::check_shape("gates", cache.gates, N, gate_count(forget_gate) * s.H);
+  detail::check_shape("hs", cache.hs, N, s.H);
+  detail::check_shape("cs", cache.cs, N, s.H);
 }
 
 /// The LSTM's step: z_t = [x_t, h_{t-1}] [W_x; W_h] is one product, written into the gate rows; one pass per row
-/// over the thread's units takes the pre-activations in, puts the activated gates back in place, and writes C_t
-/// and h_t.
-template <class Scalar>
+/// over the thread's units takes the pre-activations in and writes C_t and h_t. For training (Keep::training_cache)
+/// `gates` and `cs` hold every step's rows and the pass puts the activated gates back in place; forward-only
+/// (Keep::current_state) `gates` holds one step's B rows and `cs` the B rows of the current C, updated in place.
+template <class Scalar, detail::Keep keep>
 struct ForwardCell {
+  static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
   bool forget_gate;
-  ConstMatrixRef<Scalar> x, c0;
-  ConstVectorRef<Scalar> b;
-  MatrixRef<Scalar> gates, hs, cs;
+  detail::MatrixMap<const Scalar> x, c0;
+  detail::VectorMap<const Scalar> b;
+  detail::MatrixMap<Scalar> gates, hs, cs;
   const detail::PackedWeights<Scalar>& packed_W;
   const Shape& s;
   const detail::ActiveRows& active;
@@ -45,16 +53,19 @@ struct ForwardCell {
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W; }
 
-  void step_product(Index t, Index running, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
-    packed_W.multiply_units(x.row(t * s.B).data(), x.outerStride(), running, gates.row(t * s.B).data(),
-                            gates.outerStride(), false, active.order(), own.q0, own.q1, h_prev_t.data(),
-                            h_prev_t.outerStride());
+  /// The row of `gates` and `cs` that holds batch row r at step t.
+  Index kept_row(Index t, Index r) const { return keeps_cache ? t * s.B + r : r; }
+
+  void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    packed_W.multiply_units(detail::stacked_step_rows<Scalar>(x, h_prev_t, t, active), own.panels,
+                            detail::strided_rows(gates.middleRows(kept_row(t, 0), s.B)), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar*) {
-    Scalar* z = gates.row(t * s.B + r).data();
-    const Scalar* c_prev = detail::previous_state<Scalar>(c0, cs, t, s.B).row(r).data();
-    Scalar* c = cs.row(t * s.B + r).data();
+    Scalar* z = gates.row(kept_row(t, r)).data();
+    const Scalar* c_prev =
+        keeps_cache ? detail::previous_state<Scalar>(c0, cs, t, s.B).row(r).data() : cs.row(r).data();
+    Scalar* c = cs.row(kept_row(t, r)).data();
     Scalar* h = hs.row(t * s.B + r).data();
     detail::for_each_packet<Scalar>(own.u0, own.u1, [&](const detail::Lanes<Scalar>& lanes) {
       const auto gate = [&](Index column) { return ei::padd(lanes.load(z + column), lanes.load(b.data() + column)); };
@@ -65,14 +76,16 @@ struct ForwardCell {
       if (forget_gate) {
         const auto f = detail::sigmoid<Scalar>(gate(col.f));
         c_new = ei::padd(ei::pmul(f, lanes.load(c_prev)), c_new);
-        lanes.store(z + col.f, f);
+        if constexpr (keeps_cache) lanes.store(z + col.f, f);
       } else {
         c_new = ei::padd(lanes.load(c_prev), c_new);
       }
-      lanes.store(z + col.i, i);
-      lanes.store(z + col.g, g);
-      lanes.store(z + col.o, o);
-      lanes.store(c, c_new);
+      if constexpr (keeps_cache) {
+        lanes.store(z + col.i, i);
+        lanes.store(z + col.g, g);
+        lanes.store(z + col.o, o);
+      }
+      lanes.store(c, c_new);  // forward-only, c is c_prev: each lane is read before it is written
       lanes.store(h, ei::pmul(o, detail::tanh<Scalar>(c_new)));
     });
   }
@@ -83,15 +96,15 @@ template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = false;
   bool forget_gate;
-  ConstMatrixRef<Scalar> x, W_x, c0, gates, cs;
-  MatrixRef<Scalar> dc, dx, dW_x, dW_h;
-  VectorRef<Scalar> db;
+  detail::MatrixMap<const Scalar> x, W_x, c0, gates, cs;
+  detail::MatrixMap<Scalar> dc, dx, dW_x, dW_h;
+  detail::VectorMap<Scalar> db;
   const Shape& s;
   GateColumns col;
 
   Index dz_columns() const { return gate_count(forget_gate) * s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_x.setZero();
     dW_h.setZero();
     db.setZero();
@@ -127,11 +140,14 @@ struct BackwardCell {
 
   void add_direct_term(Index, const detail::UnitSlice&, Scalar*) const {}
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     dW_x.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
     dW_h.noalias() += h_prev.transpose() * dz_block;
     detail::add_column_sums<Scalar>(dz_block, db);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
     dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_x.transpose();
   }
 };
@@ -139,68 +155,87 @@ struct BackwardCell {
 }  // namespace
 
 template <class Scalar>
-void forward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
-             ConstMatrixRef<Scalar> W_h, ConstVectorRef<Scalar> b, ConstMatrixRef<Scalar> h0,
-             ConstMatrixRef<Scalar> c0, MatrixRef<Scalar> gates, MatrixRef<Scalar> hs, MatrixRef<Scalar> cs,
-             ConstLengthsRef lengths) {
-  check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
-  const Index H = s.H, N = s.T * s.B, GH = gate_count(forget_gate) * H;
-  detail::check_shape("b", b, 1, GH);
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("cs", cs, N, H);
+void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+             const Cache<Scalar>& cache, ConstLengthsRef lengths) {
+  check_inputs(s, forget_gate, in, w);
+  const Index H = s.H, GH = gate_count(forget_gate) * H;
+  detail::check_shape("b", w.b, 1, GH);
+  check_cache(s, forget_gate, cache);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) {  // the rows of finished sequences
-    gates.setZero();
-    hs.setZero();
-    cs.setZero();
+    cache.gates.map().setZero();
+    cache.hs.map().setZero();
+    cache.cs.map().setZero();
   }
   // The weights are packed once here. The packed product rounds a row the same whatever rows a call covers, so
   // chunked runs equal one run bit for bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(W_x, W_h, gate_count(forget_gate));
-  ForwardCell<Scalar> cell{forget_gate, x, c0, b, gates, hs, cs, packed_W, s, active, GateColumns(forget_gate, H)};
-  detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
+  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  ForwardCell<Scalar, detail::Keep::training_cache> cell{
+      forget_gate, in.x.map(), in.c0.map(), w.b.map(), cache.gates.map(), cache.hs.map(), cache.cs.map(),
+      packed_W,    s,          active,      GateColumns(forget_gate, H)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
 }
 
 template <class Scalar>
-void backward(const Shape& s, bool forget_gate, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x,
-              ConstMatrixRef<Scalar> W_h, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> c0,
-              ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> cs,
-              ConstMatrixRef<Scalar> dhs, ConstMatrixRef<Scalar> dc_T, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dc0, MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db,
-              ConstLengthsRef lengths, bool accumulate, Scalar* dh_norms) {
-  check_inputs<Scalar>(s, forget_gate, x, W_x, W_h, h0, c0);
+void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+  check_inputs(s, forget_gate, in, w);
+  const Index H = s.H, GH = gate_count(forget_gate) * H;
+  detail::check_shape("b", w.b, 1, GH);
+  detail::check_shape("hs", out.hs, s.T * s.B, H);
+  detail::check_shape("h_T", out.h_T, s.B, H);
+  detail::check_shape("c_T", out.c_T, s.B, H);
+  const detail::ActiveRows active(s, lengths);
+  if (!active.all()) out.hs.map().setZero();  // the rows of finished sequences
+  // c_T holds the current C of every sequence; a finished sequence's row stops changing at its last step.
+  out.c_T.map() = in.c0.map();
+  RowMatrix<Scalar> step_gates(s.B, GH);
+  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  ForwardCell<Scalar, detail::Keep::current_state> cell{
+      forget_gate,   in.x.map(), in.c0.map(), w.b.map(), MatrixView<Scalar>(step_gates).map(), out.hs.map(),
+      out.c_T.map(), packed_W,   s,           active,    GateColumns(forget_gate, H)};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
+}
+
+template <class Scalar>
+void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+              const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
+  check_inputs(s, forget_gate, in, w);
+  check_cache(s, forget_gate, cache);
   const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
-  detail::check_shape("gates", gates, N, GH);
-  detail::check_shape("hs", hs, N, H);
-  detail::check_shape("cs", cs, N, H);
-  detail::check_shape("dhs", dhs, N, H);
-  detail::check_shape("dc_T", dc_T, B, H);
-  detail::check_shape("dx", dx, N, s.D);
-  detail::check_shape("dh0", dh0, B, H);
-  detail::check_shape("dc0", dc0, B, H);
-  detail::check_shape("dW_x", dW_x, s.D, GH);
-  detail::check_shape("dW_h", dW_h, H, GH);
-  detail::check_shape("db", db, 1, GH);
+  detail::check_shape("dhs", up.dhs, N, H);
+  detail::check_shape("dc_T", up.dc_T, B, H);
+  detail::check_shape("dh0", grad.dh0, B, H);
+  detail::check_shape("dc0", grad.dc0, B, H);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_x", grad.dW_x, s.D, GH);
+    detail::check_shape("dW_h", grad.dW_h, H, GH);
+    detail::check_shape("db", grad.db, 1, GH);
+  }
+  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
-  dc0 = dc_T;
-  BackwardCell<Scalar> cell{forget_gate, x, W_x, c0, gates, cs, dc0, dx, dW_x, dW_h, db, s, GateColumns(forget_gate, H)};
-  detail::backward_time_loop<Scalar>(s, active, W_h, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
+  grad.dc0.map() = up.dc_T.map();
+  BackwardCell<Scalar> cell{forget_gate,    in.x.map(),       w.W_x.map(),      in.c0.map(),
+                            cache.gates.map(), cache.cs.map(),  grad.dc0.map(),   grad.dx.map(),
+                            grad.dW_x.map(), grad.dW_h.map(),  grad.db.map(),    s,
+                            GateColumns(forget_gate, H)};
+  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+                                     grad.dh0.map(), options, cell);
 }
 
-#define FASTBPTT_INSTANTIATE(Scalar)                                                                            \
-  template void forward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,            \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,         \
-                                ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                   \
-                                MatrixRef<Scalar>, ConstLengthsRef);                                            \
-  template void backward<Scalar>(const Shape&, bool, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,           \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,        \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, MatrixRef<Scalar>,             \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,    \
-                                 VectorRef<Scalar>, ConstLengthsRef, bool, Scalar*);
+#define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
+  template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
+                                const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,    \
+                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
+  template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,             \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "fastbptt/threads.hpp"
@@ -21,15 +22,53 @@
 
 namespace fastbptt::detail {
 
+/// Rows of a matrix in memory: row r starts at data + r * stride.
+template <class Element>
+struct StridedRows {
+  Element* data = nullptr;
+  Index stride = 0;
+};
+
+/// The rows of an Eigen matrix, map or block.
+template <class Matrix>
+auto strided_rows(Matrix&& m) {
+  return StridedRows<std::remove_pointer_t<decltype(m.data())>>{m.data(), m.outerStride()};
+}
+
+/// The left operand of a product with PackedWeights: `rows` rows of K values. Row r of the product is row
+/// row_index[r] of `first` and of the result (row r itself when row_index is null): a subset of rows in any order,
+/// multiplied where they lie. For stacked weights [W_top; W_bottom] a row's first K1 values come from `first` and
+/// its other K2 values from `second` (picked by row_index alike).
+template <class Scalar>
+struct LeftOperand {
+  StridedRows<const Scalar> first;
+  StridedRows<const Scalar> second;
+  Index rows = 0;
+  const Index* row_index = nullptr;
+};
+
+/// Whether a matrix is packed as given or transposed.
+enum class Orientation { as_given, transposed };
+
+/// Whether a product writes its result (C = A W) or adds to what is there (C += A W).
+enum class Store { overwrite, add };
+
+/// Panels begin .. end-1 of every column group: the hidden units begin * lanes .. end * lanes - 1 of every gate.
+struct PanelRange {
+  Index begin = 0, end = 0;
+};
+
 template <class Scalar>
 class PackedWeights {
  public:
   using P = Packet<Scalar>;
   static constexpr Index lanes = packet_size<Scalar>;
 
-  /// Packs W [K, N], or Wᵀ when `transpose` is true (then W is [N, K]); `groups` must divide N.
-  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, bool transpose, Index groups = 1)
-      : PackedWeights(transpose ? W.cols() : W.rows(), transpose ? W.rows() : W.cols(), groups) {
+  /// Packs W [K, N], or Wᵀ for Orientation::transposed (then W is [N, K]); `groups` must divide N.
+  PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, Orientation orientation, Index groups = 1)
+      : PackedWeights(orientation == Orientation::transposed ? W.cols() : W.rows(),
+                      orientation == Orientation::transposed ? W.rows() : W.cols(), groups) {
+    const bool transpose = orientation == Orientation::transposed;
     for (Index k = 0; k < K_; ++k) pack_row(k, [&](Index n) { return transpose ? W(n, k) : W(k, n); });
     split_ = K_;
   }
@@ -49,22 +88,20 @@ class PackedWeights {
   Index group_width() const { return group_width_; }
   Index group_panels() const { return group_panels_; }
 
-  /// C = A W (accumulate == false) or C += A W. A: `rows` rows of K values, row stride lda; C: row stride ldc.
-  /// With `row_index`, row r of the product is row row_index[r] of A and of C (a subset of rows in any order,
-  /// multiplied where they lie). Runs on call_threads() threads when the product is large enough to repay
-  /// starting them; the threads split C into disjoint blocks, so the result does not depend on the thread count.
-  void multiply(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
-                const Index* row_index = nullptr) const {
+  /// C = A W or C += A W (see Store), for the rows of `a`; C's rows lie as `a` says (row_index included).
+  /// Runs on call_threads() threads when the product is large enough to repay starting them; the threads split C
+  /// into disjoint blocks, so the result does not depend on the thread count.
+  void multiply(const LeftOperand<Scalar>& a, StridedRows<Scalar> C, Store store) const {
     const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
-    const Index tasks = (rows + row_block - 1) / row_block * panel_pairs;
-    const Rows layout{A, lda, C, ldc, row_index, nullptr, 0};
+    const Index tasks = (a.rows + row_block - 1) / row_block * panel_pairs;
+    const Rows layout = rows_of(a, C);
     const auto task = [&](Index i) {
-      const Index r0 = i / panel_pairs * row_block, r1 = std::min(rows, r0 + row_block), p = i % panel_pairs * 2;
-      sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), accumulate);
+      const Index r0 = i / panel_pairs * row_block, r1 = std::min(a.rows, r0 + row_block), p = i % panel_pairs * 2;
+      sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), store);
     };
 #if defined(_OPENMP)
     const int threads = call_threads();
-    if (threads > 1 && tasks > 1 && rows * K_ * N_ >= (Index(1) << 18)) {
+    if (threads > 1 && tasks > 1 && a.rows * K_ * N_ >= (Index(1) << 18)) {
 #pragma omp parallel for schedule(static) num_threads(threads)
       for (Index i = 0; i < tasks; ++i) task(i);
       return;
@@ -73,16 +110,14 @@ class PackedWeights {
     for (Index i = 0; i < tasks; ++i) task(i);
   }
 
-  /// As multiply, for the columns of panels q0 .. q1-1 of every group (the hidden units q0 * lanes .. q1 * lanes - 1
-  /// of every gate), on the calling thread. For stacked weights a row's first K1 values come from A and the other
-  /// K2 from A2 (row stride lda2, rows picked by row_index alike).
-  void multiply_units(const Scalar* A, Index lda, Index rows, Scalar* C, Index ldc, bool accumulate,
-                      const Index* row_index, Index q0, Index q1, const Scalar* A2 = nullptr, Index lda2 = 0) const {
-    const Rows layout{A, lda, C, ldc, row_index, A2, lda2};
-    for (Index r0 = 0; r0 < rows; r0 += row_block) {
-      const Index r1 = std::min(rows, r0 + row_block);
+  /// As multiply, for the columns of `panels` in every group (the hidden units of a team member in every gate), on
+  /// the calling thread.
+  void multiply_units(const LeftOperand<Scalar>& a, PanelRange panels, StridedRows<Scalar> C, Store store) const {
+    const Rows layout = rows_of(a, C);
+    for (Index r0 = 0; r0 < a.rows; r0 += row_block) {
+      const Index r1 = std::min(a.rows, r0 + row_block);
       for (Index g = 0; g * group_panels_ < panels_; ++g) {
-        sweep_panels(layout, r0, r1, g * group_panels_ + q0, g * group_panels_ + q1, accumulate);
+        sweep_panels(layout, r0, r1, g * group_panels_ + panels.begin, g * group_panels_ + panels.end, store);
       }
     }
   }
@@ -124,9 +159,13 @@ class PackedWeights {
     Index lda2;
     Index at(Index r) const { return index ? index[r] : r; }
   };
+  static Rows rows_of(const LeftOperand<Scalar>& a, StridedRows<Scalar> C) {
+    return Rows{a.first.data, a.first.stride, C.data, C.stride, a.row_index, a.second.data, a.second.stride};
+  }
 
   /// Rows r0 .. r1-1 times panels p0 .. p1-1, two panels at a time.
-  void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, bool accumulate) const {
+  void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, Store store) const {
+    const bool accumulate = store == Store::add;
     for (Index p = p0; p < p1; p += 2) {
       if (p + 2 <= p1) {
         sweep_rows<2>(rows, r0, r1, p, accumulate);

@@ -10,32 +10,29 @@ namespace {
 namespace ei = Eigen::internal;
 
 template <class Scalar>
-void check_inputs(const Shape& s, const Eigen::Ref<const RowMatrix<Scalar>>& x,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& W_xh, const Eigen::Ref<const RowMatrix<Scalar>>& W_hh,
-                  const Eigen::Ref<const RowMatrix<Scalar>>& h0) {
+void check_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
   detail::check_sizes(s);
-  detail::check_shape("x", x, s.T * s.B, s.D);
-  detail::check_shape("W_xh", W_xh, s.D, s.H);
-  detail::check_shape("W_hh", W_hh, s.H, s.H);
-  detail::check_shape("h0", h0, s.B, s.H);
+  detail::check_shape("x", in.x, s.T * s.B, s.D);
+  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_shape("W_xh", w.W_xh, s.D, s.H);
+  detail::check_shape("W_hh", w.W_hh, s.H, s.H);
 }
 
 /// The plain RNN's step: z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product, written into hs and activated in place.
 template <class Scalar, class Phi>
 struct ForwardCell {
-  ConstMatrixRef<Scalar> x;
-  ConstVectorRef<Scalar> b_h;
-  MatrixRef<Scalar> hs;
+  detail::MatrixMap<const Scalar> x;
+  detail::VectorMap<const Scalar> b_h;
+  detail::MatrixMap<Scalar> hs;
   const detail::PackedWeights<Scalar>& packed_W;
   const Shape& s;
   const detail::ActiveRows& active;
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W; }
 
-  void step_product(Index t, Index running, const detail::UnitSlice& own,
-                    const detail::StateRows<Scalar>& h_prev_t) {
-    packed_W.multiply_units(x.row(t * s.B).data(), x.outerStride(), running, hs.row(t * s.B).data(), hs.outerStride(),
-                            false, active.order(), own.q0, own.q1, h_prev_t.data(), h_prev_t.outerStride());
+  void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
+    packed_W.multiply_units(detail::stacked_step_rows<Scalar>(x, h_prev_t, t, active), own.panels,
+                            detail::strided_rows(hs.middleRows(t * s.B, s.B)), detail::Store::overwrite);
   }
 
   void step_pointwise(Index t, Index r, const detail::UnitSlice& own, const Scalar*) {
@@ -50,14 +47,14 @@ struct ForwardCell {
 template <class Scalar, class Phi>
 struct BackwardCell {
   static constexpr bool direct_term = false;
-  ConstMatrixRef<Scalar> x, W_xh, hs;
-  MatrixRef<Scalar> dx, dW_xh, dW_hh;
-  VectorRef<Scalar> db_h;
+  detail::MatrixMap<const Scalar> x, W_xh, hs;
+  detail::MatrixMap<Scalar> dx, dW_xh, dW_hh;
+  detail::VectorMap<Scalar> db_h;
   const Shape& s;
 
   Index dz_columns() const { return s.H; }
 
-  void zero_gradients() {
+  void zero_weight_gradients() {
     dW_xh.setZero();
     dW_hh.setZero();
     db_h.setZero();
@@ -72,67 +69,88 @@ struct BackwardCell {
 
   void add_direct_term(Index, const detail::UnitSlice&, Scalar*) const {}
 
-  void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
-                      const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
+  void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block,
+                            const Eigen::Ref<const RowMatrix<Scalar>>& h_prev) {
     dW_xh.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
     dW_hh.noalias() += h_prev.transpose() * dz_block;
     detail::add_column_sums<Scalar>(dz_block, db_h);
+  }
+
+  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
     dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_xh.transpose();
   }
 };
 
+/// The time loop of both forwards: hs, which the RNN's step writes in place, is all it keeps either way.
+template <class Scalar>
+void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active) {
+  if (!active.all()) hs.setZero();  // the outputs of finished sequences
+  // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
+  // bit (Eigen's general product picks its code path by a row's position).
+  const detail::PackedWeights<Scalar> packed_W(w.W_xh.map(), w.W_hh.map(), 1);
+  detail::with_activation(activation, [&](auto phi) {
+    ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), hs, packed_W, s, active};
+    detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell);
+  });
+}
+
 }  // namespace
 
 template <class Scalar>
-void forward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
-             ConstMatrixRef<Scalar> W_hh, ConstVectorRef<Scalar> b_h, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
-             ConstLengthsRef lengths) {
-  check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
-  detail::check_shape("b_h", b_h, 1, s.H);
-  detail::check_shape("hs", hs, s.T * s.B, s.H);
-  const detail::ActiveRows active(s, lengths);
-  if (!active.all()) hs.setZero();  // the outputs of finished sequences
-
-  // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
-  // bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(W_xh, W_hh, 1);
-  detail::with_activation(activation, [&](auto phi) {
-    ForwardCell<Scalar, decltype(phi)> cell{x, b_h, hs, packed_W, s, active};
-    detail::forward_time_loop<Scalar>(s, active, h0, hs, cell);
-  });
+void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+             const Cache<Scalar>& cache, ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  detail::check_shape("b_h", w.b_h, 1, s.H);
+  detail::check_shape("hs", cache.hs, s.T * s.B, s.H);
+  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths));
 }
 
 template <class Scalar>
-void backward(const Shape& s, Activation activation, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_xh,
-              ConstMatrixRef<Scalar> W_hh, ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs,
-              ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0, MatrixRef<Scalar> dW_xh,
-              MatrixRef<Scalar> dW_hh, VectorRef<Scalar> db_h, ConstLengthsRef lengths, bool accumulate,
-              Scalar* dh_norms) {
-  check_inputs<Scalar>(s, x, W_xh, W_hh, h0);
+void forward_inference(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+  check_inputs(s, in, w);
+  detail::check_shape("b_h", w.b_h, 1, s.H);
+  detail::check_shape("hs", out.hs, s.T * s.B, s.H);
+  detail::check_shape("h_T", out.h_T, s.B, s.H);
+  const detail::ActiveRows active(s, lengths);
+  run_forward(s, activation, in, w, out.hs.map(), active);
+  detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
+}
+
+template <class Scalar>
+void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
+              const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
+  check_inputs(s, in, w);
   const Index N = s.T * s.B;
-  detail::check_shape("hs", hs, N, s.H);
-  detail::check_shape("dhs", dhs, N, s.H);
-  detail::check_shape("dx", dx, N, s.D);
-  detail::check_shape("dh0", dh0, s.B, s.H);
-  detail::check_shape("dW_xh", dW_xh, s.D, s.H);
-  detail::check_shape("dW_hh", dW_hh, s.H, s.H);
-  detail::check_shape("db_h", db_h, 1, s.H);
+  detail::check_shape("hs", cache.hs, N, s.H);
+  detail::check_shape("dhs", up.dhs, N, s.H);
+  detail::check_shape("dh0", grad.dh0, s.B, s.H);
+  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  if (options.need_weight_gradients) {
+    detail::check_shape("dW_xh", grad.dW_xh, s.D, s.H);
+    detail::check_shape("dW_hh", grad.dW_hh, s.H, s.H);
+    detail::check_shape("db_h", grad.db_h, 1, s.H);
+  }
+  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   detail::with_activation(activation, [&](auto phi) {
-    BackwardCell<Scalar, decltype(phi)> cell{x, W_xh, hs, dx, dW_xh, dW_hh, db_h, s};
-    detail::backward_time_loop<Scalar>(s, active, W_hh, h0, hs, dhs, dh0, accumulate, dh_norms, cell);
+    BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),
+                                             grad.dW_xh.map(), grad.dW_hh.map(), grad.db_h.map(), s};
+    detail::backward_time_loop<Scalar>(s, active, w.W_hh.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+                                       grad.dh0.map(), options, cell);
   });
 }
 
-#define FASTBPTT_INSTANTIATE(Scalar)                                                                           \
-  template void forward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,      \
-                                ConstMatrixRef<Scalar>, ConstVectorRef<Scalar>, ConstMatrixRef<Scalar>,        \
-                                MatrixRef<Scalar>, ConstLengthsRef);                                           \
-  template void backward<Scalar>(const Shape&, Activation, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,     \
-                                 ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>, ConstMatrixRef<Scalar>,       \
-                                 ConstMatrixRef<Scalar>, MatrixRef<Scalar>, MatrixRef<Scalar>,                 \
-                                 MatrixRef<Scalar>, MatrixRef<Scalar>, VectorRef<Scalar>, ConstLengthsRef, bool, \
-                                 Scalar*);
+#define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
+  template void forward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
+                                const Cache<Scalar>&, ConstLengthsRef);                                         \
+  template void forward_inference<Scalar>(const Shape&, Activation, const Inputs<Scalar>&,                      \
+                                          const Weights<Scalar>&, const Outputs<Scalar>&, ConstLengthsRef);     \
+  template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,       \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

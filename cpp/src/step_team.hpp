@@ -20,10 +20,10 @@
 
 namespace fastbptt::detail {
 
-/// One member's share: panels q0 .. q1-1 of every gate block, which hold the hidden units u0 .. u1-1.
+/// One member's share: `panels` of every gate block, which hold the hidden units u0 .. u1-1.
 struct UnitSlice {
   int member;  // 0 .. team size - 1; member 0 also does what one thread must do alone
-  Index q0, q1;
+  PanelRange panels;
   Index u0, u1;
 };
 
@@ -37,7 +37,7 @@ void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
   const Index unit_panels = W.group_panels(), units = W.group_width(), lanes = PackedWeights<Scalar>::lanes;
   const auto slice = [&](int member, int size) {
     const Index q0 = unit_panels * member / size, q1 = unit_panels * (member + 1) / size;
-    return UnitSlice{member, q0, q1, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
+    return UnitSlice{member, PanelRange{q0, q1}, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
   };
 #if defined(_OPENMP)
   const Index threads = std::min<Index>(call_threads(), unit_panels);

@@ -23,11 +23,40 @@ namespace fastbptt::detail {
 template <class Scalar>
 using StateRows = Eigen::Map<const RowMatrix<Scalar>, 0, Eigen::OuterStride<>>;
 
-/// Runs a cell's forward over steps 0 .. T-1, writing h_t into `hs` (which the next step reads).
+/// The Eigen objects of the views that the cells hold (Element: Scalar or const Scalar).
+template <class Element>
+using MatrixMap = typename MatrixView<Element>::Map;
+template <class Element>
+using VectorMap = typename VectorView<Element>::Map;
+
+/// The left operand [x_t, h_{t-1}] of a step's product with stacked weights [W_x; W_h], for the rows running step t.
+template <class Scalar>
+LeftOperand<Scalar> stacked_step_rows(const MatrixMap<const Scalar>& x, const StateRows<Scalar>& h_prev, Index t,
+                                      const ActiveRows& active) {
+  LeftOperand<Scalar> rows = step_rows<Scalar>(x, t, h_prev.rows(), active);
+  rows.second = strided_rows(h_prev);
+  return rows;
+}
+
+/// Throws std::invalid_argument unless the options fit the call's shape.
+template <class Scalar>
+void check_options(const Shape& s, const BackwardOptions<Scalar>& options) {
+  if (options.dh_norms.empty()) return;
+  check_shape("dh_norms", options.dh_norms, s.T + 1, s.B);
+  if (options.dh_norms.outer_stride() != s.B) throw std::invalid_argument("dh_norms: expected contiguous rows");
+}
+
+/// What a forward keeps: what backward reads (training), or only the state the next step needs (inference, where
+/// memory beyond the outputs does not grow with T). A cell's forward policy takes it as a template argument, so
+/// that both forwards run the same arithmetic per element and give the same bits.
+enum class Keep { training_cache, current_state };
+
+/// Runs a cell's forward over steps 0 .. T-1, writing h_t into `hs` (which the next step reads). It serves the
+/// training forward and the forward-only one alike: the cell decides what it keeps (see Keep).
 /// The cell provides
 ///   const PackedWeights<Scalar>& step_weights() const        the weights of a step's product (they set the team)
-///   void step_product(Index t, Index running, const UnitSlice&, const StateRows<Scalar>& h_prev)
-///                                                            the product of step t for the running rows, own units
+///   void step_product(Index t, const UnitSlice&, const StateRows<Scalar>& h_prev)
+///                                                            the product of step t for its running rows, own units
 ///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* h_prev_row)
 ///                                                            the activations of row r at step t, own units
 template <class Scalar, class Cell>
@@ -37,7 +66,7 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
     for (Index t = 0; t < s.T; ++t) {
       const StateRows<Scalar> h_prev_t = previous_state<Scalar>(h0, hs, t, s.B);
       const Index running = active.count(t);
-      cell.step_product(t, running, own, h_prev_t);
+      cell.step_product(t, own, h_prev_t);
       for (Index k = 0; k < running; ++k) {
         const Index r = active.row(k);
         cell.step_pointwise(t, r, own, h_prev_t.row(r).data());
@@ -54,31 +83,35 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 /// h0, hs   [B, H], [T*B, H]        in   the states before each step come from them
 /// dhs      [T*B, H]                in   dL/dh_t from above
 /// dh0      [B, H]                  out  dL/dh_0
-/// dh_norms [(T+1)*B] or null       out  ||dL/dh_t|| of every row and step (see record_row_norms)
+/// options                          in   accumulate, dh_norms [T+1, B] (see BackwardOptions)
 /// The cell provides
 ///   Index dz_columns() const                                  columns of a row of dZ
 ///   static constexpr bool direct_term                         whether dL/dh_{t-1} has a term that bypasses W_h
-///   void zero_gradients()                                     sets its weight gradients to zero
+///   void zero_weight_gradients()                              sets its weight gradients to zero
 ///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* dh_row, Scalar* dz_row)
 ///   void add_direct_term(Index r, const UnitSlice&, Scalar* dh_prev_row)        (when direct_term)
-///   void block_products(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
-///                       const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
-///                                 the block's share of dW, db, dx; dZ and h_prev hold the rows of steps t0 ..
+///   void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
+///                             const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
+///                                 the block's share of dW and db; dZ and h_prev hold the rows of steps t0 ..
+///   void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ)
+///                                 the block's rows of dx
+/// The options say which of the last two run (need_weight_gradients, need_dx).
 template <class Scalar, class Cell>
 void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> W_h,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
-                        MatrixRef<Scalar> dh0, bool accumulate, Scalar* dh_norms, Cell& cell) {
+                        MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell) {
   const Index B = s.B, dz_columns = cell.dz_columns();
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
   BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
   RowMatrix<Scalar>& dZ = scratch.dZ();
   RowMatrix<Scalar>& h_prev = scratch.previous_states();
-  if (!accumulate) cell.zero_gradients();
+  if (options.need_weight_gradients && !options.accumulate) cell.zero_weight_gradients();
+  Scalar* const dh_norms = options.dh_norms.data();  // null when not asked for
   // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
   // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, s.H), RowMatrix<Scalar>(B, s.H)};
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
-  const PackedWeights<Scalar> packed_W_h_transposed(W_h, true);
+  const PackedWeights<Scalar> packed_W_h_transposed(W_h, Orientation::transposed);
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
@@ -110,12 +143,16 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
             cell.add_direct_term(r, own, dh_prev.row(r).data());
           }
         }
-        packed_W_h_transposed.multiply_units(dz_t.data(), dz_columns, running, dh_prev.data(), dh_prev.outerStride(),
-                                             t > 0 || Cell::direct_term, active.order(), own.q0, own.q1);
+        packed_W_h_transposed.multiply_units(step_rows<Scalar>(dZ, t - t0, B, active), own.panels,
+                                             strided_rows(dh_prev),
+                                             t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
       }
     });
-    gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
-    cell.block_products(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+    if (options.need_weight_gradients) {
+      gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
+      cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+    }
+    if (options.need_dx) cell.write_dx(t0, rows, dZ.topRows(rows));
     t1 = t0;
   }
   record_row_norms<Scalar>(dh0, active, 0, dh_norms);

@@ -43,16 +43,39 @@ int main() {
   Vector db(GH), db_y(K);
   const Matrix dc_T = Matrix::Zero(shape.B, shape.H);
 
+  // The calls' arguments by role, each array named once.
+  fastbptt::lstm::Inputs<float> inputs;
+  inputs.x = x;
+  inputs.h0 = h0;
+  inputs.c0 = c0;
+  fastbptt::lstm::Weights<float> weights;
+  weights.W_x = W_x;
+  weights.W_h = W_h;
+  weights.b = b;
+  fastbptt::lstm::Cache<float> cache;
+  cache.gates = gates;
+  cache.hs = hs;
+  cache.cs = cs;
+  fastbptt::lstm::Upstream<float> upstream;
+  upstream.dhs = dhs;
+  upstream.dc_T = dc_T;
+  fastbptt::lstm::Gradients<float> gradients;
+  gradients.dx = dx;
+  gradients.dh0 = dh0;
+  gradients.dc0 = dc0;
+  gradients.dW_x = dW_x;
+  gradients.dW_h = dW_h;
+  gradients.db = db;
+
   std::cout << "fastbptt " << fastbptt::build_info().at("version") << ": LSTM T=" << shape.T << " B=" << shape.B
             << " D=" << shape.D << " H=" << shape.H << "\n";
   const float lr = 2.0f;
   double first = 0.0, last = 0.0;
   for (int step = 0; step < 200; ++step) {
-    fastbptt::lstm::forward<float>(shape, true, x, W_x, W_h, b, h0, c0, gates, hs, cs);
+    fastbptt::lstm::forward<float>(shape, true, inputs, weights, cache);
     last = fastbptt::loss::softmax_cross_entropy<float>(hs, W_yh, b_y, targets.data(), -100,
                                                         fastbptt::loss::Reduction::mean, dhs, dW_yh, db_y);
-    fastbptt::lstm::backward<float>(shape, true, x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, dx, dh0, dc0, dW_x,
-                                    dW_h, db);
+    fastbptt::lstm::backward<float>(shape, true, inputs, weights, cache, upstream, gradients);
     W_x -= lr * dW_x;
     W_h -= lr * dW_h;
     b -= lr * db;

@@ -29,6 +29,15 @@ def rnn_forward(
     activation: str,
     lengths: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.floating]: ...
+def rnn_forward_inference(
+    x: npt.NDArray[np.floating],
+    W_xh: npt.NDArray[np.floating],
+    W_hh: npt.NDArray[np.floating],
+    b_h: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    activation: str,
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def rnn_backward(
     x: npt.NDArray[np.floating],
     W_xh: npt.NDArray[np.floating],
@@ -39,8 +48,20 @@ def rnn_backward(
     activation: str,
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_forward(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    c0: npt.NDArray[np.floating],
+    forget_gate: bool,
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def lstm_forward_inference(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
     W_h: npt.NDArray[np.floating],
@@ -64,7 +85,9 @@ def lstm_backward(
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -80,7 +103,9 @@ def lstm_backward_into(
     dW_x: npt.NDArray[np.floating],
     dW_h: npt.NDArray[np.floating],
     db: npt.NDArray[np.floating],
-) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_forward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -90,6 +115,15 @@ def gru_forward(
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def gru_forward_inference(
+    x: npt.NDArray[np.floating],
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    b_hn: npt.NDArray[np.floating],
+    h0: npt.NDArray[np.floating],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_backward(
     x: npt.NDArray[np.floating],
     W_x: npt.NDArray[np.floating],
@@ -101,7 +135,9 @@ def gru_backward(
     dhs: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
     hidden_grad_norms: bool = False,
-) -> tuple[npt.NDArray[np.floating], ...]: ...
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],
     W_yh: npt.NDArray[np.floating],

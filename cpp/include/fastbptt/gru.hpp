@@ -8,30 +8,89 @@ namespace fastbptt::gru {
 /// Gate count G of the GRU: column blocks r, z, n.
 constexpr Index gate_count = 3;
 
+/// What every call reads besides the weights: the sequences and the state before the first step.
+template <class Scalar>
+struct Inputs {
+  MatrixView<const Scalar> x;   ///< [T*B, D]  in  step t is rows t*B .. t*B+B-1 (time-major)
+  MatrixView<const Scalar> h0;  ///< [B, H]    in  the state before step 1
+};
+
+/// The parameters (see `forward` for the equations).
+template <class Scalar>
+struct Weights {
+  MatrixView<const Scalar> W_x;   ///< [D, 3H]  in  column blocks r, z, n
+  MatrixView<const Scalar> W_h;   ///< [H, 3H]  in
+  VectorView<const Scalar> b;     ///< [3H]     in  b_r and b_z (PyTorch's b_ir + b_hr and b_iz + b_hz) and b_n
+                                  ///<              (PyTorch's b_in); forward only
+  VectorView<const Scalar> b_hn;  ///< [H]      in  kept apart because r multiplies it; forward only
+};
+
+/// What `forward` keeps for `backward`: written by forward (Element = Scalar), read by backward (const Scalar).
+template <class Element>
+struct Cache {
+  MatrixView<Element> gates;  ///< [T*B, 3H]  activated r, z, n of every step
+  MatrixView<Element> hn;     ///< [T*B, H]   h_{t-1} W_hn + b_hn of every step
+  MatrixView<Element> hs;     ///< [T*B, H]   h_1 .. h_T; the last B rows are the final state when every sequence
+                              ///<             runs all T steps
+
+  /// The same arrays read-only, as backward takes them.
+  template <class E = Element, class = std::enable_if_t<!std::is_const_v<E>>>
+  operator Cache<const E>() const {  // NOLINT(google-explicit-constructor)
+    return {gates, hn, hs};
+  }
+};
+
+/// What `forward_inference` writes.
+template <class Scalar>
+struct Outputs {
+  MatrixView<Scalar> hs;   ///< [T*B, H]  out  h_1 .. h_T (rows past a sequence's end are zero)
+  MatrixView<Scalar> h_T;  ///< [B, H]    out  each sequence's state after its last step
+};
+
+/// The gradient of the loss that reaches the GRU's outputs from above.
+template <class Scalar>
+struct Upstream {
+  MatrixView<const Scalar> dhs;  ///< [T*B, H]  in  dL/dh_t of every step (a gradient on a sequence's final state
+                                 ///<              belongs to the row of its last step; rows past a sequence's end
+                                 ///<              are ignored)
+};
+
+/// What `backward` computes.
+template <class Scalar>
+struct Gradients {
+  MatrixView<Scalar> dx;     ///< [T*B, D]  out
+  MatrixView<Scalar> dh0;    ///< [B, H]    out
+  MatrixView<Scalar> dW_x;   ///< [D, 3H]   out  (dW_x, dW_h, db, db_hn are in/out with options.accumulate: this
+  MatrixView<Scalar> dW_h;   ///< [H, 3H]   out   call's gradient is added)
+  VectorView<Scalar> db;     ///< [3H]      out
+  VectorView<Scalar> db_hn;  ///< [H]       out
+};
+
 /// Runs the GRU over all T steps and keeps what `backward` needs.
 ///   r = sigmoid(x W_xr + h_{t-1} W_hr + b_r);  z = sigmoid(x W_xz + h_{t-1} W_hz + b_z)
 ///   n = tanh(x W_xn + b_n + r * (h_{t-1} W_hn + b_hn));  h_t = (1 - z) * n + z * h_{t-1}
-/// `b` holds b_r and b_z (PyTorch's b_ir + b_hr and b_iz + b_hz) and b_n (PyTorch's b_in); b_hn stays apart
-/// because r multiplies it. One product computes the input projections of all steps, one per step the
-/// recurrence; chunked runs with h carried give the same bits as one run.
+/// One product computes the input projections of all steps, one per step the recurrence; chunked runs with h
+/// carried give the same bits as one run.
 /// shape        in   T, B, D, H (all >= 1)
-/// x     [T*B, D]    in   step t is rows t*B .. t*B+B-1 (time-major)
-/// W_x   [D, 3H]     in   column blocks r, z, n
-/// W_h   [H, 3H]     in
-/// b     [3H]        in
-/// b_hn  [H]         in
-/// h0    [B, H]      in
-/// gates [T*B, 3H]   out  activated r, z, n of every step (saved for backward)
-/// hn    [T*B, H]    out  h_{t-1} W_hn + b_hn of every step (saved for backward)
-/// hs    [T*B, H]    out  h_1 .. h_T; the last B rows are the final state when every sequence runs all T steps
-/// lengths [B]       in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of
-///                        gates, hn and hs are zero after that, and its final state is row (lengths[b]-1)*B + b
+/// inputs       in   x, h0 (see Inputs)
+/// weights      in   W_x, W_h, b, b_hn (see Weights)
+/// cache        out  gates, hn, hs (see Cache)
+/// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hn
+///                   and hs are zero after that, and its final state is row (lengths[b]-1)*B + b
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
-void forward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-             ConstVectorRef<Scalar> b, ConstVectorRef<Scalar> b_hn, ConstMatrixRef<Scalar> h0,
-             MatrixRef<Scalar> gates, MatrixRef<Scalar> hn, MatrixRef<Scalar> hs,
-             ConstLengthsRef lengths = IndexVector());
+void forward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
+             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+
+/// Runs the GRU as `forward` does, for inference: each step projects its own inputs x_t W_x (instead of all steps'
+/// at once) and nothing but the state is kept. hs and h_T have the bits of `forward`'s hs and final states (each
+/// element of a projection is the same sum in the same order); memory beyond the outputs is two [B, 3H] matrices
+/// and the packed weights, whatever T is.
+/// shape, inputs, weights, lengths   in   as for `forward`
+/// outputs      out  hs, h_T (see Outputs)
+template <class Scalar>
+void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
+                       const Outputs<Scalar>& outputs, ConstLengthsRef lengths = IndexVector());
 
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);
@@ -39,24 +98,14 @@ void forward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar
 /// and the whole-sequence products dW_x = Xᵀ [dz_r, dz_z, dz_n], dW_h = H_prevᵀ [dz_r, dz_z, d(hn)],
 /// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), dx = [dz_r, dz_z, dz_n] W_xᵀ, a block of
 /// backward_block_steps(B, 4H) steps at a time.
-/// shape, x, W_x, W_h, h0, gates, hn, hs, lengths   in   as given to / returned by `forward`
-/// dhs   [T*B, H]    in   upstream gradient on every h_t (a gradient on a sequence's final state belongs to the
-///                        row of its last step; rows past a sequence's end are ignored)
-/// dx    [T*B, D]    out
-/// dh0   [B, H]      out
-/// dW_x  [D, 3H]     out
-/// dW_h  [H, 3H]     out
-/// db    [3H]        out
-/// db_hn [H]         out  (dW_x, dW_h, db, db_hn are in/out with accumulate: this call's gradient is added)
-/// accumulate        in   add to the weight gradients instead of overwriting them
-/// dh_norms [T+1, B] out  optional (null: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state),
-///                        what BPTT carries back to each step; 0 past a sequence's length
+/// shape, inputs, weights (W_x, W_h), cache, lengths   in   as given to / written by `forward`
+/// upstream     in   dhs (see Upstream)
+/// gradients    out  dx, dh0, dW_x, dW_h, db, db_hn (see Gradients)
+/// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions)
 /// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
 template <class Scalar>
-void backward(const Shape& shape, ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> W_x, ConstMatrixRef<Scalar> W_h,
-              ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> gates, ConstMatrixRef<Scalar> hn,
-              ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs, MatrixRef<Scalar> dx, MatrixRef<Scalar> dh0,
-              MatrixRef<Scalar> dW_x, MatrixRef<Scalar> dW_h, VectorRef<Scalar> db, VectorRef<Scalar> db_hn,
-              ConstLengthsRef lengths = IndexVector(), bool accumulate = false, Scalar* dh_norms = nullptr);
+void backward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
+              const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
+              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {});
 
 }  // namespace fastbptt::gru

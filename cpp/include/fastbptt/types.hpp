@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace fastbptt {
 
@@ -27,11 +28,117 @@ using ConstVectorRef = const Eigen::Ref<const RowVector<Scalar>>&;
 template <class Scalar>
 using VectorRef = Eigen::Ref<RowVector<Scalar>>;
 
+/// A view of a row-major matrix, read-only (`Element` = const Scalar) or writable (`Element` = Scalar), that a
+/// struct of arguments holds as a named member. It points at memory the caller owns and copies nothing. It starts
+/// empty (0 x 0), and assigning a matrix to it points it at that matrix (Eigen::Ref's assignment would copy the
+/// elements instead), so that the members of an argument struct are set one by one, each by its name.
+/// It binds to any directly addressable row-major Eigen object whose rows are contiguous (matrices, maps, Refs,
+/// blocks of them), and not to a temporary matrix, which would be gone before the call.
+template <class Element>
+class MatrixView {
+ public:
+  using Scalar = std::remove_const_t<Element>;
+  using Map = Eigen::Map<std::conditional_t<std::is_const_v<Element>, const RowMatrix<Scalar>, RowMatrix<Scalar>>, 0,
+                         Eigen::OuterStride<>>;
+
+  MatrixView() = default;
+  template <class Derived>
+  MatrixView(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor): binds like Eigen::Ref
+      : data_(const_cast<Element*>(in_memory(m.derived()).data())),
+        rows_(m.rows()),
+        cols_(m.cols()),
+        stride_(m.derived().outerStride()) {}
+  template <class Derived>
+  MatrixView(Eigen::PlainObjectBase<Derived>&&) = delete;
+  /// A read-only view of a writable one (not the other way round).
+  template <class Other, class = std::enable_if_t<std::is_const_v<Element> && !std::is_const_v<Other>>>
+  MatrixView(const MatrixView<Other>& other)  // NOLINT(google-explicit-constructor)
+      : data_(other.data()), rows_(other.rows()), cols_(other.cols()), stride_(other.outer_stride()) {}
+
+  Index rows() const { return rows_; }
+  Index cols() const { return cols_; }
+  Index outer_stride() const { return stride_; }
+  Element* data() const { return data_; }
+  bool empty() const { return rows_ == 0 || cols_ == 0; }
+  /// The viewed matrix as an Eigen object.
+  Map map() const { return Map(data_, rows_, cols_, Eigen::OuterStride<>(stride_)); }
+
+ private:
+  template <class Derived>
+  static const Derived& in_memory(const Derived& m) {
+    static_assert(int(Derived::Flags) & Eigen::DirectAccessBit, "MatrixView: a matrix in memory, not an expression");
+    static_assert(Derived::IsRowMajor, "MatrixView: row-major storage");
+    static_assert(std::is_const_v<Element> || (int(Derived::Flags) & Eigen::LvalueBit),
+                  "MatrixView: a writable view of read-only memory");
+    if (m.innerStride() != 1 && m.cols() > 1) throw std::invalid_argument("MatrixView: a row must be contiguous");
+    return m;
+  }
+
+  Element* data_ = nullptr;
+  Index rows_ = 0, cols_ = 0, stride_ = 0;
+};
+
+/// A view of a contiguous row vector (b [G*H], db [G*H], lengths [B]); otherwise as MatrixView.
+template <class Element>
+class VectorView {
+ public:
+  using Scalar = std::remove_const_t<Element>;
+  using Map = Eigen::Map<std::conditional_t<std::is_const_v<Element>, const RowVector<Scalar>, RowVector<Scalar>>>;
+
+  VectorView() = default;
+  template <class Derived>
+  VectorView(const Eigen::DenseBase<Derived>& v)  // NOLINT(google-explicit-constructor): binds like Eigen::Ref
+      : data_(const_cast<Element*>(in_memory(v.derived()).data())), size_(v.size()) {}
+  template <class Derived>
+  VectorView(Eigen::PlainObjectBase<Derived>&&) = delete;
+  template <class Other, class = std::enable_if_t<std::is_const_v<Element> && !std::is_const_v<Other>>>
+  VectorView(const VectorView<Other>& other)  // NOLINT(google-explicit-constructor)
+      : data_(other.data()), size_(other.size()) {}
+
+  Index size() const { return size_; }
+  Element* data() const { return data_; }
+  bool empty() const { return size_ == 0; }
+  Map map() const { return Map(data_, size_); }
+
+ private:
+  template <class Derived>
+  static const Derived& in_memory(const Derived& v) {
+    static_assert(int(Derived::Flags) & Eigen::DirectAccessBit, "VectorView: a vector in memory, not an expression");
+    static_assert(Derived::IsVectorAtCompileTime, "VectorView: a vector");
+    static_assert(std::is_const_v<Element> || (int(Derived::Flags) & Eigen::LvalueBit),
+                  "VectorView: a writable view of read-only memory");
+    if (v.innerStride() != 1 && v.size() > 1) throw std::invalid_argument("VectorView: elements must be contiguous");
+    return v;
+  }
+
+  Element* data_ = nullptr;
+  Index size_ = 0;
+};
+
 /// Per-sequence lengths of a variable-length batch: B values in 1..T, in any order. Sequence b runs steps
 /// 0 .. lengths[b]-1 only; its outputs after that are zero and it receives no gradient there. An empty vector
 /// means every sequence runs all T steps.
 using IndexVector = Eigen::Matrix<Index, 1, Eigen::Dynamic>;
 using ConstLengthsRef = const Eigen::Ref<const IndexVector>&;
+
+/// What a backward call does besides the gradients every call computes; alike for every cell.
+template <class Scalar>
+struct BackwardOptions {
+  /// Add this call's weight gradients to the arrays given instead of overwriting them. With segments that start at
+  /// multiples of backward_block_steps(B, dZ columns), run last first with the initial-state gradients passed on
+  /// as the next segment's upstream gradients, the sums have the bits of one call over the whole sequence.
+  bool accumulate = false;
+  /// [T+1, B] out, optional (empty: not computed): ||dL/dh_k||_2 for k = 0 .. T (k = 0: the initial state), what
+  /// BPTT carries back to each step; 0 past a sequence's length.
+  MatrixView<Scalar> dh_norms;
+  /// Compute dx. false (the input needs no gradient): the products dZ W_xᵀ are skipped, and the gradients' dx may
+  /// be empty; it is not written.
+  bool need_dx = true;
+  /// Compute the weight gradients (dW_x, dW_h, db, and the GRU's db_hn). false (frozen weights): their products
+  /// and column sums are skipped, and their views may be empty; they are not written, with accumulate neither.
+  /// The initial-state gradients and the recursion through time are computed either way.
+  bool need_weight_gradients = true;
+};
 
 /// Sizes of one call: T time steps, B sequences in the batch, D input features, H hidden units.
 /// Sequences are time-major: step t of a `[T*B, D]` matrix is rows t*B .. t*B+B-1.
@@ -84,6 +191,17 @@ void column_sums(const Eigen::Ref<const RowMatrix<Scalar>>& m, Eigen::Ref<RowVec
 template <class Derived>
 void check_shape(const char* name, const Eigen::DenseBase<Derived>& m, Index expected_rows, Index expected_cols) {
   check_shape(name, m.rows(), m.cols(), expected_rows, expected_cols);
+}
+
+template <class Element>
+void check_shape(const char* name, const MatrixView<Element>& m, Index expected_rows, Index expected_cols) {
+  check_shape(name, m.rows(), m.cols(), expected_rows, expected_cols);
+}
+
+/// Vectors are checked as [1, size] matrices.
+template <class Element>
+void check_shape(const char* name, const VectorView<Element>& v, Index expected_rows, Index expected_cols) {
+  check_shape(name, 1, v.size(), expected_rows, expected_cols);
 }
 
 }  // namespace detail
