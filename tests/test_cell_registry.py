@@ -49,7 +49,7 @@ class ScaledTanhRNN(cells.Cell):
         bound = 1 / np.sqrt(H)
         return {name: rng.uniform(-bound, bound, shape) for name, shape in self.parameter_shapes(D, H).items()}
 
-    def forward(self, p, x, h0, lengths):
+    def forward(self, p, x, h0, lengths, inference=False):
         steps, batch, _ = x.shape
         h = np.zeros((batch, p["W_h"].shape[0]), x.dtype) if h0 is None else h0
         h0, hs = h, np.zeros((steps, batch, h.shape[1]), x.dtype)
@@ -60,9 +60,10 @@ class ScaledTanhRNN(cells.Cell):
             h_new = self.options["scale"] * np.tanh(x[t] @ p["W_x"] + h @ p["W_h"] + p["b"])
             hs[t] = np.where(running[:, None], h_new, 0)
             h = np.where(running[:, None], h_new, h)
-        return hs, h.copy(), ScaledTanhCache(x, p["W_x"], p["W_h"], h0, hs, self.options["scale"], lengths)
+        cache = None if inference else ScaledTanhCache(x, p["W_x"], p["W_h"], h0, hs, self.options["scale"], lengths)
+        return hs, h.copy(), cache
 
-    def backward(self, p, cache, dhs, dh_T):
+    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = cells.with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
         steps, batch, _ = cache.x.shape
         grads = {name: np.zeros_like(p[name]) for name in self.parameter_names}
@@ -77,7 +78,7 @@ class ScaledTanhRNN(cells.Cell):
             grads["b"] += dz.sum(axis=0)
             dx[t] = dz @ cache.W_x.T
             carry = np.where(running[:, None], dz @ cache.W_h.T, carry)
-        return dx, carry, grads
+        return (dx if need_dx else None), carry, (grads if need_weight_grads else None)
 
     def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()

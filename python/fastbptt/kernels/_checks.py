@@ -222,6 +222,14 @@ def upstream(name: str, value, dtype: np.dtype, shape: Sequence[int], symbols: s
     return array
 
 
+def inference_flag(inference, checkpoint) -> bool:
+    """``inference`` checked, and refused together with ``checkpoint`` (which keeps states for a backward)."""
+    inference = flag("inference", inference)
+    if inference and checkpoint is not None:
+        raise ValueError("checkpoint: keeps states for a backward, which inference=True has none of; pass one of them")
+    return inference
+
+
 def rnn_args(x, W_xh, W_hh, b_h, h0, activation):
     """Validated ``(x, W_xh, W_hh, b_h, h0, activation)`` of ``rnn_forward``; h0 None becomes zeros."""
     x = sequence("x", x)

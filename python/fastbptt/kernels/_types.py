@@ -36,35 +36,38 @@ class _ComputedArraysReadOnly:
 
 
 class RNNGrads(NamedTuple):
-    """Gradients of the loss with respect to the RNN's inputs and parameters (shapes as the inputs)."""
+    """Gradients of the loss with respect to the RNN's inputs and parameters (shapes as the inputs); dx and the
+    weights' are None when the backward was asked not to compute them (``need_dx``, ``need_weight_grads``)."""
 
-    dx: np.ndarray  #: [T, B, D]
+    dx: np.ndarray | None  #: [T, B, D]
     dh0: np.ndarray  #: [B, H]
-    dW_xh: np.ndarray  #: [D, H]
-    dW_hh: np.ndarray  #: [H, H]
-    db_h: np.ndarray  #: [H]
+    dW_xh: np.ndarray | None  #: [D, H]
+    dW_hh: np.ndarray | None  #: [H, H]
+    db_h: np.ndarray | None  #: [H]
 
 
 class LSTMGrads(NamedTuple):
-    """Gradients of the loss with respect to the LSTM's inputs, initial states and parameters."""
+    """Gradients of the loss with respect to the LSTM's inputs, initial states and parameters (None as for
+    :class:`RNNGrads`)."""
 
-    dx: np.ndarray  #: [T, B, D]
+    dx: np.ndarray | None  #: [T, B, D]
     dh0: np.ndarray  #: [B, H]
     dc0: np.ndarray  #: [B, H]
-    dW_x: np.ndarray  #: [D, G*H]
-    dW_h: np.ndarray  #: [H, G*H]
-    db: np.ndarray  #: [G*H]
+    dW_x: np.ndarray | None  #: [D, G*H]
+    dW_h: np.ndarray | None  #: [H, G*H]
+    db: np.ndarray | None  #: [G*H]
 
 
 class GRUGrads(NamedTuple):
-    """Gradients of the loss with respect to the GRU's inputs, initial state and parameters."""
+    """Gradients of the loss with respect to the GRU's inputs, initial state and parameters (None as for
+    :class:`RNNGrads`)."""
 
-    dx: np.ndarray  #: [T, B, D]
+    dx: np.ndarray | None  #: [T, B, D]
     dh0: np.ndarray  #: [B, H]
-    dW_x: np.ndarray  #: [D, 3H]
-    dW_h: np.ndarray  #: [H, 3H]
-    db: np.ndarray  #: [3H]
-    db_hn: np.ndarray  #: [H]
+    dW_x: np.ndarray | None  #: [D, 3H]
+    dW_h: np.ndarray | None  #: [H, 3H]
+    db: np.ndarray | None  #: [3H]
+    db_hn: np.ndarray | None  #: [H]
 
 
 class OutputGrads(NamedTuple):

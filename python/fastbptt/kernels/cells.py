@@ -126,12 +126,14 @@ class Cell:
         return {}
 
     # -- running ----------------------------------------------------------------------------------------------
-    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None):
-        """``(hs [T,B,H], final state, cache)`` of one layer and direction over time-major ``x``."""
+    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None, inference: bool = False):
+        """``(hs [T,B,H], final state, cache)`` of one layer and direction over time-major ``x``; with ``inference``
+        nothing is kept for a backward and the cache is None."""
         raise NotImplementedError
 
-    def backward(self, p: dict, cache, dhs: np.ndarray, dstate):
-        """``(dx, dstate0, parameter gradients by base name)`` for ``forward``'s cache."""
+    def backward(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool = True, need_weight_grads: bool = True):
+        """``(dx, dstate0, parameter gradients by base name)`` for ``forward``'s cache; dx is None without
+        ``need_dx`` and the gradients None without ``need_weight_grads``."""
         raise NotImplementedError
 
     def state_at(self, cache, step: int):
@@ -148,8 +150,9 @@ class Cell:
         """The kernels' parameters from torch.nn's (NumPy arrays by torch name; None for a bias left out)."""
         raise NotImplementedError
 
-    def to_torch_grads(self, grads: dict, has_bias: bool) -> list:
-        """The gradients of :attr:`torch_parameters` (in that order; None for a bias left out) from the kernels'."""
+    def to_torch_grads(self, grads: dict | None, has_bias: bool) -> list:
+        """The gradients of :attr:`torch_parameters` (in that order; None for a bias left out, and all None when
+        ``grads`` is None: not computed) from the kernels'."""
         raise NotImplementedError
 
     # -- memory -----------------------------------------------------------------------------------------------
@@ -172,10 +175,17 @@ def _summed_bias_from_torch(tensors: dict, names: tuple[str, str, str]) -> dict:
     return {W_x: weight_ih.T, W_h: weight_hh.T, b: summed}
 
 
-def _summed_bias_to_torch(grads: dict, names: tuple[str, str, str], has_bias: bool) -> list:
+def _summed_bias_to_torch(grads: dict | None, names: tuple[str, str, str], has_bias: bool) -> list:
+    if grads is None:
+        return [None] * 4
     dW_x, dW_h, db = (grads[name] for name in names)
     # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
     return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
+
+
+def _named(names: tuple[str, ...], grads, computed: bool) -> dict | None:
+    """The weight gradients by base name, or None when they were not computed."""
+    return dict(zip(names, grads)) if computed else None
 
 
 def _gradient_scalars(T: int, B: int, D: int, parameter_shapes: dict, state_parts: int, H: int) -> int:
@@ -244,16 +254,23 @@ class RNNCell(Cell):
             }
         return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths):
-        activation = self.options["activation"]
+    def forward(self, p, x, h0, lengths, inference=False):
         hs, cache = self.kernels.rnn_forward(
-            x, p["W_xh"], p["W_hh"], p["b_h"], h0, activation=activation, lengths=lengths
+            x,
+            p["W_xh"],
+            p["W_hh"],
+            p["b_h"],
+            h0,
+            activation=self.options["activation"],
+            lengths=lengths,
+            inference=inference,
         )
         return hs, final_states(hs, lengths), cache
 
-    def backward(self, p, cache, dhs, dh_T):
-        grads = self.kernels.rnn_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
-        return grads.dx, grads.dh0, {"W_xh": grads.dW_xh, "W_hh": grads.dW_hh, "b_h": grads.db_h}
+    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
+        dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
+        grads = self.kernels.rnn_backward(cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
     def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
@@ -310,18 +327,26 @@ class LSTMCell(Cell):
             b[self.gate_columns(H)["f"]] += forget_bias
         return {"W_x": W_x, "W_h": W_h, "b": b}
 
-    def forward(self, p, x, state, lengths):
+    def forward(self, p, x, state, lengths, inference=False):
         h0, c0 = (None, None) if state is None else state
         hs, c_T, cache = self.kernels.lstm_forward(
-            x, p["W_x"], p["W_h"], p["b"], h0, c0, forget_gate=self.options["forget_gate"], lengths=lengths
+            x,
+            p["W_x"],
+            p["W_h"],
+            p["b"],
+            h0,
+            c0,
+            forget_gate=self.options["forget_gate"],
+            lengths=lengths,
+            inference=inference,
         )
         return hs, (final_states(hs, lengths), c_T), cache
 
-    def backward(self, p, cache, dhs, dstate):
+    def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
-        grads = self.kernels.lstm_backward(cache, dhs, dc_T)
-        return grads.dx, (grads.dh0, grads.dc0), {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db}
+        grads = self.kernels.lstm_backward(cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        return grads.dx, (grads.dh0, grads.dc0), _named(("W_x", "W_h", "b"), grads[3:], need_weight_grads)
 
     def state_at(self, cache, step):
         if step == 0:
@@ -375,13 +400,16 @@ class GRUCell(Cell):
         W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
         return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths):
-        hs, cache = self.kernels.gru_forward(x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths)
+    def forward(self, p, x, h0, lengths, inference=False):
+        hs, cache = self.kernels.gru_forward(
+            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths, inference=inference
+        )
         return hs, final_states(hs, lengths), cache
 
-    def backward(self, p, cache, dhs, dh_T):
-        grads = self.kernels.gru_backward(cache, with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths))
-        return grads.dx, grads.dh0, {"W_x": grads.dW_x, "W_h": grads.dW_h, "b": grads.db, "b_hn": grads.db_hn}
+    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
+        dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
+        grads = self.kernels.gru_backward(cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
 
     def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
@@ -392,6 +420,8 @@ class GRUCell(Cell):
         return {"W_x": W_x, "W_h": W_h, "b": b, "b_hn": b_hn}
 
     def to_torch_grads(self, grads, has_bias):
+        if grads is None:
+            return [None] * len(self.torch_parameters)
         db, db_hn = grads["b"], grads["b_hn"]
         H = db_hn.shape[0]
         biases = (db, np.concatenate([db[: 2 * H], db_hn])) if has_bias else (None, None)

@@ -62,16 +62,17 @@ def lstm_forward(core_forward, x, W_x, W_h, b, h0, c0, forget_gate: bool, segmen
     return hs, c, h_checkpoints, c_checkpoints
 
 
-def lstm_backward(core_forward, core_backward_into, cache, dhs, dc_T):
-    """BPTT over the segments of ``cache`` (a CheckpointedLSTMCache), last first; returns the LSTMGrads fields.
+def lstm_backward(core_forward, core_backward_into, cache, dhs, dc_T, need_dx=True, need_weight_grads=True):
+    """BPTT over the segments of ``cache`` (a CheckpointedLSTMCache), last first; returns the LSTMGrads fields
+    (dx None without ``need_dx``, the weight gradients None without ``need_weight_grads``).
 
-    ``core_backward_into(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db)`` returns
-    ``(dx, dh0, dc0)`` and adds the segment's weight gradients to the three arrays.
+    ``core_backward_into(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db, need_dx,
+    need_weight_grads)`` returns ``(dx, dh0, dc0)`` and adds the segment's weight gradients to the three arrays.
     """
     c = cache
     x = c.x
     dW_x, dW_h, db = np.zeros_like(c.W_x), np.zeros_like(c.W_h), np.zeros_like(c.b)
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if need_dx else None
     dh_carry, dc = None, dc_T
     parts = segments(x.shape[0], c.segment)
     for k in reversed(range(len(parts))):
@@ -82,7 +83,26 @@ def lstm_backward(core_forward, core_backward_into, cache, dhs, dc_T):
         if dh_carry is not None:  # dL/dh at this segment's last step: its own upstream plus what flows back
             upstream = upstream.copy()
             upstream[-1] += dh_carry
-        dx[start:stop], dh_carry, dc = core_backward_into(
-            x[start:stop], c.W_x, c.W_h, h0, c0, gates, hs, cs, upstream, dc, c.forget_gate, dW_x, dW_h, db
+        dx_part, dh_carry, dc = core_backward_into(
+            x[start:stop],
+            c.W_x,
+            c.W_h,
+            h0,
+            c0,
+            gates,
+            hs,
+            cs,
+            upstream,
+            dc,
+            c.forget_gate,
+            dW_x,
+            dW_h,
+            db,
+            need_dx,
+            need_weight_grads,
         )
+        if need_dx:
+            dx[start:stop] = dx_part
+    if not need_weight_grads:
+        return dx, dh_carry, dc, None, None, None
     return dx, dh_carry, dc, dW_x, dW_h, db

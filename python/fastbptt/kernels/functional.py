@@ -26,7 +26,9 @@ def _core_lengths(lengths: np.ndarray | None) -> np.ndarray:
     return NO_LENGTHS if lengths is None else lengths
 
 
-def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None) -> tuple[np.ndarray, RNNCache]:
+def rnn_forward(
+    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False
+) -> tuple[np.ndarray, RNNCache | None]:
     """Runs the plain RNN ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)`` over a batch of sequences.
 
     Parameters
@@ -43,22 +45,30 @@ def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", length
     lengths : integer array [B], optional
         Sequence b runs steps ``0 .. lengths[b]-1`` (each length in ``1 .. T``, any order); its outputs after that
         are zero and its final state is ``hs[lengths[b]-1, b]`` (:func:`final_states`). None: all T steps.
+    inference : bool
+        True: keep only the current state, for a forward that no backward follows (prediction, sampling, a frozen
+        encoder). The outputs have the bits of the training forward's; nothing is kept for backward, so memory
+        beyond the outputs does not grow with T, and the cache returned is None.
 
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it.
-    cache : RNNCache
-        What :func:`rnn_backward` needs.
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it (writable,
+        the caller's own, with ``inference``).
+    cache : RNNCache or None
+        What :func:`rnn_backward` needs (None with ``inference``).
     """
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    if _checks.flag("inference", inference):
+        hs, _ = _core.rnn_forward_inference(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
+        return hs, None
     hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
     cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
     return cache.hs, cache
 
 
-def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
+def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> RNNGrads:
     """Backpropagation through time for :func:`rnn_forward`.
 
     Parameters
@@ -68,6 +78,9 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
     dhs : ndarray [T, B, H]
         dL/dh_t for every step (zeros where the loss does not use h_t). With lengths, a gradient on a
         sequence's final state belongs to the step ``lengths[b]-1``; steps past its length are ignored.
+    need_dx, need_weight_grads : bool
+        False: that gradient is not computed and is None in the result (an input that needs no gradient, frozen
+        weights); the others have the bits of the full backward.
 
     Returns
     -------
@@ -76,12 +89,28 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
     """
     c = _checks.cache_of(RNNCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    return RNNGrads(*_core.rnn_backward(c.x, c.W_xh, c.W_hh, c.h0, c.hs, dhs, c.activation, _core_lengths(c.lengths)))
+    grads = _core.rnn_backward(
+        c.x,
+        c.W_xh,
+        c.W_hh,
+        c.h0,
+        c.hs,
+        dhs,
+        c.activation,
+        _core_lengths(c.lengths),
+        False,
+        *_needs(need_dx, need_weight_grads),
+    )
+    return RNNGrads(*grads)
+
+
+def _needs(need_dx, need_weight_grads) -> tuple[bool, bool]:
+    return _checks.flag("need_dx", need_dx), _checks.flag("need_weight_grads", need_weight_grads)
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None
-) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache]:
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None, inference=False
+) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Runs the LSTM over a batch of sequences.
 
     ``z_t = x_t W_x + h_{t-1} W_h + b`` split into gate blocks i, f, g, o (PyTorch's order);
@@ -107,19 +136,25 @@ def lstm_forward(
         bits of full BPTT. Not with ``lengths``.
     lengths : integer array [B], optional
         As for :func:`rnn_forward`.
+    inference : bool
+        As for :func:`rnn_forward`: nothing kept for backward (the cell states, gates of every step), the cache
+        returned is None. Not with ``checkpoint``.
 
     Returns
     -------
     hs : ndarray [T, B, H]
         ``h_1 .. h_T``; ``hs[-1]`` is the final hidden state (without lengths). Read-only: backward reads it
-        (writable with ``checkpoint``, where backward recomputes it).
+        (writable with ``checkpoint``, where backward recomputes it, and with ``inference``).
     c_T : ndarray [B, H]
         Each sequence's final cell state.
-    cache : LSTMCache or CheckpointedLSTMCache
-        What :func:`lstm_backward` needs.
+    cache : LSTMCache, CheckpointedLSTMCache or None
+        What :func:`lstm_backward` needs (None with ``inference``).
     """
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    if _checks.inference_flag(inference, checkpoint):
+        hs, _, c_T = _core.lstm_forward_inference(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
+        return hs, c_T, None
     if checkpoint is not None:
         if lengths is not None:
             raise ValueError("checkpoint: not supported together with lengths; pass one of them")
@@ -137,7 +172,9 @@ def _lstm_core_forward(x, W_x, W_h, b, h0, c0, forget_gate):
     return _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, NO_LENGTHS)
 
 
-def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> LSTMGrads:
+def lstm_backward(
+    cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+) -> LSTMGrads:
     """Backpropagation through time for :func:`lstm_forward`.
 
     Parameters
@@ -148,6 +185,8 @@ def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> L
         dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
     dc_T : ndarray [B, H], optional
         dL/dC_T on each sequence's final cell state (when it is carried on and used); zeros when omitted.
+    need_dx, need_weight_grads : bool
+        As for :func:`rnn_backward`.
 
     Returns
     -------
@@ -160,15 +199,31 @@ def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> L
     if dc_T is None:
         dc_T = np.zeros_like(c.c0)
     dc_T = _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
+    needs = _needs(need_dx, need_weight_grads)
     if isinstance(c, CheckpointedLSTMCache):
-        return LSTMGrads(*_checkpoint.lstm_backward(_lstm_core_forward, _core.lstm_backward_into, c, dhs, dc_T))
+        return LSTMGrads(*_checkpoint.lstm_backward(_lstm_core_forward, _core.lstm_backward_into, c, dhs, dc_T, *needs))
     grads = _core.lstm_backward(
-        c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, _core_lengths(c.lengths)
+        c.x,
+        c.W_x,
+        c.W_h,
+        c.h0,
+        c.c0,
+        c.gates,
+        c.hs,
+        c.cs,
+        dhs,
+        dc_T,
+        c.forget_gate,
+        _core_lengths(c.lengths),
+        False,
+        *needs,
     )
     return LSTMGrads(*grads)
 
 
-def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndarray, GRUCache]:
+def gru_forward(
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False
+) -> tuple[np.ndarray, GRUCache | None]:
     """Runs the GRU (PyTorch's cell) over a batch of sequences.
 
     ``r = sigmoid(x_t W_xr + h_{t-1} W_hr + b_r)``, ``z = sigmoid(x_t W_xz + h_{t-1} W_hz + b_z)``,
@@ -188,22 +243,28 @@ def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndar
         Initial state; zeros when omitted.
     lengths : integer array [B], optional
         As for :func:`rnn_forward`.
+    inference : bool
+        As for :func:`rnn_forward`.
 
     Returns
     -------
     hs : ndarray [T, B, H]
-        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it.
-    cache : GRUCache
-        What :func:`gru_backward` needs.
+        ``h_1 .. h_T``; ``hs[-1]`` is the final state (without lengths). Read-only: backward reads it (writable with
+        ``inference``).
+    cache : GRUCache or None
+        What :func:`gru_backward` needs (None with ``inference``).
     """
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    if _checks.flag("inference", inference):
+        hs, _ = _core.gru_forward_inference(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
+        return hs, None
     hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
     cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
     return cache.hs, cache
 
 
-def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
+def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> GRUGrads:
     """Backpropagation through time for :func:`gru_forward`.
 
     Parameters
@@ -212,6 +273,8 @@ def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
         From :func:`gru_forward`.
     dhs : ndarray [T, B, H]
         dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
+    need_dx, need_weight_grads : bool
+        As for :func:`rnn_backward`.
 
     Returns
     -------
@@ -220,7 +283,19 @@ def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
     """
     c = _checks.cache_of(GRUCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    grads = _core.gru_backward(c.x, c.W_x, c.W_h, c.h0, c.gates, c.hn, c.hs, dhs, _core_lengths(c.lengths))
+    grads = _core.gru_backward(
+        c.x,
+        c.W_x,
+        c.W_h,
+        c.h0,
+        c.gates,
+        c.hn,
+        c.hs,
+        dhs,
+        _core_lengths(c.lengths),
+        False,
+        *_needs(need_dx, need_weight_grads),
+    )
     return GRUGrads(*grads)
 
 

@@ -66,13 +66,16 @@ def _running(lengths: np.ndarray | None, t: int, B: int) -> np.ndarray:
     return (t < lengths)[:, None]
 
 
-def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None) -> tuple[np.ndarray, RNNCache]:
+def rnn_forward(
+    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False
+) -> tuple[np.ndarray, RNNCache | None]:
     """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
     A sequence past its length keeps its state and outputs zeros."""
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
+    inference = _checks.flag("inference", inference)
     hs = np.empty((T, B, W_hh.shape[0]), dtype=x.dtype)
     h = h0
     for t in range(T):
@@ -80,11 +83,13 @@ def rnn_forward(x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", length
         h_new = _phi(activation, x[t] @ W_xh + h @ W_hh + b_h)
         h = np.where(running, h_new, h)
         hs[t] = np.where(running, h_new, 0)
+    if inference:
+        return hs, None
     cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
     return cache.hs, cache
 
 
-def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
+def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> RNNGrads:
     """Reference of :func:`fastbptt.rnn_backward`, accumulating each step's contribution as the chain rule gives it:
 
     ``dz_t = (dL/dh_t) * phi'(z_t)``, ``dL/dh_{t-1} += dz_t W_hhᵀ``, ``dW_xh += x_tᵀ dz_t``, ``dW_hh += h_{t-1}ᵀ dz_t``.
@@ -107,7 +112,14 @@ def rnn_backward(cache: RNNCache, dhs) -> RNNGrads:
         db_h += dz.sum(axis=0)
         dx[t] = dz @ c.W_xh.T
         dh_from_later = dz @ c.W_hh.T
-    return RNNGrads(dx, dh_from_later, dW_xh, dW_hh, db_h)
+    return RNNGrads(*_asked_for((dx, dh_from_later, dW_xh, dW_hh, db_h), need_dx, need_weight_grads, states=1))
+
+
+def _asked_for(grads: tuple, need_dx, need_weight_grads, states: int) -> tuple:
+    """``grads`` (dx, the initial states' gradients, the weights') with None for what was not asked for."""
+    need_dx, need_weight_grads = _checks.flag("need_dx", need_dx), _checks.flag("need_weight_grads", need_weight_grads)
+    dx, initial, weights = grads[0], grads[1 : 1 + states], grads[1 + states :]
+    return (dx if need_dx else None, *initial, *(weights if need_weight_grads else (None,) * len(weights)))
 
 
 def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
@@ -116,12 +128,13 @@ def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None
-) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache]:
+    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None, inference=False
+) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache)."""
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
+    inference = _checks.inference_flag(inference, checkpoint)
     if checkpoint is not None:
         if lengths is not None:
             raise ValueError("checkpoint: not supported together with lengths; pass one of them")
@@ -155,6 +168,8 @@ def lstm_forward(
         h, c = np.where(running, h_new, h), np.where(running, c_new, c)
         hs[t] = np.where(running, h_new, 0)
         cs[t] = np.where(running, c_new, 0)
+    if inference:
+        return hs, c.copy(), None
     cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
     return cache.hs, c.copy(), cache
 
@@ -164,15 +179,21 @@ def _segment_forward(x, W_x, W_h, b, h0, c0, forget_gate):
     return hs, cache.cs, cache.gates
 
 
-def _segment_backward_into(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db):
-    grads = lstm_backward(LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate), dhs, dc_T)
-    dW_x += grads.dW_x
-    dW_h += grads.dW_h
-    db += grads.db
+def _segment_backward_into(
+    x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, dW_x, dW_h, db, need_dx, need_weight_grads
+):
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate)
+    grads = lstm_backward(cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads)
+    if need_weight_grads:
+        dW_x += grads.dW_x
+        dW_h += grads.dW_h
+        db += grads.db
     return grads.dx, grads.dh0, grads.dc0
 
 
-def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> LSTMGrads:
+def lstm_backward(
+    cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+) -> LSTMGrads:
     """Reference of :func:`fastbptt.lstm_backward`.
 
     With ``dh = dL/dh_t`` and ``dc = dL/dC_t`` (both including what flows back from step t+1):
@@ -185,7 +206,8 @@ def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> L
     dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
     dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
     if isinstance(c, CheckpointedLSTMCache):
-        return LSTMGrads(*_checkpoint.lstm_backward(_segment_forward, _segment_backward_into, c, dhs, dc))
+        needs = (_checks.flag("need_dx", need_dx), _checks.flag("need_weight_grads", need_weight_grads))
+        return LSTMGrads(*_checkpoint.lstm_backward(_segment_forward, _segment_backward_into, c, dhs, dc, *needs))
     T = c.x.shape[0]
     H = c.W_h.shape[0]
     blocks = _gate_blocks(c.forget_gate, H)
@@ -222,14 +244,17 @@ def lstm_backward(cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None) -> L
         db += dz.sum(axis=0)
         dx[t] = dz @ c.W_x.T
         dh_from_later = dz @ c.W_h.T
-    return LSTMGrads(dx, dh_from_later, dc, dW_x, dW_h, db)
+    return LSTMGrads(*_asked_for((dx, dh_from_later, dc, dW_x, dW_h, db), need_dx, need_weight_grads, states=2))
 
 
-def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndarray, GRUCache]:
+def gru_forward(
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False
+) -> tuple[np.ndarray, GRUCache | None]:
     """Reference of :func:`fastbptt.gru_forward`."""
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
+    inference = _checks.flag("inference", inference)
     H = W_h.shape[0]
     r_, z_, n_ = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
     gates = np.empty((T, B, 3 * H), dtype=x.dtype)
@@ -249,11 +274,13 @@ def gru_forward(x, W_x, W_h, b, b_hn, h0=None, *, lengths=None) -> tuple[np.ndar
         hn[t] = np.where(running, hidden_n, 0)
         h = np.where(running, h_new, h)
         hs[t] = np.where(running, h_new, 0)
+    if inference:
+        return hs, None
     cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
     return cache.hs, cache
 
 
-def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
+def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> GRUGrads:
     """Reference of :func:`fastbptt.gru_backward`.
 
     With ``dh = dL/dh_t``: ``dz_n = dh (1-z)(1-n²)``, ``dz_z = dh (h_{t-1} - n) z(1-z)``,
@@ -287,7 +314,7 @@ def gru_backward(cache: GRUCache, dhs) -> GRUGrads:
         db_hn += d_hn.sum(axis=0)
         dx[t] = dz_input @ c.W_x.T
         dh_from_later = dh * z + dz_recurrent @ c.W_h.T
-    return GRUGrads(dx, dh_from_later, dW_x, dW_h, db, db_hn)
+    return GRUGrads(*_asked_for((dx, dh_from_later, dW_x, dW_h, db, db_hn), need_dx, need_weight_grads, states=1))
 
 
 def softmax_cross_entropy(

@@ -54,10 +54,12 @@ def forward(
     num_directions: int,
     concurrent: bool,
     masks: list | None = None,
+    inference: bool = False,
 ):
     """Runs the stack over time-major ``x [T, B, D]`` from ``states[k]`` (None: zeros) of every cell.
 
-    ``masks[l]`` (optional, None for no mask) multiplies layer l's outputs before layer l+1 reads them.
+    ``masks[l]`` (optional, None for no mask) multiplies layer l's outputs before layer l+1 reads them. With
+    ``inference`` the cells keep nothing for a backward (their caches are None).
     Returns ``(outputs [T, B, num_directions * H], final states by cell, StackCache)``.
     """
     masks = list(masks) if masks is not None else [None] * num_layers
@@ -69,7 +71,7 @@ def forward(
         def run(direction, layer=layer, layer_input=layer_input):
             source = reverse_sequences(layer_input, lengths) if direction else layer_input
             k = layer * num_directions + direction
-            hs, final, cache = cell_forward(params[k], source, states[k], lengths)
+            hs, final, cache = cell_forward(params[k], source, states[k], lengths, inference)
             return (reverse_sequences(hs, lengths) if direction else hs), final, cache
 
         outputs = []
@@ -91,9 +93,16 @@ def backward(
     num_layers: int,
     num_directions: int,
     concurrent: bool,
+    need_dx: bool = True,
+    need_weight_grads=True,
 ):
     """Backpropagates ``d_outputs [T, B, num_directions * H]`` and ``dfinals[k]`` (None: no gradient) through the
-    stack of :func:`forward`. Returns ``(dx [T, B, D], dstates0 by cell, parameter gradients by cell)``."""
+    stack of :func:`forward`. Returns ``(dx [T, B, D], dstates0 by cell, parameter gradients by cell)``.
+
+    ``need_dx`` False: dx of the stack's input is not computed (None); the layers above the first still pass theirs
+    down. ``need_weight_grads``: a bool, or one per cell; a cell without has None for its gradients."""
+    if isinstance(need_weight_grads, bool):
+        need_weight_grads = [need_weight_grads] * (num_layers * num_directions)
     H = d_outputs.shape[2] // num_directions
     cells = num_layers * num_directions
     dstates0, grads = [None] * cells, [None] * cells
@@ -104,12 +113,13 @@ def backward(
             dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
             if direction:
                 dhs = reverse_sequences(dhs, cache.lengths)
-            dx, dstates0[k], grads[k] = cell_backward(params[k], cache.cells[k], dhs, dfinals[k])
-            return reverse_sequences(dx, cache.lengths) if direction else dx
+            dx, dstates0[k], grads[k] = cell_backward(
+                params[k], cache.cells[k], dhs, dfinals[k], need_dx or layer > 0, need_weight_grads[k]
+            )
+            return reverse_sequences(dx, cache.lengths) if direction and dx is not None else dx
 
-        d_input = None
-        for dx in by_direction(run, num_directions, concurrent):
-            d_input = dx if d_input is None else d_input + dx
+        dxs = by_direction(run, num_directions, concurrent)
+        d_input = dxs[0] if len(dxs) == 1 or dxs[0] is None else dxs[0] + dxs[1]
         if layer > 0 and cache.masks[layer - 1] is not None:
             d_input = d_input * cache.masks[layer - 1]
         d_outputs = d_input

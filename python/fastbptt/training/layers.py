@@ -213,12 +213,13 @@ class Recurrent:
         return self.cache
 
     # -- forward and backward -----------------------------------------------------------------------------------
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, *, inference: bool = False):
         """Runs the layer over ``x [T,B,D]`` (``[B,T,D]`` if batch_first) from ``state`` (zeros when None).
 
         Returns ``(outputs, final_state)``: outputs ``[T,B,num_directions*H]`` (``[B,T,...]`` if batch_first) are the
         last layer's states, both directions concatenated, zero past each sequence's length; the final state has
-        the layout of ``state``. Keeps the cache for :meth:`backward`.
+        the layout of ``state``. Keeps the cache for :meth:`backward`, unless ``inference``: then the kernels keep
+        only the current state (the same outputs, no memory that grows with T beyond them) and no backward follows.
         """
         x = _checks.sequence("x", self._time_major("x", x))
         if x.shape[2] != self.input_size:
@@ -235,9 +236,11 @@ class Recurrent:
         # The last forward's cache goes first: held through this one, it would double the peak memory, and its
         # arrays' memory is what this forward's arrays can reuse (see set_array_cache_limit).
         self.cache = None
-        outputs, finals, self.cache = stack.forward(
-            self.cell.forward, self._all_params(), x, states, lengths, **self._stack_options()
+        inference = _checks.flag("inference", inference)
+        outputs, finals, cache = stack.forward(
+            self.cell.forward, self._all_params(), x, states, lengths, inference=inference, **self._stack_options()
         )
+        self.cache = None if inference else cache
         return self._user_layout(outputs), self._join_state(finals)
 
     def _all_params(self) -> list:
@@ -250,10 +253,10 @@ class Recurrent:
             "concurrent": self.cell.backend == "fast",
         }
 
-    def backward(self, doutputs, dstate=None):
+    def backward(self, doutputs, dstate=None, *, need_dx: bool = True):
         """Backpropagates ``doutputs`` (dL/d outputs, layout as the outputs) and ``dstate`` (dL/d final state, layout
         as the final state, or None) through the last forward. Adds the parameter gradients to ``self.grads`` and
-        returns ``(dx, dstate0)``."""
+        returns ``(dx, dstate0)``; ``need_dx=False`` skips dx (None), for an input that needs no gradient."""
         cache = self._require_cache()
         first = cache.cells[-1]
         dtype = first.hs.dtype
@@ -263,13 +266,19 @@ class Recurrent:
         )
         dfinals = self._split_state("dstate", dstate, dtype, B)
         dx, dstates0, grads = stack.backward(
-            self.cell.backward, self._all_params(), cache, d_outputs, dfinals, **self._stack_options()
+            self.cell.backward,
+            self._all_params(),
+            cache,
+            d_outputs,
+            dfinals,
+            need_dx=_checks.flag("need_dx", need_dx),
+            **self._stack_options(),
         )
         for (_, layer, direction), cell_grads in zip(self._cells(), grads):
             suffix = self.suffix(layer, direction)
             for name, grad in cell_grads.items():
                 self.grads[name + suffix] += grad
-        return self._user_layout(dx), self._join_state(dstates0)
+        return (None if dx is None else self._user_layout(dx)), self._join_state(dstates0)
 
     def state_at(self, step: int):
         """The state after ``step`` steps of the last forward (0: the initial state), in the layout of ``state``.

@@ -152,7 +152,7 @@ class SequenceModel:
             ignore_index=ignore_index,
         )
         self.rnn.zero_grad()
-        dx, _ = self.rnn.backward(og.dhs)
+        dx, _ = self.rnn.backward(og.dhs, need_dx=self.embedding_dim is not None)  # one-hot inputs need none
         grads = {f"rnn.{name}": grad.copy() for name, grad in self.rnn.grads.items()}
         grads["W_yh"], grads["b_y"] = og.dW_yh, og.db_y
         if self.embedding_dim is not None:
@@ -168,7 +168,7 @@ class SequenceModel:
     def predict(self, tokens, state=None):
         """Class probabilities ``[T, B, K]`` (``[B, T, K]`` if batch_first) and the final state."""
         _, x = self._embed(tokens)
-        hs, final_state = self.rnn.forward(x, state)
+        hs, final_state = self.rnn.forward(x, state, inference=True)
         logits = hs @ self.params["W_yh"] + self.params["b_y"]
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)
