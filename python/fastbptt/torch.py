@@ -10,6 +10,8 @@ or float64. Importing ``fastbptt`` never imports this module.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,7 +21,10 @@ from . import _core
 from .kernels import cells, stack
 from .kernels import functional as _kernels
 
-__all__ = ["GRU", "LSTM", "RNN"]
+__all__ = ["GRU", "LSTM", "RNN", "convert", "revert"]
+
+
+_DTYPES = (torch.float32, torch.float64)  # what the core computes in
 
 
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -29,7 +34,7 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
             f"{name}: fastbptt computes on the CPU; got a tensor on {tensor.device} "
             "(move it with .cpu(), or use torch.nn for GPU tensors)"
         )
-    if tensor.dtype not in (torch.float32, torch.float64):
+    if tensor.dtype not in _DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 tensor, got {tensor.dtype}")
     return tensor.detach().numpy()
 
@@ -275,6 +280,104 @@ class GRU(_FastRecurrent, nn.GRU):
         """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
         output, (h_n,) = self._run(input, hx)
         return output, h_n
+
+
+# -- Adopting fastbptt in a model: convert / revert ----------------------------------------------------------------
+
+_FASTBPTT_CLASS_OF = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+_TORCH_NN_CLASS_OF = {ours: theirs for theirs, ours in _FASTBPTT_CLASS_OF.items()}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in ``model`` (``model`` itself included) run fastbptt, in
+    place, and returns ``model``.
+
+    Each module changes class to fastbptt.torch's (a subclass of its torch.nn class), as
+    ``torch.nn.utils.parametrize`` changes a module's class, so it stays the same object with all it carries: its
+    Parameter objects (optimizers built before, tied and shared weights keep working), buffers, hooks of every kind
+    and the handles that remove them, its training or eval mode, attributes set on it; a module reached twice in the
+    model is one module. No copy is made, because a copy would have other Parameters; for one, convert
+    ``copy.deepcopy(model)``. Modules fastbptt cannot run stay torch.nn's, each with a ``UserWarning`` naming its
+    path in the model and the reason: parameters on a device other than the CPU or of a dtype other than float32 or
+    float64, an LSTM with ``proj_size > 0``, a subclass of a torch.nn class (its forward may differ; parametrized
+    modules are such subclasses), a module compiled in place with ``module.compile()``. fastbptt.torch's modules are
+    left as they are. :func:`revert` undoes it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module; its submodules at every depth (``Sequential``, ``ModuleList``, ``ModuleDict`` included) are
+        visited.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+    """
+    refused = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.RNNBase) or isinstance(module, _FastRecurrent):
+            continue
+        reason = _why_fastbptt_cannot_run(module)
+        if reason is None:
+            module.__class__ = _FASTBPTT_CLASS_OF[type(module)]
+        else:
+            refused.append((path, module, reason))
+    for path, module, reason in refused:
+        warnings.warn(
+            f"fastbptt.torch.convert: {_where(path)} ({_class_name(module)}) stays as it is: {reason}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Gives every fastbptt.torch ``RNN``, ``LSTM`` and ``GRU`` in ``model`` (``model`` itself included) back its
+    torch.nn class, in place, and returns ``model``: the undoing of :func:`convert`, with the same Parameter objects,
+    hooks and mode. A subclass of a fastbptt.torch class stays as it is, with a ``UserWarning`` naming its path.
+    """
+    for path, module in model.named_modules():
+        if not isinstance(module, _FastRecurrent):
+            continue
+        if type(module) in _TORCH_NN_CLASS_OF:
+            module.__class__ = _TORCH_NN_CLASS_OF[type(module)]
+        else:
+            warnings.warn(
+                f"fastbptt.torch.revert: {_where(path)} ({_class_name(module)}) stays as it is: a subclass of a "
+                "fastbptt.torch class, whose torch.nn counterpart revert cannot know",
+                UserWarning,
+                stacklevel=2,
+            )
+    return model
+
+
+def _why_fastbptt_cannot_run(module: nn.RNNBase) -> str | None:
+    """Why :func:`convert` leaves ``module`` as it is, or None when fastbptt runs it."""
+    if type(module) not in _FASTBPTT_CLASS_OF:
+        base = next((cls for cls in _FASTBPTT_CLASS_OF if isinstance(module, cls)), nn.RNNBase)
+        return f"a subclass of torch.nn.{base.__name__}, not torch.nn.{base.__name__} itself: its forward may differ"
+    if module.proj_size > 0:
+        return f"proj_size={module.proj_size} (fastbptt does not support proj_size yet)"
+    if module._compiled_call_impl is not None:
+        return "compiled in place with module.compile(), which calls torch.nn's forward"
+    weights = [w for w in module._flat_weights if isinstance(w, torch.Tensor)]
+    devices = sorted({str(w.device) for w in weights if w.device.type != "cpu"})
+    if devices:
+        return f"parameters on {', '.join(devices)} (fastbptt computes on the CPU)"
+    dtypes = sorted({str(w.dtype) for w in weights if w.dtype not in _DTYPES})
+    if dtypes:
+        return f"parameters of dtype {', '.join(dtypes)} (fastbptt computes in torch.float32 or torch.float64)"
+    return None
+
+
+def _where(path: str) -> str:
+    return f"'{path}'" if path else "the model itself"
+
+
+def _class_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"torch.nn.{cls.__name__}" if cls in _FASTBPTT_CLASS_OF else f"{cls.__module__}.{cls.__qualname__}"
 
 
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
