@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _core
-from .kernels import cells, stack
+from .kernels import cells, stack, threads
 from .kernels import functional as _kernels
 
 __all__ = ["GRU", "LSTM", "RNN", "convert", "revert"]
@@ -96,9 +96,10 @@ class _StackFunction(torch.autograd.Function):
         xn = _as_numpy(x, "input")
         parts = [_as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
         params = run.params(flat_params)
-        outputs, finals, cache = stack.forward(
-            run.cell.forward, params, xn, run.cell_states(parts), run.lengths, masks=run.masks, **run.options()
-        )
+        with threads.defaulting_to(torch.get_num_threads()):
+            outputs, finals, cache = stack.forward(
+                run.cell.forward, params, xn, run.cell_states(parts), run.lengths, masks=run.masks, **run.options()
+            )
         ctx.run, ctx.params, ctx.cache = run, params, cache
         ctx.save_for_backward(x, *states, *(t for t in flat_params if t is not None))
         final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
@@ -111,9 +112,10 @@ class _StackFunction(torch.autograd.Function):
         run = ctx.run
         d_outputs = _as_numpy(d_output, "grad of output")  # the cells copy it where they add a final-state gradient
         d_parts = [_as_numpy(d, "grad of final state") for d in d_finals]
-        dx, dstates0, grads = stack.backward(
-            run.cell.backward, ctx.params, ctx.cache, d_outputs, run.cell_states(d_parts), **run.options()
-        )
+        with threads.defaulting_to(torch.get_num_threads()):
+            dx, dstates0, grads = stack.backward(
+                run.cell.backward, ctx.params, ctx.cache, d_outputs, run.cell_states(d_parts), **run.options()
+            )
         d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
         d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
         results = [dx, *d_states, *d_params]
