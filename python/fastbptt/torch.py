@@ -6,6 +6,24 @@ views of the same memory; only what the layout requires is copied (the transpose
 otherwise non-contiguous input). Stacked layers, both directions, dropout between layers (torch's own) and
 ``PackedSequence`` input (run as a padded batch with per-sequence lengths) work as in torch.nn. CPU only, float32
 or float64. Importing ``fastbptt`` never imports this module.
+
+Adopting it in a model: ``fastbptt.torch.convert(model)`` makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in
+``model``, at any depth and ``model`` itself, run fastbptt, in place: each module changes class and stays the same
+object, with its Parameters (an optimizer built before keeps working), hooks and training or eval mode. What
+fastbptt cannot run (parameters off the CPU or not float32/float64, ``proj_size > 0``, a subclass of a torch.nn
+class) stays as it is, with a warning naming its path. ``fastbptt.torch.revert(model)`` gives torch.nn's classes
+back::
+
+    model = fastbptt.torch.convert(model)  # before or after building the optimizer
+
+Threads: each call of a module, forward and backward, runs the core at torch's count (``torch.get_num_threads()``,
+read at that call), unless ``fastbptt.set_num_threads(n)`` chose a count, which wins until
+``fastbptt.set_num_threads(None)``; after the call the core's count is what it was. torch's CPU wheel (2.13) ships
+its OpenMP runtime under the name fastbptt's core asks for, ``libgomp.so.1``, so a process holds one runtime (the
+copy loaded first serves both) and one pool of threads: torch's ops and fastbptt's calls take turns on the same
+threads rather than compete for the cores. Where torch brings a runtime of its own (Intel's libiomp5 or LLVM's
+libomp in conda's builds, a libgomp under another name), its threads spin for a while after each op and slow down
+the fastbptt call that follows; ``KMP_BLOCKTIME=0`` makes Intel's and LLVM's sleep at once.
 """
 
 from __future__ import annotations
