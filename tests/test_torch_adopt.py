@@ -261,6 +261,15 @@ def test_what_fastbptt_cannot_run_stays_torch_nn_s_with_a_warning_naming_its_pat
     assert {name: module for name, module in model.named_modules()} == before  # the same objects everywhere
 
 
+def test_a_module_compiled_in_place_stays_torch_nn_s():
+    """module.compile() wraps torch.nn's own call: converting the class under it would change nothing it runs."""
+    model = nn.Sequential(nn.GRU(3, 4))
+    model[0].compile(backend="eager")  # compiles lazily, at the first call: none is made here
+    with pytest.warns(UserWarning, match=r"'0' \(torch\.nn\.GRU\) stays as it is: compiled in place"):
+        fbt.convert(model)
+    assert type(model[0]) is nn.GRU
+
+
 def test_the_model_itself_and_modules_already_converted():
     rnn = nn.RNN(3, 4, nonlinearity="relu")
     assert fbt.convert(rnn) is rnn and type(rnn) is fbt.RNN and rnn.nonlinearity == "relu"

@@ -379,7 +379,7 @@ def _why_fastbptt_cannot_run(module: nn.RNNBase) -> str | None:
         return f"a subclass of torch.nn.{base.__name__}, not torch.nn.{base.__name__} itself: its forward may differ"
     if module.proj_size > 0:
         return f"proj_size={module.proj_size} (fastbptt does not support proj_size yet)"
-    if module._compiled_call_impl is not None:
+    if getattr(module, "_compiled_call_impl", None) is not None:  # older torch has no module.compile
         return "compiled in place with module.compile(), which calls torch.nn's forward"
     weights = [w for w in module._flat_weights if isinstance(w, torch.Tensor)]
     devices = sorted({str(w.device) for w in weights if w.device.type != "cpu"})
