@@ -25,6 +25,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &fastbptt::set_num_threads, py::arg("n"), "Threads of every later call (n >= 1).");
   m.def("backward_block_steps", &fastbptt::backward_block_steps, py::arg("batch"), py::arg("gate_columns"),
         "Time steps per block of the backward pass (checkpoint segments start at multiples of it).");
+  m.def("reset_num_threads", &fastbptt::reset_num_threads, "Every later call uses the default count again.");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   m.def("call_threads", &fastbptt::call_threads, "Threads a call made from the calling thread uses.");
   fastbptt::bindings::bind_rnn(m);

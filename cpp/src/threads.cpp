@@ -23,6 +23,13 @@ void set_num_threads(int n) {
 #endif
 }
 
+void reset_num_threads() {
+#if defined(_OPENMP)
+  // Eigen reads a count below 1 as none set: it then asks OpenMP (omp_get_max_threads()) at every call.
+  Eigen::setNbThreads(0);
+#endif
+}
+
 int get_num_threads() { return Eigen::nbThreads(); }
 
 int call_threads() {

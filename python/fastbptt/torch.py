@@ -6,6 +6,24 @@ views of the same memory; only what the layout requires is copied (the transpose
 otherwise non-contiguous input). Stacked layers, both directions, dropout between layers (torch's own) and
 ``PackedSequence`` input (run as a padded batch with per-sequence lengths) work as in torch.nn. CPU only, float32
 or float64. Importing ``fastbptt`` never imports this module.
+
+Adopting it in a model: ``fastbptt.torch.convert(model)`` makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in
+``model``, at any depth and ``model`` itself, run fastbptt, in place: each module changes class and stays the same
+object, with its Parameters (an optimizer built before keeps working), hooks and training or eval mode. What
+fastbptt cannot run (parameters off the CPU or not float32/float64, ``proj_size > 0``, a subclass of a torch.nn
+class) stays as it is, with a warning naming its path. ``fastbptt.torch.revert(model)`` gives torch.nn's classes
+back::
+
+    model = fastbptt.torch.convert(model)  # before or after building the optimizer
+
+Threads: each call of a module, forward and backward, runs the core at torch's count (``torch.get_num_threads()``,
+read at that call), unless ``fastbptt.set_num_threads(n)`` chose a count, which wins until
+``fastbptt.set_num_threads(None)``; after the call the core's count is what it was. torch's CPU wheel (2.13) ships
+its OpenMP runtime under the name fastbptt's core asks for, ``libgomp.so.1``, so a process holds one runtime (the
+copy loaded first serves both) and one pool of threads: torch's ops and fastbptt's calls take turns on the same
+threads rather than compete for the cores. Where torch brings a runtime of its own (Intel's libiomp5 or LLVM's
+libomp in conda's builds, a libgomp under another name), its threads spin for a while after each op and slow down
+the fastbptt call that follows; ``KMP_BLOCKTIME=0`` makes Intel's and LLVM's sleep at once.
 """
 
 from __future__ import annotations
@@ -20,9 +38,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _core
-from .kernels import cells, stack
+from .kernels import cells, stack, threads
 
-__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "convert", "revert"]
+
+
+_DTYPES = (torch.float32, torch.float64)  # what the core computes in
 
 
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -32,7 +53,7 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
             f"{name}: fastbptt computes on the CPU; got a tensor on {tensor.device} "
             "(move it with .cpu(), or use torch.nn for GPU tensors)"
         )
-    if tensor.dtype not in (torch.float32, torch.float64):
+    if tensor.dtype not in _DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 tensor, got {tensor.dtype}")
     return tensor.detach().numpy()
 
@@ -77,46 +98,75 @@ class _Stack:
         return params
 
     def cell_states(self, parts) -> list:
-        """Per-cell states from ``state_parts`` arrays [cells, B, H]."""
+        """Per-cell states from ``state_parts`` arrays [cells, B, H] (a part may be None: none for any cell)."""
         if self.state_parts == 1:
-            return [parts[0][k] for k in range(self.cells)]
-        return [tuple(part[k] for part in parts) for k in range(self.cells)]
+            return [None if parts[0] is None else parts[0][k] for k in range(self.cells)]
+        return [tuple(None if part is None else part[k] for part in parts) for k in range(self.cells)]
+
+
+def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
+    """The stack's forward on the tensors' memory: (output tensor, final-state tensors, kernel params, cache)."""
+    xn = _as_numpy(x, "input")
+    parts = [_as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+    params = run.params(flat_params)
+    with threads.defaulting_to(torch.get_num_threads()):
+        outputs, finals, cache = stack.forward(
+            run.cell.forward,
+            params,
+            xn,
+            run.cell_states(parts),
+            run.lengths,
+            masks=run.masks,
+            inference=inference,
+            **run.options(),
+        )
+    final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
+    return (_output(outputs), *(torch.from_numpy(part) for part in final_parts)), params, cache
 
 
 class _StackFunction(torch.autograd.Function):
     """The whole stack of a module as one autograd node: forward and backward run the stack driver
     (fastbptt.kernels.stack), so the directions of a layer run side by side and give the one-thread bits, as in the
-    NumPy layers."""
+    NumPy layers. Backward computes dx only when the input requires grad, and a cell's weight gradients only when
+    one of its weights does (frozen layers)."""
 
     @staticmethod
     def forward(ctx, run: _Stack, x, *tensors):
-        states = tensors[: run.state_parts]
-        flat_params = tensors[run.state_parts :]
-        xn = _as_numpy(x, "input")
-        parts = [_as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
-        params = run.params(flat_params)
-        outputs, finals, cache = stack.forward(
-            run.cell.forward, params, xn, run.cell_states(parts), run.lengths, masks=run.masks, **run.options()
-        )
-        ctx.run, ctx.params, ctx.cache = run, params, cache
+        states, flat_params = tensors[: run.state_parts], tensors[run.state_parts :]
+        results, ctx.params, ctx.cache = _run_forward(run, x, states, flat_params, inference=False)
+        ctx.run = run
         ctx.save_for_backward(x, *states, *(t for t in flat_params if t is not None))
-        final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
-        return (_output(outputs), *(torch.from_numpy(part) for part in final_parts))
+        ctx.set_materialize_grads(False)  # an output the loss does not use has no gradient, not a zero one
+        return results
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_output, *d_finals):
         _check_saved_inputs(ctx)
-        run = ctx.run
-        d_outputs = _as_numpy(d_output, "grad of output")  # the cells copy it where they add a final-state gradient
-        d_parts = [_as_numpy(d, "grad of final state") for d in d_finals]
-        dx, dstates0, grads = stack.backward(
-            run.cell.backward, ctx.params, ctx.cache, d_outputs, run.cell_states(d_parts), **run.options()
-        )
+        run, cache = ctx.run, ctx.cache
+        if d_output is None:
+            d_outputs = np.zeros((*cache.cells[0].hs.shape[:2], run.num_directions * cache.cells[0].hs.shape[2]))
+            d_outputs = d_outputs.astype(cache.cells[0].hs.dtype)
+        else:  # the cells copy it where they add a final-state gradient
+            d_outputs = _as_numpy(d_output, "grad of output")
+        d_parts = [None if d is None else _as_numpy(d, "grad of final state") for d in d_finals]
+        needs = ctx.needs_input_grad[1:]  # x, the states, every cell's parameters
+        per_cell = len(run.cell.torch_parameters)
+        weight_needs = needs[1 + run.state_parts :]
+        with threads.defaulting_to(torch.get_num_threads()):
+            dx, dstates0, grads = stack.backward(
+                run.cell.backward,
+                ctx.params,
+                cache,
+                d_outputs,
+                run.cell_states(d_parts),
+                need_dx=needs[0],
+                need_weight_grads=[any(weight_needs[per_cell * k : per_cell * (k + 1)]) for k in range(run.cells)],
+                **run.options(),
+            )
         d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
         d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
         results = [dx, *d_states, *d_params]
-        needs = ctx.needs_input_grad[1:]
         return (None, *(_to_torch(r) if need else None for r, need in zip(results, needs)))
 
 
@@ -207,7 +257,11 @@ class _FastRecurrent:
             for d in range(self.num_directions)
             for w in self._cell_weights(layer, d, run.cell.torch_parameters)
         ]
-        output, *final_states = _StackFunction.apply(run, x.contiguous(), *states, *weights)
+        x = x.contiguous()
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights)):
+            output, *final_states = _StackFunction.apply(run, x, *states, *weights)
+        else:  # no gradient can be asked for: the forward-only kernels, which keep nothing for a backward
+            (output, *final_states), _, _ = _run_forward(run, x, states, weights, inference=True)
         if packed:
             if sorted_indices is not None:  # pack in the input's order of sequences, as torch.nn does
                 output = output.index_select(1, sorted_indices)
@@ -399,6 +453,104 @@ def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_fir
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be greater than zero")
+
+
+# -- Adopting fastbptt in a model: convert / revert ----------------------------------------------------------------
+
+_FASTBPTT_CLASS_OF = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+_TORCH_NN_CLASS_OF = {ours: theirs for theirs, ours in _FASTBPTT_CLASS_OF.items()}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in ``model`` (``model`` itself included) run fastbptt, in
+    place, and returns ``model``.
+
+    Each module changes class to fastbptt.torch's (a subclass of its torch.nn class), as
+    ``torch.nn.utils.parametrize`` changes a module's class, so it stays the same object with all it carries: its
+    Parameter objects (optimizers built before, tied and shared weights keep working), buffers, hooks of every kind
+    and the handles that remove them, its training or eval mode, attributes set on it; a module reached twice in the
+    model is one module. No copy is made, because a copy would have other Parameters; for one, convert
+    ``copy.deepcopy(model)``. Modules fastbptt cannot run stay torch.nn's, each with a ``UserWarning`` naming its
+    path in the model and the reason: parameters on a device other than the CPU or of a dtype other than float32 or
+    float64, an LSTM with ``proj_size > 0``, a subclass of a torch.nn class (its forward may differ; parametrized
+    modules are such subclasses), a module compiled in place with ``module.compile()``. fastbptt.torch's modules are
+    left as they are. :func:`revert` undoes it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module; its submodules at every depth (``Sequential``, ``ModuleList``, ``ModuleDict`` included) are
+        visited.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+    """
+    refused = []
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.RNNBase) or isinstance(module, _FastRecurrent):
+            continue
+        reason = _why_fastbptt_cannot_run(module)
+        if reason is None:
+            module.__class__ = _FASTBPTT_CLASS_OF[type(module)]
+        else:
+            refused.append((path, module, reason))
+    for path, module, reason in refused:
+        warnings.warn(
+            f"fastbptt.torch.convert: {_where(path)} ({_class_name(module)}) stays as it is: {reason}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Gives every fastbptt.torch ``RNN``, ``LSTM`` and ``GRU`` in ``model`` (``model`` itself included) back its
+    torch.nn class, in place, and returns ``model``: the undoing of :func:`convert`, with the same Parameter objects,
+    hooks and mode. A subclass of a fastbptt.torch class stays as it is, with a ``UserWarning`` naming its path.
+    """
+    for path, module in model.named_modules():
+        if not isinstance(module, _FastRecurrent):
+            continue
+        if type(module) in _TORCH_NN_CLASS_OF:
+            module.__class__ = _TORCH_NN_CLASS_OF[type(module)]
+        else:
+            warnings.warn(
+                f"fastbptt.torch.revert: {_where(path)} ({_class_name(module)}) stays as it is: a subclass of a "
+                "fastbptt.torch class, whose torch.nn counterpart revert cannot know",
+                UserWarning,
+                stacklevel=2,
+            )
+    return model
+
+
+def _why_fastbptt_cannot_run(module: nn.RNNBase) -> str | None:
+    """Why :func:`convert` leaves ``module`` as it is, or None when fastbptt runs it."""
+    if type(module) not in _FASTBPTT_CLASS_OF:
+        base = next((cls for cls in _FASTBPTT_CLASS_OF if isinstance(module, cls)), nn.RNNBase)
+        return f"a subclass of torch.nn.{base.__name__}, not torch.nn.{base.__name__} itself: its forward may differ"
+    if module.proj_size > 0:
+        return f"proj_size={module.proj_size} (fastbptt does not support proj_size yet)"
+    if getattr(module, "_compiled_call_impl", None) is not None:  # older torch has no module.compile
+        return "compiled in place with module.compile(), which calls torch.nn's forward"
+    weights = [w for w in module._flat_weights if isinstance(w, torch.Tensor)]
+    devices = sorted({str(w.device) for w in weights if w.device.type != "cpu"})
+    if devices:
+        return f"parameters on {', '.join(devices)} (fastbptt computes on the CPU)"
+    dtypes = sorted({str(w.dtype) for w in weights if w.dtype not in _DTYPES})
+    if dtypes:
+        return f"parameters of dtype {', '.join(dtypes)} (fastbptt computes in torch.float32 or torch.float64)"
+    return None
+
+
+def _where(path: str) -> str:
+    return f"'{path}'" if path else "the model itself"
+
+
+def _class_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"torch.nn.{cls.__name__}" if cls in _FASTBPTT_CLASS_OF else f"{cls.__module__}.{cls.__qualname__}"
 
 
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding

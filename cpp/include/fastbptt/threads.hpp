@@ -8,6 +8,11 @@ namespace fastbptt {
 /// Without OpenMP in the build, only n == 1 is accepted.
 void set_num_threads(int n);
 
+/// Undoes set_num_threads: every later call uses the default count again, OpenMP's (all cores, or
+/// OMP_NUM_THREADS), read at each call, so that a process whose other libraries share the OpenMP runtime and set
+/// its count (omp_set_num_threads) has the core follow them.
+void reset_num_threads();
+
 /// The number of threads the next call will use.
 int get_num_threads();
 
