@@ -460,3 +460,69 @@ def test_pytorch_s_module_samples_match_torch_nn(dtype):
             matched += 1
     assert matched > 0
     print(f"{matched} samples match torch.nn, {refused} with proj_size refused")
+
+
+def kernel_spy(monkeypatch, cell):
+    """Records the keyword options of every forward and backward kernel call of ``cell`` ("lstm", "gru", "rnn")."""
+    from fastbptt.kernels import functional
+
+    calls = []
+    for name in (f"{cell}_forward", f"{cell}_backward"):
+        kernel = getattr(functional, name)
+
+        def spy(*args, kernel=kernel, name=name, **kwargs):
+            calls.append((name, kwargs))
+            return kernel(*args, **kwargs)
+
+        monkeypatch.setattr(functional, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-relu"])
+def test_no_grad_and_inference_mode_run_the_forward_only_kernels_with_the_training_bits(kind, monkeypatch):
+    ours, _ = twins(kind, 3, 4, torch.float32, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 2, 3)
+    trained = ours(x)
+    calls = kernel_spy(monkeypatch, kind.split("-")[0])
+    with torch.no_grad():
+        inferred = ours(x)
+    with torch.inference_mode():
+        in_inference_mode = ours(x)
+    frozen_input = ours.requires_grad_(False)(x)  # nothing requires grad: no backward can follow
+    assert calls and all(options.get("inference") for _, options in calls)
+    for outputs in (inferred, in_inference_mode, frozen_input):
+        for mine, expected in zip(torch.utils._pytree.tree_leaves(outputs), torch.utils._pytree.tree_leaves(trained)):
+            assert torch.equal(mine, expected) and not mine.requires_grad
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_backward_skips_dx_of_an_input_without_grad_and_the_gradients_of_frozen_layers(kind, monkeypatch):
+    ours, theirs = twins(kind, 3, 4, torch.float64, num_layers=2)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    for module in (ours, theirs):
+        for name, parameter in module.named_parameters():
+            parameter.requires_grad_(name.endswith("_l1"))  # layer 0 frozen
+    calls = kernel_spy(monkeypatch, kind.split("-")[0])
+    upstream = torch.randn(6, 2, 4, dtype=torch.float64)
+    (torch.sum(ours(x)[0] * upstream)).backward()
+    (torch.sum(theirs(x)[0] * upstream)).backward()
+    backward = [options for name, options in calls if name.endswith("backward")]
+    # layer 1 first: its dx feeds layer 0; layer 0 (frozen, its input without grad) computes neither
+    assert [(o["need_dx"], o["need_weight_grads"]) for o in backward] == [(True, True), (False, False)]
+    for (name, mine), (_, expected) in zip(ours.named_parameters(), theirs.named_parameters()):
+        if name.endswith("_l1"):
+            np.testing.assert_allclose(mine.grad.numpy(), expected.grad.numpy(), rtol=1e-10, atol=1e-12)
+        else:
+            assert mine.grad is None and expected.grad is None
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_loss_on_the_final_state_alone_gives_torch_nn_s_gradients(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for module in (ours, theirs):
+        finals = module(x)[1]
+        h_n = finals[0] if isinstance(finals, tuple) else finals
+        h_n.pow(2).sum().backward()  # the output has no gradient: backward gets None for it
+    for mine, expected in zip(ours.parameters(), theirs.parameters()):
+        np.testing.assert_allclose(mine.grad.numpy(), expected.grad.numpy(), rtol=1e-10, atol=1e-12)
