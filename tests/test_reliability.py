@@ -19,7 +19,10 @@ import pytest
 from conftest import TOL, gru_problem, lstm_problem, rnn_problem
 
 import fastbptt as fb
+from fastbptt import _core
 from fastbptt import reference as ref
+from fastbptt.kernels._checks import INT64_MAX
+from fastbptt.kernels.checkpoint import block_steps
 
 MODULES = pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -629,6 +632,57 @@ def test_workspace_bytes_never_wraps(cell, dtype):
     assert isinstance(value, int)
     assert value >= T * B * H * np.dtype(dtype).itemsize > 2**63
     assert fb.workspace_bytes(cell, T, B, D, 2 * H, dtype) > value  # monotone, as a formula must be
+
+
+def exact_block_steps(B: int, columns: int) -> int:
+    """The core's block length (types.hpp) in Python integers: 256 rows at least, a dZ block of about 2^18."""
+    return max(1, -(-256 // B), 2**18 // (B * columns))
+
+
+# (B, gate_columns) whose product is past int64, and sizes at and beyond the points where block_steps clamps
+HUGE_BLOCK_SIZES = [
+    (2**40, 2**30),
+    (255, 2**56),
+    (3, 2**62),
+    (2**62, 4),
+    (INT64_MAX, INT64_MAX),
+    (1, INT64_MAX),
+    (INT64_MAX, 1),
+    (2**31, 2**31),
+    (2**31 + 1, 1),
+    (1, 2**31 + 1),
+]
+
+
+@pytest.mark.parametrize(("B", "columns"), HUGE_BLOCK_SIZES)
+def test_block_steps_saturate_for_huge_sizes(B, columns):
+    """Past 256 rows a step and 2^18 scalars a step the block is one step, however large the sizes: no wrap-around
+    of B * gate_columns (it wrapped to 262144 steps for 2^40 x 2^30)."""
+    assert block_steps(B, columns) == exact_block_steps(B, columns)
+
+
+@pytest.mark.parametrize(("B", "columns"), [(1, 1), (3, 7), (255, 1), (256, 1), (1, 2**18), (2**31, 2**31)])
+def test_block_steps_agree_with_the_core_where_it_cannot_wrap(B, columns):
+    assert block_steps(B, columns) == _core.backward_block_steps(B, columns) == exact_block_steps(B, columns)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cpp/src/types.cpp forms batch * gate_columns in int64, which wraps past 2**63 (262144 here); "
+    "fastbptt.kernels.checkpoint.block_steps clamps its arguments instead. Remove this mark when the core saturates.",
+)
+def test_core_block_steps_saturate():
+    assert _core.backward_block_steps(2**40, 2**30) == 1
+
+
+def test_workspace_bytes_is_sane_for_huge_sizes():
+    """B * 4H = 2**70 is past int64: the backward's scratch is one step of dZ and states (the block is one step),
+    so the total is what forward keeps and backward returns, within 1 %, not twice that (a block of 2^18 steps)."""
+    T, B, D, H = 2**18, 2**40, 1, 2**28
+    value = fb.workspace_bytes("lstm", T, B, D, H, np.float32)
+    kept_and_returned = T * B * (4 * H + 2 * H + D) * 4  # gates, hs, cs; dx
+    assert kept_and_returned <= value < 1.01 * kept_and_returned
+    assert fb.workspace_bytes("lstm", 2 * T, B, D, H, np.float32) > value
 
 
 # ---------------------------------------------------------------------------------------------------------------
