@@ -26,7 +26,9 @@ _SATURATED = 2**31
 def block_steps(B: int, gate_columns: int) -> int:
     """Time steps per block of the core's backward pass (``fastbptt::backward_block_steps`` in C++): at least
     256 rows per block, and a block of dZ of about 2^18 numbers; 1 for any sizes beyond those. The reference takes
-    this fact from the core too, so that its segments, and so its caches, are the fast path's."""
+    this fact from the core too, so that its segments, and so its caches, are the fast path's. ValueError naming
+    the argument for a size beyond int64."""
+    B, gate_columns = _checks.int64("B", B), _checks.int64("gate_columns", gate_columns)
     return _core.backward_block_steps(min(max(1, B), _SATURATED), min(max(1, gate_columns), _SATURATED))
 
 
