@@ -1,5 +1,7 @@
-# Chooses the instruction-set flags of the core: AVX2+FMA when the build machine runs them (tested by running a
-# probe, not assumed), the compiler's baseline otherwise or when FASTBPTT_PORTABLE is on.
+# Chooses the instruction-set flags of the core, each set tested by running a probe on the build machine, not
+# assumed: AVX-512 (F, DQ, VL, BW) with FMA when FASTBPTT_AVX512 is on (the default) and the machine runs it, else
+# AVX2+FMA when it runs them, else the compiler's baseline; the baseline always when FASTBPTT_PORTABLE is on.
+# Both probes run whatever FASTBPTT_AVX512 says; with it off, the AVX-512 result is not used.
 # Sets FASTBPTT_ISA_FLAGS (compile options) and FASTBPTT_ISA_DESCRIPTION. Never adds fast-math: NaN must propagate.
 
 include(CheckCXXSourceRuns)

@@ -7,6 +7,7 @@ import pytest
 
 import fastbptt as fb
 from fastbptt import reference as ref
+from fastbptt.kernels.checkpoint import block_steps
 
 MODULES = pytest.mark.parametrize("module", [fb, ref], ids=["fast", "reference"])
 T, B, D, H, K = 4, 3, 5, 6, 7
@@ -171,6 +172,38 @@ def test_workspace_bytes_errors():
         fb.workspace_bytes("rnn", 0, 1, 1, 1)
     with pytest.raises(TypeError, match=r"dtype: expected float32 or float64, got int32"):
         fb.workspace_bytes("rnn", 1, 1, 1, 1, np.int32)
+
+
+@pytest.mark.parametrize("too_large", [2**63, 2**70, np.uint64(2**64 - 1)])
+@pytest.mark.parametrize("position", range(4))
+def test_workspace_bytes_refuses_sizes_beyond_int64_by_name(position, too_large):
+    """Sizes are int64 (DESIGN.md section 5): one beyond it is a ValueError naming the size, not the compiled
+    module's TypeError ("backward_block_steps(): incompatible function arguments"), which names none."""
+    sizes = [10, 2, 3, 4]
+    sizes[position] = too_large
+    name = "TBDH"[position]
+    with pytest.raises(ValueError, match=rf"^{name}: must fit in int64 \(.*\), got {int(too_large)}$"):
+        fb.workspace_bytes("lstm", *sizes)
+
+
+def test_block_steps_refuses_sizes_beyond_int64_by_name():
+    with pytest.raises(ValueError, match=r"^B: must fit in int64"):
+        block_steps(2**70, 4)
+    with pytest.raises(ValueError, match=r"^gate_columns: must fit in int64"):
+        block_steps(4, 2**63)
+
+
+@pytest.mark.parametrize(("cell", "columns"), [("rnn", 1), ("lstm", 4), ("gru", 4)])
+def test_workspace_bytes_of_the_largest_int64_sizes(cell, columns):
+    """T, B, D at INT64_MAX and H as large as backward's dZ [.., columns * H] allows: a Python int, at least the
+    states forward keeps and dx, no error. One more H is refused by name."""
+    n = 2**63 - 1
+    H = n // columns
+    value = fb.workspace_bytes(cell, n, n, n, H, np.float64)
+    assert isinstance(value, int) and value >= (n * n * H + n**3) * 8
+    if columns > 1:
+        with pytest.raises(ValueError, match=rf"^H: the {columns} \* H columns of the {cell}'s dZ must fit in int64"):
+            fb.workspace_bytes(cell, n, n, n, H + 1, np.float64)
 
 
 @pytest.mark.parametrize(

@@ -120,3 +120,22 @@ def test_benchmarks_build_against_the_installed_package_and_report_gflops(instal
             assert rate and float(rate.group(1)) > 0, line.group(0)
             assert "threads=1" in line.group(0), line.group(0)
     assert "gemm/" not in done.stdout
+
+
+def test_isa_module_header_names_what_it_probes():
+    """The header comment of cmake/FastbpttIsa.cmake names every instruction set its probes test (each ``-m`` flag
+    of their CMAKE_REQUIRED_FLAGS; ``-mavx512dq`` as ``DQ`` in the parentheses after ``AVX-512``) and every
+    FASTBPTT_ option its conditions read."""
+    text = (ROOT / "cmake" / "FastbpttIsa.cmake").read_text(encoding="utf-8")
+    header = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
+    probes = re.findall(r'set\(CMAKE_REQUIRED_FLAGS "([^"]*)"\)', text)
+    assert probes, "no probe found: the test no longer reads the module"
+    for flag in " ".join(probes).split():
+        name = flag.removeprefix("-m")
+        avx512 = re.fullmatch(r"avx512(\w+)", name)
+        if avx512:
+            assert re.search(rf"AVX-512 \([^)]*\b{avx512[1].upper()}\b", header), f"{flag} not in: {header}"
+        else:
+            assert re.search(rf"\b{name.upper()}\b", header), f"{flag} not in: {header}"
+    for option in set(re.findall(r"\bFASTBPTT_(?!ISA_|HOST_)\w+", " ".join(re.findall(r"\bif\((.*)\)", text)))):
+        assert option in header, f"{option} not in: {header}"

@@ -105,6 +105,19 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def int64(name: str, value: int) -> int:
+    """``value`` (an int) if it fits in int64, the type of every size in the core (DESIGN.md section 5); ValueError
+    naming the argument otherwise, before the compiled module's TypeError, which names none, could occur."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name}: must fit in int64 ({INT64_MIN} .. {INT64_MAX}), got {value}")
+    return value
+
+
+def size(name: str, value) -> int:
+    """A size (T, B, D, H): an int in ``1 .. INT64_MAX``; TypeError for a non-integer, ValueError otherwise."""
+    return int64(name, positive_int(name, value))
+
+
 def flag(name: str, value) -> bool:
     """``value`` as a bool: TypeError for anything but True or False (NumPy's included)."""
     if not isinstance(value, (bool, np.bool_)):
@@ -140,8 +153,7 @@ def targets_array(value, T: int, B: int, K: int, ignore_index: int) -> np.ndarra
     check_shape("targets", array, (T, B), "[T, B]")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
-    if not INT64_MIN <= int(ignore_index) <= INT64_MAX:
-        raise ValueError(f"ignore_index: must fit in int64 ({INT64_MIN} .. {INT64_MAX}), got {ignore_index}")
+    int64("ignore_index", int(ignore_index))
     if 0 <= ignore_index < K:
         raise ValueError(f"ignore_index: must lie outside the class indices 0 .. {K - 1}, got {ignore_index}")
     counted = array[array != ignore_index]

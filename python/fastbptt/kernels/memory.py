@@ -28,7 +28,9 @@ def workspace_bytes(
     cell : {"rnn", "lstm", "gru"}
         Or any registered cell (:mod:`fastbptt.kernels.cells`).
     T, B, D, H : int
-        Time steps, batch, input features, hidden units (each >= 1).
+        Time steps, batch, input features, hidden units (each >= 1 and within int64, as every size of the core, and
+        so are the columns of backward's ``dZ``, e.g. 4H for the LSTM; ValueError naming the size otherwise). The
+        result is a Python int, exact past 2^63 bytes.
     dtype : float32 or float64
     forget_gate : bool
         For a cell with that option (the LSTM): the modern cell (4 gates) or the original one (3 gates).
@@ -36,14 +38,17 @@ def workspace_bytes(
         For a cell with a checkpointed mode (the LSTM): as for :func:`fastbptt.lstm_forward`.
     """
     spec_class = cells.cell_class(_checks.choice("cell", cell, cells.names()))
-    T, B, D, H = (_checks.positive_int(name, value) for name, value in (("T", T), ("B", B), ("D", D), ("H", H)))
+    T, B, D, H = (_checks.size(name, value) for name, value in (("T", T), ("B", B), ("D", D), ("H", H)))
     itemsize = _checks.float_dtype("dtype", dtype).itemsize
     if checkpoint is not None and not spec_class.checkpointing:
         raise ValueError(f"checkpoint: only the LSTM has a checkpointed mode, got cell={cell!r}")
     _checks.flag("forget_gate", forget_gate)
     options = {"forget_gate": forget_gate} if "forget_gate" in spec_class.option_defaults else {}
     spec = spec_class("reference", **options)
-    block_rows = min(T, block_steps(B, spec.dz_columns(H))) * B
+    dz_columns = spec.dz_columns(H)
+    if dz_columns > _checks.INT64_MAX:  # a side of backward's dZ: an int64 in the core, as every size
+        raise ValueError(f"H: the {dz_columns // H} * H columns of the {cell}'s dZ must fit in int64, got H = {H}")
+    block_rows = min(T, block_steps(B, dz_columns)) * B
     scalars = spec.training_scalars(T, B, D, H, block_rows, checkpoint)
     GH = len(spec.gate_blocks) * H
     packet = 64 // itemsize  # panels are padded to a whole SIMD packet (at most 64 bytes)
