@@ -808,11 +808,6 @@ def test_block_steps_agree_with_the_core_where_it_cannot_wrap(B, columns):
     assert block_steps(B, columns) == _core.backward_block_steps(B, columns) == exact_block_steps(B, columns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cpp/src/types.cpp forms batch * gate_columns in int64, which wraps past 2**63 (262144 here); "
-    "fastbptt.kernels.checkpoint.block_steps clamps its arguments instead. Remove this mark when the core saturates.",
-)
 def test_core_block_steps_saturate():
     assert _core.backward_block_steps(2**40, 2**30) == 1
 

@@ -28,7 +28,9 @@ const char* activation_name(Activation activation) {
 Index backward_block_steps(Index batch, Index gate_columns) {
   const Index rows_per_step = std::max<Index>(1, batch);
   const Index for_products = (256 + rows_per_step - 1) / rows_per_step;
-  const Index for_cache = (Index(1) << 18) / std::max<Index>(1, rows_per_step * gate_columns);
+  // rows_per_step * gate_columns can pass int64; a step of more than 2^18 scalars gets no steps for the cache.
+  const Index cache_scalars = Index(1) << 18, columns = std::max<Index>(1, gate_columns);
+  const Index for_cache = columns > cache_scalars / rows_per_step ? 0 : cache_scalars / (rows_per_step * columns);
   return std::max({Index(1), for_products, for_cache});
 }
 

@@ -16,12 +16,6 @@ import numpy as np
 from .. import _core
 from . import _checks
 
-# The core's block length stops changing once B passes 256 (its rows threshold) and B * gate_columns passes 2^18 (its
-# scalars threshold). So each argument is clamped at 2^31, far beyond both, before the core sees it: the core forms
-# B * gate_columns in int64, which wraps around past 2^63 (cpp/src/types.cpp; 2^40 x 2^30 gave 262144 steps, not 1).
-# Clamped, the product stays below 2^62 and the answer is the exact one.
-_SATURATED = 2**31
-
 
 def block_steps(B: int, gate_columns: int) -> int:
     """Time steps per block of the core's backward pass (``fastbptt::backward_block_steps`` in C++): at least
@@ -29,7 +23,7 @@ def block_steps(B: int, gate_columns: int) -> int:
     this fact from the core too, so that its segments, and so its caches, are the fast path's. ValueError naming
     the argument for a size beyond int64."""
     B, gate_columns = _checks.int64("B", B), _checks.int64("gate_columns", gate_columns)
-    return _core.backward_block_steps(min(max(1, B), _SATURATED), min(max(1, gate_columns), _SATURATED))
+    return _core.backward_block_steps(max(1, B), max(1, gate_columns))
 
 
 def segment_steps(checkpoint, T: int, B: int, gate_columns: int) -> int:
