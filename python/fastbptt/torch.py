@@ -58,6 +58,18 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
     return tensor.detach().numpy()
 
 
+def _cell_of(name: str, **options) -> cells.Cell:
+    """The registered cell ``name`` with ``options`` on the compiled core, made once per (name, options)."""
+    key = (name, cells.cell_class(name), tuple(sorted(options.items())))
+    cell = _CELLS.get(key)
+    if cell is None:
+        cell = _CELLS[key] = key[1]("fast", **options)
+    return cell
+
+
+_CELLS: dict = {}
+
+
 def _to_torch(array: np.ndarray | None) -> torch.Tensor | None:
     return None if array is None else torch.from_numpy(array)
 
@@ -107,7 +119,7 @@ class _Stack:
 def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
     """The stack's forward on the tensors' memory: (output tensor, final-state tensors, kernel params, cache)."""
     xn = _as_numpy(x, "input")
-    parts = [_as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+    parts = [None if state is None else _as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
     params = run.params(flat_params)
     with threads.defaulting_to(torch.get_num_threads()):
         outputs, finals, cache = stack.forward(
@@ -135,7 +147,7 @@ class _StackFunction(torch.autograd.Function):
         states, flat_params = tensors[: run.state_parts], tensors[run.state_parts :]
         results, ctx.params, ctx.cache = _run_forward(run, x, states, flat_params, inference=False)
         ctx.run = run
-        ctx.save_for_backward(x, *states, *(t for t in flat_params if t is not None))
+        ctx.save_for_backward(x, *(t for t in (*states, *flat_params) if t is not None))
         ctx.set_materialize_grads(False)  # an output the loss does not use has no gradient, not a zero one
         return results
 
@@ -211,11 +223,10 @@ class _FastRecurrent:
 
     def _checked_states(self, parts: int, input, hx, batch_sizes, batched: bool) -> list:
         """The initial states (``parts`` of them) as tensors [layers * directions, B, H] after torch.nn's checks of
-        ``input`` and ``hx`` (``hx``: None, a tensor, or a pair for a cell of two state parts)."""
-        if hx is None:
-            B = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if self.batch_first else 1)
-            shape = (self.num_layers * self.num_directions, B, self.hidden_size)
-            states = [torch.zeros(shape, dtype=input.dtype, device=input.device) for _ in range(parts)]
+        ``input`` and ``hx`` (``hx``: None, a tensor, or a pair for a cell of two state parts); Nones for zeros."""
+        if hx is None:  # zeros, which the kernels make themselves
+            nn.RNNBase.check_input(self, input, batch_sizes)
+            return [None] * parts
         else:
             states = list(hx) if parts == 2 else [hx]
             dims = 3 if batched else 2
@@ -286,7 +297,7 @@ class RNN(_FastRecurrent, nn.RNN):
         self._refuse_what_fastbptt_cannot_run()
 
     def _cell(self):
-        return cells.cell_class("rnn")(activation=self.nonlinearity)
+        return _cell_of("rnn", activation=self.nonlinearity)
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
@@ -305,7 +316,7 @@ class LSTM(_FastRecurrent, nn.LSTM):
         self._refuse_what_fastbptt_cannot_run()
 
     def _cell(self):
-        return cells.cell_class("lstm")()
+        return _cell_of("lstm")
 
     def forward(self, input, hx=None):
         """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
@@ -324,7 +335,7 @@ class GRU(_FastRecurrent, nn.GRU):
         self._refuse_what_fastbptt_cannot_run()
 
     def _cell(self):
-        return cells.cell_class("gru")()
+        return _cell_of("gru")
 
     def forward(self, input, hx=None):
         """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
@@ -388,7 +399,7 @@ class Recurrent(_FastRecurrent, nn.Module):
         self.reset_parameters()
 
     def _cell(self) -> cells.Cell:
-        return cells.cell_class(self.cell_name)(**self.cell_options)
+        return _cell_of(self.cell_name, **self.cell_options)
 
     @property
     def _flat_weights(self) -> list:
