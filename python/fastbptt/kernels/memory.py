@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from . import _checks
 from .checkpoint import block_steps, segment_steps
 
@@ -65,7 +66,24 @@ def workspace_bytes(
         scratch += B * H  # dh
         states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
         grads = T * B * D + 2 * B * H + D * GH + H * GH + GH
-    packet = 64 // itemsize  # panels are padded to a whole SIMD packet (at most 64 bytes)
-    panels = -(-GH // packet) * packet
-    packed = (D + H) * panels + GH * (-(-H // packet) * packet) + 3 * packet
+    packed = _packed_weights(cell, D, H, GH // H, np.dtype(dtype))
     return (saved + scratch + states + grads + packed) * itemsize
+
+
+def _packed_weights(cell: str, D: int, H: int, G: int, dtype: np.dtype) -> int:
+    """Scalars of the weights the core packs for one forward and one backward, as the core sizes them: the forward
+    packs [W_x; W_h] stacked (the GRU W_x and W_h apart), the backward W_hᵀ."""
+
+    def packed(rows: int, columns: int, groups: int) -> int:
+        try:
+            return _core.packed_weights_scalars(rows, columns, groups, dtype)
+        except (OverflowError, TypeError):  # beyond the core's 64-bit sizes, where no call can run
+            raise ValueError(
+                f"H: with D = {D} and H = {H} the packed weights are more than the core's 64-bit sizes count"
+            ) from None
+
+    if cell == "gru":
+        forward = packed(D, G * H, 1) + packed(H, G * H, G)
+    else:
+        forward = packed(D + H, G * H, G)
+    return forward + packed(G * H, H, 1)
