@@ -16,6 +16,7 @@ from conftest import (
 )
 
 import fastbptt as fb
+from fastbptt import _core
 from fastbptt import reference as ref
 
 INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
@@ -183,3 +184,19 @@ def test_workspace_bytes_counts_saved_activations():
     grads = fb.lstm_backward(cache, p["dhs"].astype(np.float32))
     held = hs.nbytes + c_T.nbytes + cache.gates.nbytes + cache.cs.nbytes + sum(g.nbytes for g in grads)
     assert held <= lstm
+
+
+def test_packed_weights_are_sized_by_the_core():
+    """workspace_bytes counts the packed weights as the core allocates them (each gate block padded to whole SIMD
+    packets of this build), asked through _core.packed_weights_scalars rather than recomputed."""
+    H = 19  # not a multiple of a packet: every gate block gets its own padding
+    for dtype in (np.float32, np.float64):
+        grouped = _core.packed_weights_scalars(5, 4 * H, 4, np.dtype(dtype))
+        whole = _core.packed_weights_scalars(5, 4 * H, 1, np.dtype(dtype))
+        assert grouped > whole > 5 * 4 * H  # each of the 4 blocks pads its 19 columns, more than 76 padded at once
+        slack = _core.packed_weights_scalars(0, 4 * H, 4, np.dtype(dtype))
+        assert _core.packed_weights_scalars(10, 4 * H, 4, np.dtype(dtype)) - slack == 2 * (grouped - slack)
+    with pytest.raises(TypeError, match="dtype"):
+        _core.packed_weights_scalars(5, 4 * H, 4, np.dtype(np.int32))
+    with pytest.raises(ValueError, match="groups"):
+        _core.packed_weights_scalars(5, 4 * H, 3, np.dtype(np.float32))

@@ -1,6 +1,9 @@
 // The compiled module fastbptt._core: one registration call per kernel family, plus build information.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <string>
 
 #include "fastbptt/build_info.hpp"
 #include "fastbptt/threads.hpp"
@@ -9,6 +12,15 @@
 namespace py = pybind11;
 
 namespace fastbptt::bindings {
+
+/// What the core allocates to pack a weight matrix of this dtype (see fastbptt::packed_weights_scalars).
+Index packed_weights_scalars(Index rows, Index columns, Index groups, const py::dtype& dtype) {
+  const bool floating = dtype.kind() == 'f';
+  if (floating && dtype.itemsize() == 4) return fastbptt::packed_weights_scalars<float>(rows, columns, groups);
+  if (floating && dtype.itemsize() == 8) return fastbptt::packed_weights_scalars<double>(rows, columns, groups);
+  throw py::type_error("dtype: expected float32 or float64, got " + std::string(py::str(dtype)));
+}
+
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
@@ -26,6 +38,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward_block_steps", &fastbptt::backward_block_steps, py::arg("batch"), py::arg("gate_columns"),
         "Time steps per block of the backward pass (checkpoint segments start at multiples of it).");
   m.def("reset_num_threads", &fastbptt::reset_num_threads, "Every later call uses the default count again.");
+  m.def("packed_weights_scalars", &fastbptt::bindings::packed_weights_scalars, py::arg("rows"), py::arg("columns"),
+        py::arg("groups"), py::arg("dtype"),
+        "Scalars the core allocates to pack a [rows, columns] weight matrix in `groups` column groups.");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   m.def("call_threads", &fastbptt::call_threads, "Threads a call made from the calling thread uses.");
   fastbptt::bindings::bind_rnn(m);

@@ -82,11 +82,11 @@ void record_row_norms(const Eigen::Ref<const RowMatrix<Scalar>>& m, const Active
   }
 }
 
-/// The rows of `m` [T*B, .] that run step t: its block of B rows, picked longest sequence first.
-template <class Scalar, class Matrix>
-LeftOperand<Scalar> step_rows(const Matrix& m, Index t, Index B, const ActiveRows& active) {
+/// The rows of a step's block of B rows that run step t, picked longest sequence first.
+template <class Scalar, class Block>
+LeftOperand<Scalar> step_rows(const Block& step_block, Index t, const ActiveRows& active) {
   LeftOperand<Scalar> rows;
-  rows.first = strided_rows(m.middleRows(t * B, B));
+  rows.first = strided_rows(step_block);
   rows.rows = active.count(t);
   rows.row_index = active.order();
   return rows;
@@ -105,7 +105,8 @@ void project_inputs(const PackedWeights<Scalar>& W, const Eigen::Ref<const RowMa
     return;
   }
   for (Index t = 0; t < s.T; ++t) {
-    W.multiply(step_rows<Scalar>(x, t, s.B, active), strided_rows(out.middleRows(t * s.B, s.B)), Store::overwrite);
+    W.multiply(step_rows<Scalar>(x.middleRows(t * s.B, s.B), t, active), strided_rows(out.middleRows(t * s.B, s.B)),
+               Store::overwrite);
   }
 }
 

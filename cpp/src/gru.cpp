@@ -52,10 +52,10 @@ struct ForwardCell {
 
   void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
     if constexpr (!keeps_cache) {
-      packed_W_x.multiply_units(detail::step_rows<Scalar>(x, t, s.B, active), own.panels,
+      packed_W_x.multiply_units(detail::step_rows<Scalar>(x.middleRows(t * s.B, s.B), t, active), own.panels,
                                 detail::strided_rows(gates), detail::Store::overwrite);
     }
-    packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, 0, s.B, active), own.panels,
+    packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, t, active), own.panels,
                               detail::strided_rows(recurrent), detail::Store::overwrite);
   }
 

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -82,6 +84,24 @@ class PackedWeights {
     for (Index k = split_; k < K_; ++k) pack_row(k, [&](Index n) { return W_bottom(k - split_, n); });
   }
 
+  /// The scalars that packing a [K, N] matrix in `groups` column groups allocates: every group padded to whole
+  /// panels of one packet, K rows each, and one packet more. Throws std::invalid_argument for negative sizes or
+  /// groups that do not divide N, std::overflow_error when the count exceeds Index.
+  static Index scalars(Index K, Index N, Index groups) {
+    if (K < 0 || N < 0 || groups < 1 || N % groups != 0) {
+      throw std::invalid_argument("packed weights: expected sizes >= 0 and groups >= 1 dividing the columns, got " +
+                                  std::to_string(K) + " x " + std::to_string(N) + " in " + std::to_string(groups));
+    }
+    const Index group_panels = N / groups / lanes + (N / groups % lanes != 0);
+    Index count = 0;
+    if (__builtin_mul_overflow(groups, group_panels, &count) || __builtin_mul_overflow(count, K, &count) ||
+        __builtin_mul_overflow(count, lanes, &count) || __builtin_add_overflow(count, lanes, &count)) {
+      throw std::overflow_error("packed weights: " + std::to_string(K) + " x " + std::to_string(N) +
+                                " scalars are more than an Index counts");
+    }
+    return count;
+  }
+
   Index depth() const { return K_; }
   Index cols() const { return N_; }
   /// Columns per group (an LSTM's H) and panels per group: the hidden units of a group come in that many packets.
@@ -131,7 +151,7 @@ class PackedWeights {
         group_width_(N_ / groups),
         group_panels_((group_width_ + lanes - 1) / lanes),
         panels_(groups * group_panels_),
-        data_(static_cast<std::size_t>(panels_ * K_ * lanes + lanes), Scalar(0)) {}
+        data_(static_cast<std::size_t>(scalars(K, N, groups)), Scalar(0)) {}
 
   /// Row k of the packed matrix, W(k, n) = value(n); the padding lanes stay zero.
   template <class Value>

@@ -33,7 +33,7 @@ using VectorMap = typename VectorView<Element>::Map;
 template <class Scalar>
 LeftOperand<Scalar> stacked_step_rows(const MatrixMap<const Scalar>& x, const StateRows<Scalar>& h_prev, Index t,
                                       const ActiveRows& active) {
-  LeftOperand<Scalar> rows = step_rows<Scalar>(x, t, h_prev.rows(), active);
+  LeftOperand<Scalar> rows = step_rows<Scalar>(x.middleRows(t * h_prev.rows(), h_prev.rows()), t, active);
   rows.second = strided_rows(h_prev);
   return rows;
 }
@@ -143,7 +143,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
             cell.add_direct_term(r, own, dh_prev.row(r).data());
           }
         }
-        packed_W_h_transposed.multiply_units(step_rows<Scalar>(dZ, t - t0, B, active), own.panels,
+        packed_W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), own.panels,
                                              strided_rows(dh_prev),
                                              t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
       }

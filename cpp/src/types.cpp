@@ -1,8 +1,10 @@
-// Activation names and the shape checks shared by every kernel.
+// Activation names, the sizes of blocks and packed weights, and the shape checks shared by every kernel.
 #include "fastbptt/types.hpp"
 
 #include <algorithm>
 #include <sstream>
+
+#include "packed_product.hpp"
 
 namespace fastbptt {
 
@@ -33,6 +35,13 @@ Index backward_block_steps(Index batch, Index gate_columns) {
   const Index for_cache = columns > cache_scalars / rows_per_step ? 0 : cache_scalars / (rows_per_step * columns);
   return std::max({Index(1), for_products, for_cache});
 }
+
+template <class Scalar>
+Index packed_weights_scalars(Index rows, Index columns, Index groups) {
+  return detail::PackedWeights<Scalar>::scalars(rows, columns, groups);
+}
+template Index packed_weights_scalars<float>(Index, Index, Index);
+template Index packed_weights_scalars<double>(Index, Index, Index);
 
 namespace detail {
 

@@ -105,9 +105,10 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 /// shape, forget_gate, inputs, weights (W_x, W_h), cache, lengths   in   as given to / written by `forward`
 /// upstream     in   dhs, dc_T (see Upstream)
 /// gradients    out  dx, dh0, dc0, dW_x, dW_h, db (see Gradients)
-/// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions); with accumulate, segments that start at multiples
-///                   of backward_block_steps(B, G*H), run last first with dh0/dc0 passed on as the next segment's
-///                   dhs (its last step) and dc_T, give the bits of one call over the whole sequence
+/// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions); with accumulate,
+///                   segments that start at multiples of backward_block_steps(B, G*H), run last first with dh0/dc0
+///                   passed on as the next segment's dhs (its last step) and dc_T, give the bits of one call over
+///                   the whole sequence
 /// Allocates scratch of one block of steps ([block*B, G*H] and [block*B, H]) and a [B, H] matrix per call, none
 /// inside the time loop; memory beyond the outputs does not grow with T.
 template <class Scalar>

@@ -162,6 +162,13 @@ const char* activation_name(Activation activation);
 /// accumulated, give the same bits as one call (checkpointed BPTT).
 Index backward_block_steps(Index batch, Index gate_columns);
 
+/// Scalars the core allocates to pack a [rows, columns] weight matrix of `Scalar` (float or double) in `groups` equal
+/// column groups (the gate blocks) for its products: the time loops pack their weights once per call, each group
+/// padded to whole SIMD packets of this build. For memory accounting. Throws std::invalid_argument for negative
+/// sizes or groups that do not divide columns, std::overflow_error when the count exceeds Index.
+template <class Scalar>
+Index packed_weights_scalars(Index rows, Index columns, Index groups);
+
 namespace detail {
 
 /// Throws std::invalid_argument unless T, B, D, H are all >= 1.

@@ -160,6 +160,12 @@ class Cell:
         """Columns of a row of backward's dZ: the gate blocks, and for some cells more."""
         return len(self.gate_blocks) * H
 
+    def packed_weights(self, D: int, H: int) -> list[tuple[int, int, int]]:
+        """(rows, columns, column groups) of each weight matrix the core packs for one forward and one backward:
+        by default [W_x; W_h] stacked for the step product and W_hᵀ for backward."""
+        G = len(self.gate_blocks)
+        return [(D + H, G * H, G), (G * H, H, 1)]
+
     def training_scalars(self, T: int, B: int, D: int, H: int, block_rows: int, checkpoint) -> int:
         """Scalars one forward + backward allocates beyond its inputs, but for the packed weights: what forward
         keeps, backward's scratch of ``block_rows`` rows, default and returned states, and the gradients."""
@@ -429,6 +435,9 @@ class GRUCell(Cell):
 
     def dz_columns(self, H):
         return 4 * H  # the gate blocks and r's share of n's recurrent product
+
+    def packed_weights(self, D, H):
+        return [(D, 3 * H, 1), (H, 3 * H, 3), (3 * H, H, 1)]  # W_x for the input projection, W_h per step, W_hᵀ
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         saved = T * B * (3 * H + 2 * H)  # gates, hn, hs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
 from . import _checks, cells
 from .checkpoint import block_steps
 
@@ -50,8 +51,14 @@ def workspace_bytes(
         raise ValueError(f"H: the {dz_columns // H} * H columns of the {cell}'s dZ must fit in int64, got H = {H}")
     block_rows = min(T, block_steps(B, dz_columns)) * B
     scalars = spec.training_scalars(T, B, D, H, block_rows, checkpoint)
-    GH = len(spec.gate_blocks) * H
-    packet = 64 // itemsize  # panels are padded to a whole SIMD packet (at most 64 bytes)
-    panels = -(-GH // packet) * packet
-    packed = (D + H) * panels + GH * (-(-H // packet) * packet) + 3 * packet
-    return (scalars + packed) * itemsize
+    return (scalars + _packed_weights(spec, D, H, np.dtype(dtype))) * itemsize
+
+
+def _packed_weights(spec: cells.Cell, D: int, H: int, dtype: np.dtype) -> int:
+    """Scalars of the weights the core packs for one forward and one backward, as the core sizes them."""
+    try:
+        return sum(_core.packed_weights_scalars(*shape, dtype) for shape in spec.packed_weights(D, H))
+    except (OverflowError, TypeError):  # beyond the core's 64-bit sizes, where no call can run
+        raise ValueError(
+            f"H: with D = {D} and H = {H} the packed weights are more than the core's 64-bit sizes count"
+        ) from None
