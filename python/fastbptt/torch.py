@@ -24,10 +24,25 @@ copy loaded first serves both) and one pool of threads: torch's ops and fastbptt
 threads rather than compete for the cores. Where torch brings a runtime of its own (Intel's libiomp5 or LLVM's
 libomp in conda's builds, a libgomp under another name), its threads spin for a while after each op and slow down
 the fastbptt call that follows; ``KMP_BLOCKTIME=0`` makes Intel's and LLVM's sleep at once.
+
+Gradients nobody asked for are not computed: backward skips dx when the input does not require grad and a
+layer's weight gradients when none of its weights does (frozen layers). Under ``torch.no_grad()``,
+``torch.inference_mode()``, or when nothing requires grad, the forward-only kernels run: the same outputs, nothing
+kept for a backward.
+
+``torch.compile(model, fullgraph=True)`` compiles models holding these modules without a graph break: under the
+compiler a module's forward calls the custom operators ``fastbptt::stack_forward`` and
+``fastbptt::stack_backward`` (fake implementations for tracing, an autograd formula; checked by
+``torch.library.opcheck``), and the cache the backward reads crosses the graph as tensors. Dynamo refuses to trace
+any ``torch.nn.RNN``/``LSTM``/``GRU``, subclasses included, unless ``torch._dynamo.config.allow_rnn`` is set, so
+importing this module sets it: torch.nn's own RNN modules are then traced too (PyTorch's experimental support)
+instead of breaking the graph; set it back to False after the import for torch's default. Outside the compiler a
+call is one autograd Function, which costs less per call than the operators' dispatch.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import numbers
 import warnings
@@ -86,12 +101,10 @@ def _output(outputs: np.ndarray) -> torch.Tensor:
 
 
 class _Stack:
-    """What one call of a module runs: the cell, the stack's shape, the lengths and the dropout masks."""
+    """What one call of a module runs: the cell, the stack's shape, the lengths and the dropout masks (NumPy)."""
 
-    def __init__(self, module: _FastRecurrent, cell: cells.Cell, lengths, masks):
-        self.cell = cell
-        self.num_layers, self.num_directions = module.num_layers, module.num_directions
-        self.has_bias = module.bias
+    def __init__(self, cell: cells.Cell, num_layers: int, num_directions: int, has_bias: bool, lengths, masks):
+        self.cell, self.num_layers, self.num_directions, self.has_bias = cell, num_layers, num_directions, has_bias
         self.lengths, self.masks = lengths, masks
         self.cells = self.num_layers * self.num_directions
         self.state_parts = self.cell.state_parts
@@ -115,18 +128,20 @@ class _Stack:
             return [None if parts[0] is None else parts[0][k] for k in range(self.cells)]
         return [tuple(None if part is None else part[k] for part in parts) for k in range(self.cells)]
 
+    def state_arrays(self, states) -> list:
+        return [None if state is None else _as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+
 
 def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
     """The stack's forward on the tensors' memory: (output tensor, final-state tensors, kernel params, cache)."""
-    xn = _as_numpy(x, "input")
-    parts = [None if state is None else _as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+    xn = _as_numpy(x, "input")  # first: a wrong dtype is named as the input's
     params = run.params(flat_params)
     with threads.defaulting_to(torch.get_num_threads()):
         outputs, finals, cache = stack.forward(
             run.cell.forward,
             params,
             xn,
-            run.cell_states(parts),
+            run.cell_states(run.state_arrays(states)),
             run.lengths,
             masks=run.masks,
             inference=inference,
@@ -134,6 +149,32 @@ def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
         )
     final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
     return (_output(outputs), *(torch.from_numpy(part) for part in final_parts)), params, cache
+
+
+def _run_backward(run: _Stack, params, cache, d_output, d_finals, need_dx: bool, weight_needs) -> list:
+    """dx, the initial states' and the parameters' gradients (arrays, None where not asked for) of the stack's
+    forward; ``weight_needs``: whether each parameter tensor wants a gradient, in the forward's order."""
+    if d_output is None:
+        hs = cache.cells[0].hs
+        d_outputs = np.zeros((*hs.shape[:2], run.num_directions * hs.shape[2]), hs.dtype)
+    else:  # the cells copy it where they add a final-state gradient
+        d_outputs = _as_numpy(d_output, "grad of output")
+    d_parts = [None if d is None else _as_numpy(d, "grad of final state") for d in d_finals]
+    per_cell = len(run.cell.torch_parameters)
+    with threads.defaulting_to(torch.get_num_threads()):
+        dx, dstates0, grads = stack.backward(
+            run.cell.backward,
+            params,
+            cache,
+            d_outputs,
+            run.cell_states(d_parts),
+            need_dx=need_dx,
+            need_weight_grads=[any(weight_needs[per_cell * k : per_cell * (k + 1)]) for k in range(run.cells)],
+            **run.options(),
+        )
+    d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
+    d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
+    return [dx, *d_states, *d_params]
 
 
 class _StackFunction(torch.autograd.Function):
@@ -155,30 +196,9 @@ class _StackFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_output, *d_finals):
         _check_saved_inputs(ctx)
-        run, cache = ctx.run, ctx.cache
-        if d_output is None:
-            d_outputs = np.zeros((*cache.cells[0].hs.shape[:2], run.num_directions * cache.cells[0].hs.shape[2]))
-            d_outputs = d_outputs.astype(cache.cells[0].hs.dtype)
-        else:  # the cells copy it where they add a final-state gradient
-            d_outputs = _as_numpy(d_output, "grad of output")
-        d_parts = [None if d is None else _as_numpy(d, "grad of final state") for d in d_finals]
+        run = ctx.run
         needs = ctx.needs_input_grad[1:]  # x, the states, every cell's parameters
-        per_cell = len(run.cell.torch_parameters)
-        weight_needs = needs[1 + run.state_parts :]
-        with threads.defaulting_to(torch.get_num_threads()):
-            dx, dstates0, grads = stack.backward(
-                run.cell.backward,
-                ctx.params,
-                cache,
-                d_outputs,
-                run.cell_states(d_parts),
-                need_dx=needs[0],
-                need_weight_grads=[any(weight_needs[per_cell * k : per_cell * (k + 1)]) for k in range(run.cells)],
-                **run.options(),
-            )
-        d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
-        d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
-        results = [dx, *d_states, *d_params]
+        results = _run_backward(run, ctx.params, ctx.cache, d_output, d_finals, needs[0], needs[1 + run.state_parts :])
         return (None, *(_to_torch(r) if need else None for r, need in zip(results, needs)))
 
 
@@ -186,6 +206,191 @@ def _check_saved_inputs(ctx) -> None:
     """Raises torch's "modified by an inplace operation" RuntimeError when an input that backward reads through
     the cache (the sequence, the initial states, the weights) was edited in place since forward, as torch.nn does."""
     ctx.saved_tensors  # noqa: B018 - unpacking is what checks the version counters
+
+
+# -- torch.compile: the stack as custom operators --------------------------------------------------------------
+# Under torch.compile a module's forward calls these operators, which the compiler treats as opaque, with fake
+# (shape-only) implementations for tracing and an autograd formula that calls the backward operator. The cache the
+# backward reads crosses the graph as tensors (each cell's saved arrays); the rest of it is rebuilt from the inputs.
+# Outside torch.compile the autograd Function above runs the same code with less per-call overhead.
+
+
+def _cell_key(cell: cells.Cell) -> str:
+    """The cell and its options as a string, the form in which custom operators take them."""
+    return cell.name + "".join(f"|{key}={value!r}" for key, value in sorted(cell.options.items()))
+
+
+def _cell_from_key(key: str) -> cells.Cell:
+    name, *options = key.split("|")
+    return _cell_of(name, **{k: ast.literal_eval(v) for k, v in (option.split("=", 1) for option in options)})
+
+
+def _states_or_none(states: list, parts: int) -> list:
+    return list(states) if states else [None] * parts
+
+
+def _weights_with_biases(cell: cells.Cell, weights: list, has_bias: bool) -> list:
+    """The operators' weights (present ones only) with None where ``bias=False`` left a bias out."""
+    if has_bias:
+        return list(weights)
+    present, full = iter(weights), []
+    for _ in range(len(weights) // (len(cell.torch_parameters) - len(cell.torch_biases))):
+        full += [None if name in cell.torch_biases else next(present) for name in cell.torch_parameters]
+    return full
+
+
+@torch.library.custom_op("fastbptt::stack_forward", mutates_args=())
+def _stack_forward(
+    x: torch.Tensor,
+    states: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    lengths: torch.Tensor | None,
+    masks: list[torch.Tensor],
+    cell: str,
+    num_layers: int,
+    bidirectional: bool,
+    has_bias: bool,
+    hidden_size: int,
+    inference: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """(output, final states, the cache's saved arrays: none with ``inference``) of a stack."""
+    spec = _cell_from_key(cell)
+    lengths_array = None if lengths is None else lengths.numpy()
+    run = _Stack(
+        spec, num_layers, 2 if bidirectional else 1, has_bias, lengths_array, [m.numpy() for m in masks] or None
+    )
+    full = _weights_with_biases(spec, weights, has_bias)
+    (output, *finals), _, cache = _run_forward(run, x, _states_or_none(states, spec.state_parts), full, inference)
+    if inference:
+        return output, finals, []
+    with warnings.catch_warnings():  # read-only arrays: nothing writes them, the backward operator reads them
+        warnings.simplefilter("ignore", UserWarning)
+        saved = [torch.from_numpy(a) for cell_cache in cache.cells for a in spec.saved_arrays(cell_cache)]
+    return output, finals, saved
+
+
+@_stack_forward.register_fake
+def _(x, states, weights, lengths, masks, cell, num_layers, bidirectional, has_bias, hidden_size, inference):
+    spec, directions = _cell_from_key(cell), 2 if bidirectional else 1
+    T, B, D = x.shape
+    output = x.new_empty((T, B, directions * hidden_size))
+    finals = [x.new_empty((num_layers * directions, B, hidden_size)) for _ in range(spec.state_parts)]
+    saved = []
+    if not inference:
+        for layer in range(num_layers):
+            inputs = D if layer == 0 else directions * hidden_size
+            for _ in range(directions):
+                saved += [x.new_empty(shape) for shape in spec.saved_shapes(T, B, inputs, hidden_size)]
+    return output, finals, saved
+
+
+@torch.library.custom_op("fastbptt::stack_backward", mutates_args=())
+def _stack_backward(
+    x: torch.Tensor,
+    states: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    lengths: torch.Tensor | None,
+    masks: list[torch.Tensor],
+    saved: list[torch.Tensor],
+    d_output: torch.Tensor,
+    d_finals: list[torch.Tensor],
+    cell: str,
+    num_layers: int,
+    bidirectional: bool,
+    has_bias: bool,
+    need_dx: bool,
+    weight_needs: list[bool],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """(dx, the states' gradients, the weights' gradients) of :func:`_stack_forward`'s stack; an empty tensor for
+    what was not asked for (dx without ``need_dx``, a weight whose ``weight_needs`` entry is False)."""
+    spec = _cell_from_key(cell)
+    directions = 2 if bidirectional else 1
+    lengths_array = None if lengths is None else lengths.numpy()
+    run = _Stack(spec, num_layers, directions, has_bias, lengths_array, [m.numpy() for m in masks] or None)
+    full = _weights_with_biases(spec, weights, has_bias)
+    params = run.params(full)
+    per_cell = len(spec.saved_shapes(1, 1, 1, 1))
+    saved_arrays = [a.numpy() for a in saved]
+    cache = stack.rebuild(
+        spec.cache_from,
+        params,
+        _as_numpy(x, "input"),
+        run.cell_states(run.state_arrays(_states_or_none(states, spec.state_parts))),
+        lengths_array,
+        [saved_arrays[per_cell * k : per_cell * (k + 1)] for k in range(run.cells)],
+        num_layers=num_layers,
+        num_directions=directions,
+        masks=run.masks,
+    )
+    full_needs = _weights_with_biases(spec, weight_needs, has_bias)
+    full_needs = [bool(need) for need in full_needs]  # a left-out bias wants nothing
+    dx, *rest = _run_backward(run, params, cache, d_output, d_finals, need_dx, full_needs)
+    d_states, d_weights = rest[: spec.state_parts], rest[spec.state_parts :]
+    present = [grad for grad, weight in zip(d_weights, full) if weight is not None]
+    return (
+        x.new_empty((0,)) if dx is None else torch.from_numpy(dx),
+        [torch.from_numpy(d) for d in d_states] if states else [],
+        [x.new_empty((0,)) if grad is None else torch.from_numpy(np.ascontiguousarray(grad)) for grad in present],
+    )
+
+
+@_stack_backward.register_fake
+def _(
+    x,
+    states,
+    weights,
+    lengths,
+    masks,
+    saved,
+    d_output,
+    d_finals,
+    cell,
+    num_layers,
+    bidirectional,
+    has_bias,
+    need_dx,
+    weight_needs,
+):
+    return (
+        torch.empty_like(x) if need_dx else x.new_empty((0,)),
+        [torch.empty_like(state) for state in states],
+        [torch.empty_like(w) if need else x.new_empty((0,)) for w, need in zip(weights, weight_needs)],
+    )
+
+
+def _stack_forward_context(ctx, inputs, output):
+    x, states, weights, lengths, masks, cell, num_layers, bidirectional, has_bias, _, inference = inputs
+    ctx.arguments = (cell, num_layers, bidirectional, has_bias)
+    ctx.counts = (len(states), len(weights), len(masks), len(output[2]))
+    ctx.needs = (x.requires_grad, [w.requires_grad for w in weights], [s.requires_grad for s in states])
+    ctx.has_lengths = lengths is not None
+    ctx.save_for_backward(x, *states, *weights, *([lengths] if lengths is not None else []), *masks, *output[2])
+
+
+def _stack_forward_backward(ctx, d_output, d_finals, _d_saved):
+    tensors = list(ctx.saved_tensors)
+    states_count, weights_count, masks_count, _ = ctx.counts
+    x = tensors.pop(0)
+    states, tensors = tensors[:states_count], tensors[states_count:]
+    weights, tensors = tensors[:weights_count], tensors[weights_count:]
+    lengths = tensors.pop(0) if ctx.has_lengths else None
+    masks, saved = tensors[:masks_count], tensors[masks_count:]
+    need_dx, weight_needs, state_needs = ctx.needs
+    dx, d_states, d_weights = torch.ops.fastbptt.stack_backward(
+        x, states, weights, lengths, masks, saved, d_output, list(d_finals), *ctx.arguments, need_dx, weight_needs
+    )
+    # One entry per input, lists as lists: the operator's schema is the structure torch checks the result against.
+    return (
+        dx if need_dx else None,
+        [d if need else None for d, need in zip(d_states, state_needs)],
+        [d if need else None for d, need in zip(d_weights, weight_needs)],
+        None,
+        [None] * masks_count,
+        *([None] * 6),
+    )
+
+
+_stack_forward.register_autograd(_stack_forward_backward, setup_context=_stack_forward_context)
 
 
 class _FastRecurrent:
@@ -211,15 +416,16 @@ class _FastRecurrent:
         return [getattr(self, name + suffix, None) for name in names]
 
     def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
-        """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG."""
+        """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG:
+        one per layer but the last, or None without dropout."""
         if not (self.dropout and self.training and self.num_layers > 1):
             return None
         shape, keep = (T, B, self.num_directions * self.hidden_size), 1.0 - self.dropout
         masks = []
         for _ in range(self.num_layers - 1):
             mask = torch.zeros(shape, dtype=dtype) if keep == 0 else torch.empty(shape, dtype=dtype).bernoulli_(keep)
-            masks.append(mask.div_(keep).numpy() if keep else mask.numpy())
-        return [*masks, None]
+            masks.append(mask.div_(keep) if keep else mask)
+        return masks
 
     def _checked_states(self, parts: int, input, hx, batch_sizes, batched: bool) -> list:
         """The initial states (``parts`` of them) as tensors [layers * directions, B, H] after torch.nn's checks of
@@ -260,19 +466,37 @@ class _FastRecurrent:
             states = self._checked_states(cell.state_parts, input, hx, None, batched)
             x = input.transpose(0, 1) if self.batch_first else input
             lengths = None
-        B = x.shape[1]
-        run = _Stack(self, cell, lengths, self._dropout_masks(x.shape[0], B, x.dtype))
         weights = [
             w
             for layer in range(self.num_layers)
             for d in range(self.num_directions)
-            for w in self._cell_weights(layer, d, run.cell.torch_parameters)
+            for w in self._cell_weights(layer, d, cell.torch_parameters)
         ]
         x = x.contiguous()
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights)):
-            output, *final_states = _StackFunction.apply(run, x, *states, *weights)
-        else:  # no gradient can be asked for: the forward-only kernels, which keep nothing for a backward
-            (output, *final_states), _, _ = _run_forward(run, x, states, weights, inference=True)
+        masks = self._dropout_masks(x.shape[0], x.shape[1], x.dtype)
+        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
+        if torch.compiler.is_compiling():  # torch.compile traces the custom operators, not the NumPy inside
+            present = [w for w in weights if w is not None]
+            output, final_states, _ = torch.ops.fastbptt.stack_forward(
+                x,
+                [state for state in states if state is not None],
+                present,
+                None if lengths is None else torch.from_numpy(lengths),
+                masks or [],
+                _cell_key(cell),
+                self.num_layers,
+                self.bidirectional,
+                len(present) == len(weights),
+                self.hidden_size,
+                not wants_grad,
+            )
+        else:
+            arrays = None if masks is None else [mask.numpy() for mask in masks]
+            run = _Stack(cell, self.num_layers, self.num_directions, self.bias, lengths, arrays)
+            if wants_grad:
+                output, *final_states = _StackFunction.apply(run, x, *states, *weights)
+            else:  # no gradient can be asked for: the forward-only kernels, which keep nothing for a backward
+                (output, *final_states), _, _ = _run_forward(run, x, states, weights, inference=True)
         if packed:
             if sorted_indices is not None:  # pack in the input's order of sequences, as torch.nn does
                 output = output.index_select(1, sorted_indices)
@@ -563,6 +787,10 @@ def _class_name(module: nn.Module) -> str:
     cls = type(module)
     return f"torch.nn.{cls.__name__}" if cls in _FASTBPTT_CLASS_OF else f"{cls.__module__}.{cls.__qualname__}"
 
+
+# Dynamo refuses to trace any torch.nn.RNN, LSTM or GRU, subclasses included, unless allow_rnn is set; fastbptt's
+# modules are such subclasses (isinstance must hold), and under torch.compile they call the custom operators above.
+torch._dynamo.config.allow_rnn = True
 
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
 # torch.nn's modules do.

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _checks
 from . import init as initializers
+from ._types import GRUCache, LSTMCache, RNNCache
 from .conversions import gru_weights_from_torch
 from .sequences import final_states
 
@@ -140,6 +141,19 @@ class Cell:
         """The state after ``step`` steps of the forward of ``cache`` (0: the initial state), as new arrays."""
         raise NotImplementedError
 
+    # -- a cache as arrays (fastbptt.torch under torch.compile) -----------------------------------------------
+    def saved_arrays(self, cache) -> list:
+        """The arrays of ``cache`` that :meth:`cache_from` cannot recompute from the inputs: what forward computed."""
+        return [getattr(cache, name) for name in type(cache).computed]
+
+    def saved_shapes(self, T: int, B: int, D: int, H: int) -> list:
+        """The shapes of :meth:`saved_arrays` for a call of those sizes."""
+        raise NotImplementedError(f"{self.name}: no cache layout for torch.compile (saved_shapes, cache_from)")
+
+    def cache_from(self, p: dict, x: np.ndarray, state, lengths, saved: list):
+        """The cache ``forward(p, x, state, lengths)`` returned, from its :meth:`saved_arrays` and the inputs."""
+        raise NotImplementedError(f"{self.name}: no cache layout for torch.compile (saved_shapes, cache_from)")
+
     # -- torch.nn's layout ------------------------------------------------------------------------------------
     def torch_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
         """torch.nn's shapes of :attr:`torch_parameters` (rows are the gate blocks, as torch.nn keeps them)."""
@@ -187,6 +201,11 @@ def _summed_bias_to_torch(grads: dict | None, names: tuple[str, str, str], has_b
     dW_x, dW_h, db = (grads[name] for name in names)
     # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
     return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
+
+
+def _state_or_zeros(state, x: np.ndarray, hs: np.ndarray) -> np.ndarray:
+    """An initial state as forward took it: the array given, or the zeros the kernels make for None."""
+    return np.zeros(hs.shape[1:], x.dtype) if state is None else np.ascontiguousarray(state)
 
 
 def _named(names: tuple[str, ...], grads, computed: bool) -> dict | None:
@@ -281,6 +300,14 @@ class RNNCell(Cell):
     def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
 
+    def saved_shapes(self, T, B, D, H):
+        return [(T, B, H)]
+
+    def cache_from(self, p, x, h0, lengths, saved):
+        (hs,) = saved
+        weights = (np.ascontiguousarray(p[name]) for name in ("W_xh", "W_hh"))
+        return RNNCache(x, *weights, _state_or_zeros(h0, x, hs), hs, self.options["activation"], lengths)
+
     def from_torch(self, tensors):
         return _summed_bias_from_torch(tensors, ("W_xh", "W_hh", "b_h"))
 
@@ -359,6 +386,16 @@ class LSTMCell(Cell):
             return cache.h0.copy(), cache.c0.copy()
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
 
+    def saved_shapes(self, T, B, D, H):
+        return [(T, B, len(self.gate_blocks) * H), (T, B, H), (T, B, H)]
+
+    def cache_from(self, p, x, state, lengths, saved):
+        gates, hs, cs = saved
+        h0, c0 = (None, None) if state is None else state
+        weights = (np.ascontiguousarray(p[name]) for name in ("W_x", "W_h"))
+        states = (_state_or_zeros(h0, x, hs), _state_or_zeros(c0, x, hs))
+        return LSTMCache(x, *weights, *states, gates, hs, cs, self.options["forget_gate"], lengths)
+
     def from_torch(self, tensors):
         return _summed_bias_from_torch(tensors, ("W_x", "W_h", "b"))
 
@@ -419,6 +456,14 @@ class GRUCell(Cell):
 
     def state_at(self, cache, step):
         return cache.h0.copy() if step == 0 else cache.hs[step - 1].copy()
+
+    def saved_shapes(self, T, B, D, H):
+        return [(T, B, 3 * H), (T, B, H), (T, B, H)]
+
+    def cache_from(self, p, x, h0, lengths, saved):
+        gates, hn, hs = saved
+        weights = (np.ascontiguousarray(p[name]) for name in ("W_x", "W_h"))
+        return GRUCache(x, *weights, _state_or_zeros(h0, x, hs), gates, hn, hs, lengths)
 
     def from_torch(self, tensors):
         names = self.torch_parameters

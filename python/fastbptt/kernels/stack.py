@@ -83,6 +83,21 @@ def forward(
     return layer_input, finals, StackCache(caches, lengths, x.shape[1], masks)
 
 
+def rebuild(cell_cache_from, params: list, x: np.ndarray, states: list, lengths, saved: list, **options) -> StackCache:
+    """The StackCache of :func:`forward` from what of it lives outside Python (under torch.compile): the stack's
+    input, the states, and each cell's saved arrays (``saved[k]``, see ``Cell.saved_arrays``).
+    ``cell_cache_from(params, x, state, lengths, saved) -> cache`` rebuilds a cell's cache; the layers' inputs are
+    recomputed as forward computed them, from the caches' outputs. ``options``: those of :func:`forward`."""
+
+    def cell_forward(cell_params_and_saved, source, state, lengths, inference):
+        cell_params, arrays = cell_params_and_saved
+        cache = cell_cache_from(cell_params, source, state, lengths, arrays)
+        return cache.hs, None, cache
+
+    options["concurrent"] = False
+    return forward(cell_forward, list(zip(params, saved)), x, states, lengths, **options)[2]
+
+
 def backward(
     cell_backward,
     params: list,
