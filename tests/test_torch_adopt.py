@@ -303,3 +303,18 @@ def test_revert_gives_torch_nn_s_modules_back():
     with pytest.warns(UserWarning, match=r"fastbptt\.torch\.revert: '0' \(.*Custom\) stays as it is"):
         fbt.revert(custom)
     assert type(custom[0]) is Custom
+
+
+def test_quantize_dynamic_after_revert_gives_torch_s_quantized_modules():
+    """quantize_dynamic matches modules by their exact type: it leaves fastbptt's modules float (fastbptt runs
+    them), and after revert it quantizes them as it quantizes torch.nn's."""
+    import warnings
+
+    model = torch.nn.Sequential(torch.nn.LSTM(4, 8), torch.nn.Linear(8, 2))
+    fbt.convert(model)
+    with warnings.catch_warnings():  # torch's eager-mode quantization warns that it is deprecated
+        warnings.simplefilter("ignore")
+        kept = torch.ao.quantization.quantize_dynamic(model, {torch.nn.LSTM}, dtype=torch.qint8)
+        assert type(kept[0]) is fbt.LSTM
+        quantized = torch.ao.quantization.quantize_dynamic(fbt.revert(model), {torch.nn.LSTM}, dtype=torch.qint8)
+    assert type(quantized[0]).__module__.startswith("torch.ao.nn.quantized")
