@@ -195,15 +195,18 @@ def test_block_steps_refuses_sizes_beyond_int64_by_name():
 
 @pytest.mark.parametrize(("cell", "columns"), [("rnn", 1), ("lstm", 4), ("gru", 4)])
 def test_workspace_bytes_of_the_largest_int64_sizes(cell, columns):
-    """T, B, D at INT64_MAX and H as large as backward's dZ [.., columns * H] allows: a Python int, at least the
-    states forward keeps and dx, no error. One more H is refused by name."""
+    """T and B at INT64_MAX: a Python int, at least the states forward keeps and dx. H as large as backward's dZ
+    [.., columns * H] allows, or D and H whose packed weights the core could not count in 64 bits (no call could
+    run there), are refused by name."""
     n = 2**63 - 1
-    H = n // columns
-    value = fb.workspace_bytes(cell, n, n, n, H, np.float64)
-    assert isinstance(value, int) and value >= (n * n * H + n**3) * 8
+    H = 2**20
+    value = fb.workspace_bytes(cell, n, n, 1, H, np.float64)
+    assert isinstance(value, int) and value >= (n * n * H + n * n) * 8
+    with pytest.raises(ValueError, match=r"^H: with D = .* the packed weights are more than the core's 64-bit"):
+        fb.workspace_bytes(cell, n, n, n, n // columns, np.float64)
     if columns > 1:
         with pytest.raises(ValueError, match=rf"^H: the {columns} \* H columns of the {cell}'s dZ must fit in int64"):
-            fb.workspace_bytes(cell, n, n, n, H + 1, np.float64)
+            fb.workspace_bytes(cell, n, n, n, n // columns + 1, np.float64)
 
 
 @pytest.mark.parametrize(
