@@ -10,6 +10,7 @@ import argparse
 import datetime
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,11 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                     p -= 0.1 * p.grad
         np.savez(Path(out) / f"rank{rank}.npz", **gradients(model))
         dist.barrier()  # neither process tears down its connections while the other still uses them
+        # gloo's worker thread frees the barrier's work with the GIL taken; torch's process-group destructor joins
+        # that thread while holding the GIL, so a teardown right after the barrier can deadlock. Hand the GIL over
+        # first, and free DDP (whose reducer holds the group) before the group is destroyed.
+        time.sleep(0.1)
+        del ddp
     finally:
         dist.destroy_process_group()
 
