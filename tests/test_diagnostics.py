@@ -15,6 +15,15 @@ RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
 LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 
 
+def scaled_lstm(rng, T: int, B: int, D: int, H: int, forget_gate: bool, scale: float):
+    """(problem, forward's hs, forward's cache) of an LSTM whose recurrent weights are scaled by ``scale`` (so that
+    the Jacobians are far from zero)."""
+    p = lstm_problem(rng, T=T, B=B, D=D, H=H, forget_gate=forget_gate)
+    p["W_h"] *= scale
+    hs, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS), forget_gate=forget_gate)
+    return p, hs, cache
+
+
 def batch_jacobian(f, state: np.ndarray, b: int, eps: float = 1e-6) -> np.ndarray:
     """d f(state)[b] / d state[b] by central differences (f maps a [B, H] state to a [B, H] result)."""
     columns = []
@@ -105,9 +114,7 @@ def test_spectrum():
 
 @pytest.mark.parametrize("forget_gate", [True, False], ids=["forget", "original"])
 def test_lstm_full_cell_jacobian_matches_finite_differences(rng, forget_gate):
-    p = lstm_problem(rng, T=5, B=2, D=3, H=4, forget_gate=forget_gate)
-    p["W_h"] *= 4
-    hs, c_T, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS), forget_gate=forget_gate)
+    p, hs, cache = scaled_lstm(rng, 5, 2, 3, 4, forget_gate, 4)
     result = dg.lstm_cell_jacobians(cache)
     H = 4
     o = cache.gates[..., -H:]
@@ -321,9 +328,7 @@ def test_jacobian_norms_are_independent_of_the_thread_count(rng):
 
 @pytest.mark.parametrize("forget_gate", [True, False], ids=["forget", "original"])
 def test_lstm_jacobian_norms_match_explicit_state_jacobian_products(rng, forget_gate):
-    p = lstm_problem(rng, T=8, B=3, D=3, H=4, forget_gate=forget_gate)
-    p["W_h"] *= 4
-    _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS), forget_gate=forget_gate)
+    p, _, cache = scaled_lstm(rng, 8, 3, 3, 4, forget_gate, 4)
     H = 4
     steps = dg.lstm_state_jacobians(cache)  # [T, B, 2H, 2H], NumPy
     step_norms = np.linalg.norm(steps, 2, axis=(-2, -1))
@@ -348,9 +353,7 @@ def test_lstm_jacobian_norms_match_explicit_state_jacobian_products(rng, forget_
 @pytest.mark.parametrize("forget_gate", [True, False], ids=["forget", "original"])
 def test_lstm_cell_jacobians_match_the_state_jacobian_blocks(rng, forget_gate):
     # full dC_t/dC_{t-1} = dC_t/dC_{t-1}|_h + dC_t/dh_{t-1} dh_{t-1}/dC_{t-1}, from NumPy's explicit blocks
-    p = lstm_problem(rng, T=6, B=2, D=3, H=5, forget_gate=forget_gate)
-    p["W_h"] *= 3
-    _, _, cache = fb.lstm_forward(*(p[k] for k in LSTM_INPUTS), forget_gate=forget_gate)
+    p, _, cache = scaled_lstm(rng, 6, 2, 3, 5, forget_gate, 3)
     H = 5
     J = dg.lstm_state_jacobians(cache)
     o = cache.gates[..., -H:]

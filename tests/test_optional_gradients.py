@@ -30,29 +30,20 @@ def backward_of(cell: str, dtype, lengths: np.ndarray):
     if cell.startswith("lstm"):
         forget_gate = cell == "lstm"
         p = {k: np.asarray(v, dtype=dtype) for k, v in lstm_problem(rng, T, B, D, H, forget_gate).items()}
-        hs, cs, gates = _core.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], forget_gate, lengths)
-        return lambda **need: _core.lstm_backward(
-            p["x"],
-            p["W_x"],
-            p["W_h"],
-            p["h0"],
-            p["c0"],
-            gates,
-            hs,
-            cs,
-            p["dhs"],
-            p["dc_T"],
-            forget_gate,
-            lengths,
-            True,
-            **need,
-        )
+        cache_args = lstm_backward_args(p, forget_gate, lengths)
+        return lambda **need: _core.lstm_backward(*cache_args, lengths, True, **need)
     p = {k: np.asarray(v, dtype=dtype) for k, v in gru_problem(rng, T, B, D, H).items()}
     hs, gates, hn = _core.gru_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["b_hn"], p["h0"], lengths)
     return lambda **need: _core.gru_backward(
         p["x"], p["W_x"], p["W_h"], p["h0"], gates, hn, hs, p["dhs"], lengths, True, **need
     )
 
+
+
+def lstm_backward_args(p: dict, forget_gate: bool, lengths: np.ndarray) -> tuple:
+    """The arguments of _core.lstm_backward and lstm_backward_into up to forget_gate, after the forward of p."""
+    hs, cs, gates = _core.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], forget_gate, lengths)
+    return (p["x"], p["W_x"], p["W_h"], p["h0"], p["c0"], gates, hs, cs, p["dhs"], p["dc_T"], forget_gate)
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,28 +81,13 @@ def test_accumulating_backward_skips_alike(dtype, forget_gate):
     T, B, D, H = SHAPE
     rng = np.random.default_rng(11)
     p = {k: np.asarray(v, dtype=dtype) for k, v in lstm_problem(rng, T, B, D, H, forget_gate).items()}
-    hs, cs, gates = _core.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], forget_gate, NO_LENGTHS)
+    cache_args = lstm_backward_args(p, forget_gate, NO_LENGTHS)
     G = 4 if forget_gate else 3
     start = [rng.standard_normal(shape).astype(dtype) for shape in ((D, G * H), (H, G * H), (G * H,))]
 
     def backward_into(**need):
         arrays = [a.copy() for a in start]
-        d = _core.lstm_backward_into(
-            p["x"],
-            p["W_x"],
-            p["W_h"],
-            p["h0"],
-            p["c0"],
-            gates,
-            hs,
-            cs,
-            p["dhs"],
-            p["dc_T"],
-            forget_gate,
-            *arrays,
-            **need,
-        )
-        return d, arrays
+        return _core.lstm_backward_into(*cache_args, *arrays, **need), arrays
 
     (dx, dh0, dc0), summed = backward_into()
     (no_dx, dh0_a, dc0_a), summed_a = backward_into(need_dx=False)

@@ -405,11 +405,17 @@ class _FastRecurrent:
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _refuse_what_fastbptt_cannot_run(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if getattr(self, "proj_size", 0):
             raise NotImplementedError(
                 f"{type(self).__name__}: fastbptt does not support proj_size yet; use torch.nn.LSTM for it"
             )
+
+    def forward(self, input, hx=None):
+        """``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell of two state parts, as torch.nn's modules."""
+        output, finals = self._run(input, hx)
+        return output, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def _cell_weights(self, layer: int, direction: int, names) -> list:
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
@@ -516,17 +522,8 @@ class RNN(_FastRecurrent, nn.RNN):
 
     _input_dims_message = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch.nn's words
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._refuse_what_fastbptt_cannot_run()
-
     def _cell(self):
         return _cell_of("rnn", activation=self.nonlinearity)
-
-    def forward(self, input, hx=None):
-        """Returns ``(output, h_n)`` as ``torch.nn.RNN`` does."""
-        output, (h_n,) = self._run(input, hx)
-        return output, h_n
 
 
 class LSTM(_FastRecurrent, nn.LSTM):
@@ -535,17 +532,8 @@ class LSTM(_FastRecurrent, nn.LSTM):
 
     _input_dims_message = "LSTM: Expected input to be 2D or 3D, got {}D instead"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._refuse_what_fastbptt_cannot_run()
-
     def _cell(self):
         return _cell_of("lstm")
-
-    def forward(self, input, hx=None):
-        """Returns ``(output, (h_n, c_n))`` as ``torch.nn.LSTM`` does."""
-        output, (h_n, c_n) = self._run(input, hx)
-        return output, (h_n, c_n)
 
 
 class GRU(_FastRecurrent, nn.GRU):
@@ -554,17 +542,8 @@ class GRU(_FastRecurrent, nn.GRU):
 
     _input_dims_message = "GRU: Expected input to be 2D or 3D, got {}D instead"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._refuse_what_fastbptt_cannot_run()
-
     def _cell(self):
         return _cell_of("gru")
-
-    def forward(self, input, hx=None):
-        """Returns ``(output, h_n)`` as ``torch.nn.GRU`` does."""
-        output, (h_n,) = self._run(input, hx)
-        return output, h_n
 
 
 class Recurrent(_FastRecurrent, nn.Module):
@@ -648,10 +627,6 @@ class Recurrent(_FastRecurrent, nn.Module):
         expected = nn.RNNBase.get_expected_hidden_size(self, input, batch_sizes)
         for part in hx if isinstance(hx, tuple) else (hx,):
             nn.RNNBase.check_hidden_size(self, part, expected)
-
-    def forward(self, input, hx=None):
-        output, finals = self._run(input, hx)
-        return output, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def extra_repr(self) -> str:
         text = f"{self.cell_name!r}, {self.input_size}, {self.hidden_size}"

@@ -244,17 +244,28 @@ def inference_flag(inference, checkpoint) -> bool:
 
 def rnn_args(x, W_xh, W_hh, b_h, h0, activation):
     """Validated ``(x, W_xh, W_hh, b_h, h0, activation)`` of ``rnn_forward``; h0 None becomes zeros."""
-    x = sequence("x", x)
-    dtype = x.dtype
-    T, B, D = x.shape
-    W_hh = matrix("W_hh", W_hh, dtype)
-    H = hidden_size("W_hh", W_hh, 1, "the RNN")
-    W_xh = matrix("W_xh", W_xh, dtype)
-    check_shape("W_xh", W_xh, (D, H), "[D, H]")
-    b_h = float_array("b_h", b_h, dtype)
-    check_shape("b_h", b_h, (H,), "[H]")
-    h0 = initial_state("h0", h0, dtype, B, H)
+    x, W_xh, W_hh, H = sequence_and_weights(x, "W_xh", W_xh, "W_hh", W_hh, 1, "the RNN")
+    b_h = vector("b_h", b_h, x.dtype, H, "[H]")
+    h0 = initial_state("h0", h0, x.dtype, x.shape[1], H)
     return x, W_xh, W_hh, b_h, h0, choice("activation", activation, ACTIVATIONS)
+
+
+def sequence_and_weights(x, input_name: str, W_in, recurrent_name: str, W_rec, gates: int, cell: str):
+    """Validated ``(x [T, B, D], W_in [D, gates*H], W_rec [H, gates*H], H)``, checked in that order but W_rec
+    before W_in (H comes from W_rec)."""
+    x = sequence("x", x)
+    W_rec = matrix(recurrent_name, W_rec, x.dtype)
+    H = hidden_size(recurrent_name, W_rec, gates, cell)
+    W_in = matrix(input_name, W_in, x.dtype)
+    check_shape(input_name, W_in, (x.shape[2], gates * H), "[D, H]" if gates == 1 else f"[D, {gates}H]")
+    return x, W_in, W_rec, H
+
+
+def vector(name: str, value, dtype: np.dtype, size: int, symbols: str) -> np.ndarray:
+    """A float vector of ``size`` elements (``symbols``: its shape as the error message names it)."""
+    array = float_array(name, value, dtype)
+    check_shape(name, array, (size,), symbols)
+    return array
 
 
 def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
@@ -278,8 +289,7 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
         raise ValueError(f"W_h: expected shape [H, {G}H] for {cell}, got {W_h.shape}{hint}")
     W_x = matrix("W_x", W_x, dtype)
     check_shape("W_x", W_x, (D, G * H), f"[D, {G}H]")
-    b = float_array("b", b, dtype)
-    check_shape("b", b, (G * H,), f"[{G}H]")
+    b = vector("b", b, dtype, G * H, f"[{G}H]")
     h0 = initial_state("h0", h0, dtype, B, H)
     c0 = initial_state("c0", c0, dtype, B, H)
     return x, W_x, W_h, b, h0, c0, forget_gate
@@ -287,18 +297,10 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
 
 def gru_args(x, W_x, W_h, b, b_hn, h0):
     """Validated ``(x, W_x, W_h, b, b_hn, h0)`` of ``gru_forward``; h0 None becomes zeros."""
-    x = sequence("x", x)
-    dtype = x.dtype
-    T, B, D = x.shape
-    W_h = matrix("W_h", W_h, dtype)
-    H = hidden_size("W_h", W_h, 3, "the GRU (blocks r, z, n)")
-    W_x = matrix("W_x", W_x, dtype)
-    check_shape("W_x", W_x, (D, 3 * H), "[D, 3H]")
-    b = float_array("b", b, dtype)
-    check_shape("b", b, (3 * H,), "[3H]")
-    b_hn = float_array("b_hn", b_hn, dtype)
-    check_shape("b_hn", b_hn, (H,), "[H]")
-    h0 = initial_state("h0", h0, dtype, B, H)
+    x, W_x, W_h, H = sequence_and_weights(x, "W_x", W_x, "W_h", W_h, 3, "the GRU (blocks r, z, n)")
+    b = vector("b", b, x.dtype, 3 * H, "[3H]")
+    b_hn = vector("b_hn", b_hn, x.dtype, H, "[H]")
+    h0 = initial_state("h0", h0, x.dtype, x.shape[1], H)
     return x, W_x, W_h, b, b_hn, h0
 
 
