@@ -24,6 +24,11 @@ SHAPES = [
 
 DTYPES = [np.float64, np.float32]
 
+# The arrays each forward takes, in its order, by their names in the problems below.
+RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
+LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
+GRU_INPUTS = ["x", "W_x", "W_h", "b", "b_hn", "h0"]
+
 
 def assert_close(actual, expected, dtype, kind: str, name: str = "") -> None:
     """Fast result vs float64 reference within TOL[dtype][kind].
@@ -50,6 +55,16 @@ def assert_nontrivial(hs: np.ndarray, min_active: float = 0.5) -> None:
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)
+
+
+@pytest.fixture
+def restore_threads():
+    """Gives the core's thread count back after the test."""
+    import fastbptt as fb
+
+    before = fb.get_num_threads()
+    yield
+    fb.set_num_threads(before)
 
 
 def uniform(rng, shape, scale):

@@ -7,15 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import lstm_problem, rnn_problem
+from conftest import LSTM_INPUTS, RNN_INPUTS, lstm_problem, rnn_problem
 
 import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
 from fastbptt.kernels.functional import NO_LENGTHS
-
-RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
-LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 
 
 def run_rnn(inputs, dhs):

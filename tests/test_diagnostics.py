@@ -6,13 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import gru_problem, lstm_problem, rnn_problem
+from conftest import LSTM_INPUTS, RNN_INPUTS, gru_problem, lstm_problem, rnn_problem
 
 import fastbptt as fb
 from fastbptt import diagnostics as dg
-
-RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
-LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
 
 
 def scaled_lstm(rng, T: int, B: int, D: int, H: int, forget_gate: bool, scale: float):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import (
     DTYPES,
+    GRU_INPUTS,
     SHAPES,
     assert_close,
     assert_nontrivial,
@@ -18,7 +19,7 @@ from conftest import (
 import fastbptt as fb
 from fastbptt import reference as ref
 
-INPUTS = ["x", "W_x", "W_h", "b", "b_hn", "h0"]
+INPUTS = GRU_INPUTS
 GRAD_OF = {"x": "dx", "W_x": "dW_x", "W_h": "dW_h", "b": "db", "b_hn": "db_hn", "h0": "dh0"}
 
 

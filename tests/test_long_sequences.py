@@ -9,16 +9,22 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import DTYPES, assert_close, gru_problem, lstm_problem, rnn_problem, rounded
+from conftest import (
+    DTYPES,
+    GRU_INPUTS,
+    LSTM_INPUTS,
+    RNN_INPUTS,
+    assert_close,
+    gru_problem,
+    lstm_problem,
+    rnn_problem,
+    rounded,
+)
 
 import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
 from fastbptt.kernels.checkpoint import block_steps
-
-RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
-LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
-GRU_INPUTS = ["x", "W_x", "W_h", "b", "b_hn", "h0"]
 
 
 def test_block_steps_span_enough_rows_and_fit_the_cache():

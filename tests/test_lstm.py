@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import (
     DTYPES,
+    LSTM_INPUTS,
     SHAPES,
     assert_close,
     assert_nontrivial,
@@ -19,7 +20,7 @@ import fastbptt as fb
 from fastbptt import _core
 from fastbptt import reference as ref
 
-INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
+INPUTS = LSTM_INPUTS
 GRAD_OF = {"x": "dx", "W_x": "dW_x", "W_h": "dW_h", "b": "db", "h0": "dh0", "c0": "dc0"}
 CELLS = [True, False]
 

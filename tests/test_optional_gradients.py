@@ -39,11 +39,11 @@ def backward_of(cell: str, dtype, lengths: np.ndarray):
     )
 
 
-
 def lstm_backward_args(p: dict, forget_gate: bool, lengths: np.ndarray) -> tuple:
     """The arguments of _core.lstm_backward and lstm_backward_into up to forget_gate, after the forward of p."""
     hs, cs, gates = _core.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["h0"], p["c0"], forget_gate, lengths)
     return (p["x"], p["W_x"], p["W_h"], p["h0"], p["c0"], gates, hs, cs, p["dhs"], p["dc_T"], forget_gate)
+
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("dtype", DTYPES)

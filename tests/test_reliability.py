@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TOL, gru_problem, lstm_problem, rnn_problem
+from conftest import GRU_INPUTS, LSTM_INPUTS, RNN_INPUTS, TOL, gru_problem, lstm_problem, rnn_problem
 
 import fastbptt as fb
 from fastbptt import _core
@@ -36,17 +36,6 @@ ACTIVATIONS = pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
 SANITIZED = os.environ.get("FASTBPTT_SANITIZED", "")
 HAS_OPENMP = "OpenMP" in fb.build_info()["threading"]
 
-RNN_INPUTS = ["x", "W_xh", "W_hh", "b_h", "h0"]
-LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
-GRU_INPUTS = ["x", "W_x", "W_h", "b", "b_hn", "h0"]
-
-
-@pytest.fixture
-def restore_threads():
-    before = fb.get_num_threads()
-    yield
-    fb.set_num_threads(before)
-
 
 def as_dtype(problem: dict, dtype) -> dict:
     return {name: np.asarray(value, dtype=dtype) for name, value in problem.items()}
@@ -57,6 +46,16 @@ def as_dtype(problem: dict, dtype) -> dict:
 
 SPECIAL = [np.inf, -np.inf, np.nan, 0.5]
 H_SPECIAL = 21  # full SIMD packets and a partial one, for float32 and float64 alike
+
+
+def run_in_threads(worker: Callable[[int], None], count: int) -> None:
+    """Runs worker(0) .. worker(count-1) on threads of their own, all at once; fails if one hangs."""
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a thread hangs"
 
 
 def special_rnn_input(dtype):
@@ -389,12 +388,7 @@ def test_eight_python_threads_give_the_sequential_bits(threads, rng, restore_thr
         except Exception as error:  # reported below; an exception must not kill the thread silently
             failures.append(f"thread {index}: {type(error).__name__}: {error}")
 
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=120)
-    assert not any(w.is_alive() for w in workers), "a thread hangs"
+    run_in_threads(worker, 8)
     assert not failures, failures[:5]
 
 
@@ -505,12 +499,7 @@ def test_errors_in_concurrent_calls_reach_each_caller(threads, rng, restore_thre
             except Exception as error:
                 failures.append(f"thread {index}: kind {kind} raised {type(error).__name__}: {error}")
 
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=120)
-    assert not any(w.is_alive() for w in workers)
+    run_in_threads(worker, 8)
     assert not failures, failures[:5]
 
 

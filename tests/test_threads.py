@@ -7,19 +7,10 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import lstm_problem
+from conftest import LSTM_INPUTS, lstm_problem
 
 import fastbptt as fb
 from fastbptt import _core
-
-LSTM_INPUTS = ["x", "W_x", "W_h", "b", "h0", "c0"]
-
-
-@pytest.fixture
-def restore_threads():
-    before = fb.get_num_threads()
-    yield
-    fb.set_num_threads(before)
 
 
 def run(p):

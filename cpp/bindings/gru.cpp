@@ -1,11 +1,9 @@
 // Binding of the GRU kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/gru.hpp"
 
-#include <optional>
-#include <vector>
-
 #include "array_cache.hpp"
 #include "arrays.hpp"
+#include "backward_call.hpp"
 
 namespace fastbptt::bindings {
 namespace {
@@ -26,15 +24,26 @@ struct GruArguments {
   }
 };
 
+/// What a forward reads: the arrays of every call, the biases and the lengths.
+template <class Scalar>
+struct GruForwardArguments : GruArguments<Scalar> {
+  Eigen::Map<const IndexVector> lengths;
+
+  GruForwardArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                      const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
+                      const LengthsArray& lengths_array)
+      : GruArguments<Scalar>(x, W_x, W_h, h0), lengths(as_lengths(lengths_array)) {
+    this->weights.b = as_vector(b, "b");
+    this->weights.b_hn = as_vector(b_hn, "b_hn");
+  }
+};
+
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
                       const LengthsArray& lengths) {
-  GruArguments<Scalar> a(x, W_x, W_h, h0);
+  const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   const Shape& s = a.s;
-  a.weights.b = as_vector(b, "b");
-  a.weights.b_hn = as_vector(b_hn, "b_hn");
-  const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto hn = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, gru::gate_count * s.H});
@@ -44,7 +53,7 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    gru::forward<Scalar>(s, a.inputs, a.weights, cache, lengths_v);
+    gru::forward<Scalar>(s, a.inputs, a.weights, cache, a.lengths);
   }
   return py::make_tuple(hs, gates, hn);
 }
@@ -54,19 +63,15 @@ template <class Scalar>
 py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                 const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
                                 const LengthsArray& lengths) {
-  GruArguments<Scalar> a(x, W_x, W_h, h0);
-  const Shape& s = a.s;
-  a.weights.b = as_vector(b, "b");
-  a.weights.b_hn = as_vector(b_hn, "b_hn");
-  const auto lengths_v = as_lengths(lengths);
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
-  auto h_T = new_array<Scalar>({s.B, s.H});
+  const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
+  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   gru::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    gru::forward_inference<Scalar>(s, a.inputs, a.weights, outputs, lengths_v);
+    gru::forward_inference<Scalar>(a.s, a.inputs, a.weights, outputs, a.lengths);
   }
   return py::make_tuple(hs, h_T);
 }
@@ -86,42 +91,20 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   gru::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  BackwardOptions<Scalar> options;
-  options.need_dx = need_dx;
-  options.need_weight_gradients = need_weight_grads;
-  gru::Gradients<Scalar> gradients;
-  std::optional<Array<Scalar>> dx, dW_x, dW_h, db, db_hn;
-  if (need_dx) {
-    dx = new_array<Scalar>({s.T, s.B, s.D});
-    gradients.dx = as_mutable_matrix(*dx);
-  }
-  auto dh0 = new_array<Scalar>({s.B, s.H});
-  gradients.dh0 = as_mutable_matrix(dh0);
-  if (need_weight_grads) {
-    dW_x = new_array<Scalar>({s.D, GH});
-    dW_h = new_array<Scalar>({s.H, GH});
-    db = new_array<Scalar>({GH});
-    db_hn = new_array<Scalar>({s.H});
-    gradients.dW_x = as_mutable_matrix(*dW_x);
-    gradients.dW_h = as_mutable_matrix(*dW_h);
-    gradients.db = as_mutable_vector(*db);
-    gradients.db_hn = as_mutable_vector(*db_hn);
-  }
-  std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) {
-    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
-    options.dh_norms = as_mutable_matrix(*norms);
-  }
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
+  gru::Gradients<Scalar> g;
+  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
+  const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
+  const auto dW_x = call.output(need_weight_grads, {s.D, GH}, g.dW_x);
+  const auto dW_h = call.output(need_weight_grads, {s.H, GH}, g.dW_h);
+  const auto db = call.output(need_weight_grads, {GH}, g.db);
+  const auto db_hn = call.output(need_weight_grads, {s.H}, g.db_hn);
   {
     py::gil_scoped_release release;
-    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
+    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options);
   }
-  if (norms) {
-    return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
-                          array_or_none(db_hn), *norms);
-  }
-  return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_x), array_or_none(dW_h), array_or_none(db),
-                        array_or_none(db_hn));
+  return call.result({array_or_none(dx), array_or_none(dh0), array_or_none(dW_x), array_or_none(dW_h),
+                      array_or_none(db), array_or_none(db_hn)});
 }
 
 template <class Scalar>

@@ -2,10 +2,10 @@
 #include "fastbptt/lstm.hpp"
 
 #include <optional>
-#include <vector>
 
 #include "array_cache.hpp"
 #include "arrays.hpp"
+#include "backward_call.hpp"
 
 namespace fastbptt::bindings {
 namespace {
@@ -28,14 +28,25 @@ struct LstmArguments {
   }
 };
 
+/// What a forward reads: the arrays of every call, the bias and the lengths.
+template <class Scalar>
+struct LstmForwardArguments : LstmArguments<Scalar> {
+  Eigen::Map<const IndexVector> lengths;
+
+  LstmForwardArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
+                       const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
+                       const LengthsArray& lengths_array)
+      : LstmArguments<Scalar>(x, W_x, W_h, h0, c0), lengths(as_lengths(lengths_array)) {
+    this->weights.b = as_vector(b, "b");
+  }
+};
+
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
                        const LengthsArray& lengths) {
-  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
   const Shape& s = a.s;
-  a.weights.b = as_vector(b, "b");
-  const auto lengths_v = as_lengths(lengths);
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
@@ -45,7 +56,7 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   cache.cs = as_mutable_matrix(cs);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, lengths_v);
+    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, a.lengths);
   }
   return py::make_tuple(hs, cs, gates);
 }
@@ -55,20 +66,17 @@ template <class Scalar>
 py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                  const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
                                  bool forget_gate, const LengthsArray& lengths) {
-  LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
-  const Shape& s = a.s;
-  a.weights.b = as_vector(b, "b");
-  const auto lengths_v = as_lengths(lengths);
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
-  auto h_T = new_array<Scalar>({s.B, s.H});
-  auto c_T = new_array<Scalar>({s.B, s.H});
+  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
+  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto h_T = new_array<Scalar>({a.s.B, a.s.H});
+  auto c_T = new_array<Scalar>({a.s.B, a.s.H});
   lstm::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
   outputs.h_T = as_mutable_matrix(h_T);
   outputs.c_T = as_mutable_matrix(c_T);
   {
     py::gil_scoped_release release;
-    lstm::forward_inference<Scalar>(s, forget_gate, a.inputs, a.weights, outputs, lengths_v);
+    lstm::forward_inference<Scalar>(a.s, forget_gate, a.inputs, a.weights, outputs, a.lengths);
   }
   return py::make_tuple(hs, h_T, c_T);
 }
@@ -131,28 +139,17 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
-  BackwardOptions<Scalar> options;
-  options.need_dx = need_dx;
-  options.need_weight_gradients = need_weight_grads;
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
   WeightGradientArrays<Scalar> weights;
   if (need_weight_grads) {
     weights.dW_x = new_array<Scalar>({s.D, GH});
     weights.dW_h = new_array<Scalar>({s.H, GH});
     weights.db = new_array<Scalar>({GH});
   }
-  std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) {
-    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
-    options.dh_norms = as_mutable_matrix(*norms);
-  }
-  const py::tuple d =
-      backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights, lengths, options);
-  if (norms) {
-    return py::make_tuple(d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
-                          array_or_none(weights.db), *norms);
-  }
-  return py::make_tuple(d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
-                        array_or_none(weights.db));
+  const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights,
+                                            lengths, call.options);
+  return call.result({d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
+                      array_or_none(weights.db)});
 }
 
 /// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).

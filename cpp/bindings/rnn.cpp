@@ -1,11 +1,11 @@
 // Binding of the plain RNN kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/rnn.hpp"
 
-#include <optional>
-#include <vector>
+#include <string>
 
 #include "array_cache.hpp"
 #include "arrays.hpp"
+#include "backward_call.hpp"
 
 namespace fastbptt::bindings {
 namespace {
@@ -28,20 +28,30 @@ struct RnnArguments {
   }
 };
 
+/// What a forward reads: the arrays of every call, the bias and the lengths.
+template <class Scalar>
+struct RnnForwardArguments : RnnArguments<Scalar> {
+  Eigen::Map<const IndexVector> lengths;
+
+  RnnForwardArguments(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
+                      const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
+                      const LengthsArray& lengths_array)
+      : RnnArguments<Scalar>(x, W_xh, W_hh, h0, activation), lengths(as_lengths(lengths_array)) {
+    this->weights.b_h = as_vector(b_h, "b_h");
+  }
+};
+
 template <class Scalar>
 Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                           const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
                           const LengthsArray& lengths) {
-  RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
-  const Shape& s = a.s;
-  a.weights.b_h = as_vector(b_h, "b_h");
-  const auto lengths_v = as_lengths(lengths);
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
+  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
   rnn::Cache<Scalar> cache;
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    rnn::forward<Scalar>(s, a.phi, a.inputs, a.weights, cache, lengths_v);
+    rnn::forward<Scalar>(a.s, a.phi, a.inputs, a.weights, cache, a.lengths);
   }
   return hs;
 }
@@ -51,18 +61,15 @@ template <class Scalar>
 py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                                 const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
                                 const LengthsArray& lengths) {
-  RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
-  const Shape& s = a.s;
-  a.weights.b_h = as_vector(b_h, "b_h");
-  const auto lengths_v = as_lengths(lengths);
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
-  auto h_T = new_array<Scalar>({s.B, s.H});
+  const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
+  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   rnn::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    rnn::forward_inference<Scalar>(s, a.phi, a.inputs, a.weights, outputs, lengths_v);
+    rnn::forward_inference<Scalar>(a.s, a.phi, a.inputs, a.weights, outputs, a.lengths);
   }
   return py::make_tuple(hs, h_T);
 }
@@ -79,39 +86,19 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   rnn::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  BackwardOptions<Scalar> options;
-  options.need_dx = need_dx;
-  options.need_weight_gradients = need_weight_grads;
-  rnn::Gradients<Scalar> gradients;
-  std::optional<Array<Scalar>> dx, dW_xh, dW_hh, db_h;
-  if (need_dx) {
-    dx = new_array<Scalar>({s.T, s.B, s.D});
-    gradients.dx = as_mutable_matrix(*dx);
-  }
-  auto dh0 = new_array<Scalar>({s.B, s.H});
-  gradients.dh0 = as_mutable_matrix(dh0);
-  if (need_weight_grads) {
-    dW_xh = new_array<Scalar>({s.D, s.H});
-    dW_hh = new_array<Scalar>({s.H, s.H});
-    db_h = new_array<Scalar>({s.H});
-    gradients.dW_xh = as_mutable_matrix(*dW_xh);
-    gradients.dW_hh = as_mutable_matrix(*dW_hh);
-    gradients.db_h = as_mutable_vector(*db_h);
-  }
-  std::optional<Array<Scalar>> norms;
-  if (hidden_grad_norms) {
-    norms.emplace(std::vector<py::ssize_t>{s.T + 1, s.B});
-    options.dh_norms = as_mutable_matrix(*norms);
-  }
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
+  rnn::Gradients<Scalar> g;
+  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
+  const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
+  const auto dW_xh = call.output(need_weight_grads, {s.D, s.H}, g.dW_xh);
+  const auto dW_hh = call.output(need_weight_grads, {s.H, s.H}, g.dW_hh);
+  const auto db_h = call.output(need_weight_grads, {s.H}, g.db_h);
   {
     py::gil_scoped_release release;
-    rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
+    rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options);
   }
-  if (norms) {
-    return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h),
-                          *norms);
-  }
-  return py::make_tuple(array_or_none(dx), dh0, array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h));
+  return call.result(
+      {array_or_none(dx), array_or_none(dh0), array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h)});
 }
 
 template <class Scalar>

@@ -1,0 +1,52 @@
+// What every backward binding does besides its cell's own arrays: the options from the caller's flags, fresh arrays
+// for the gradients asked for, the hidden-gradient norms when asked for, and the result tuple.
+#pragma once
+
+#include <initializer_list>
+#include <optional>
+#include <vector>
+
+#include "array_cache.hpp"
+#include "arrays.hpp"
+
+namespace fastbptt::bindings {
+
+template <class Scalar>
+class BackwardCall {
+ public:
+  BackwardCall(const Shape& s, bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
+    options.need_dx = need_dx;
+    options.need_weight_gradients = need_weight_grads;
+    if (hidden_grad_norms) {
+      norms_ = new_array<Scalar>({s.T + 1, s.B});
+      options.dh_norms = as_mutable_matrix(*norms_);
+    }
+  }
+
+  /// A fresh array of `shape` that `view` (a member of the cell's gradients) points at, when `wanted`.
+  template <class View>
+  std::optional<Array<Scalar>> output(bool wanted, const std::vector<py::ssize_t>& shape, View& view) {
+    if (!wanted) return std::nullopt;
+    Array<Scalar> array = new_array<Scalar>(shape);
+    point(view, array);
+    return array;
+  }
+
+  /// The outputs in order, then the norms when they were asked for.
+  py::tuple result(std::initializer_list<py::object> outputs) const {
+    py::list items;
+    for (const py::object& item : outputs) items.append(item);
+    if (norms_) items.append(*norms_);
+    return py::tuple(items);
+  }
+
+  BackwardOptions<Scalar> options;
+
+ private:
+  static void point(MatrixView<Scalar>& view, Array<Scalar>& array) { view = as_mutable_matrix(array); }
+  static void point(VectorView<Scalar>& view, Array<Scalar>& array) { view = as_mutable_vector(array); }
+
+  std::optional<Array<Scalar>> norms_;
+};
+
+}  // namespace fastbptt::bindings
