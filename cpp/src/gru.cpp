@@ -11,11 +11,17 @@ namespace ei = Eigen::internal;
 
 template <class Scalar>
 void check_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
-  detail::check_sizes(s);
-  detail::check_shape("x", in.x, s.T * s.B, s.D);
-  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_sequence(s, in.x, in.h0);
   detail::check_shape("W_x", w.W_x, s.D, gate_count * s.H);
   detail::check_shape("W_h", w.W_h, s.H, gate_count * s.H);
+}
+
+/// A forward's checks: those of every call and the biases, which only the forwards read.
+template <class Scalar>
+void check_forward_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
+  check_inputs(s, in, w);
+  detail::check_shape("b", w.b, 1, gate_count * s.H);
+  detail::check_shape("b_hn", w.b_hn, 1, s.H);
 }
 
 template <class Element>
@@ -164,10 +170,8 @@ struct BackwardCell {
 template <class Scalar>
 void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<Scalar>& cache,
              ConstLengthsRef lengths) {
-  check_inputs(s, in, w);
+  check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
-  detail::check_shape("b", w.b, 1, GH);
-  detail::check_shape("b_hn", w.b_hn, 1, H);
   check_cache(s, cache);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) {  // the rows of finished sequences
@@ -187,10 +191,8 @@ void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w,
 template <class Scalar>
 void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Outputs<Scalar>& out,
                        ConstLengthsRef lengths) {
-  check_inputs(s, in, w);
+  check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
-  detail::check_shape("b", w.b, 1, GH);
-  detail::check_shape("b_hn", w.b_hn, 1, H);
   detail::check_shape("hs", out.hs, s.T * B, H);
   detail::check_shape("h_T", out.h_T, B, H);
   const detail::ActiveRows active(s, lengths);
@@ -213,17 +215,14 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
               const BackwardOptions<Scalar>& options) {
   check_inputs(s, in, w);
   check_cache(s, cache);
-  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count * H;
-  detail::check_shape("dhs", up.dhs, N, H);
-  detail::check_shape("dh0", grad.dh0, B, H);
-  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  const Index H = s.H, B = s.B, GH = gate_count * H;
+  detail::check_backward(s, up.dhs, grad, options);
   if (options.need_weight_gradients) {
     detail::check_shape("dW_x", grad.dW_x, s.D, GH);
     detail::check_shape("dW_h", grad.dW_h, H, GH);
     detail::check_shape("db", grad.db, 1, GH);
     detail::check_shape("db_hn", grad.db_hn, 1, H);
   }
-  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   BackwardCell<Scalar> cell{in.x.map(),      w.W_x.map(),      in.h0.map(),    cache.gates.map(),
                             cache.hn.map(),  cache.hs.map(),   grad.dx.map(),  grad.dW_x.map(),

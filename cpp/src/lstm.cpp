@@ -18,10 +18,8 @@ struct GateColumns {
 
 template <class Scalar>
 void check_inputs(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
-  detail::check_sizes(s);
+  detail::check_sequence(s, in.x, in.h0);
   const Index GH = gate_count(forget_gate) * s.H;
-  detail::check_shape("x", in.x, s.T * s.B, s.D);
-  detail::check_shape("h0", in.h0, s.B, s.H);
   detail::check_shape("c0", in.c0, s.B, s.H);
   detail::check_shape("W_x", w.W_x, s.D, GH);
   detail::check_shape("W_h", w.W_h, s.H, GH);
@@ -204,18 +202,15 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
               ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
   check_inputs(s, forget_gate, in, w);
   check_cache(s, forget_gate, cache);
-  const Index H = s.H, B = s.B, N = s.T * s.B, GH = gate_count(forget_gate) * H;
-  detail::check_shape("dhs", up.dhs, N, H);
+  const Index H = s.H, B = s.B, GH = gate_count(forget_gate) * H;
+  detail::check_backward(s, up.dhs, grad, options);
   detail::check_shape("dc_T", up.dc_T, B, H);
-  detail::check_shape("dh0", grad.dh0, B, H);
   detail::check_shape("dc0", grad.dc0, B, H);
-  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
   if (options.need_weight_gradients) {
     detail::check_shape("dW_x", grad.dW_x, s.D, GH);
     detail::check_shape("dW_h", grad.dW_h, H, GH);
     detail::check_shape("db", grad.db, 1, GH);
   }
-  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.

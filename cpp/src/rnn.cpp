@@ -11,11 +11,16 @@ namespace ei = Eigen::internal;
 
 template <class Scalar>
 void check_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
-  detail::check_sizes(s);
-  detail::check_shape("x", in.x, s.T * s.B, s.D);
-  detail::check_shape("h0", in.h0, s.B, s.H);
+  detail::check_sequence(s, in.x, in.h0);
   detail::check_shape("W_xh", w.W_xh, s.D, s.H);
   detail::check_shape("W_hh", w.W_hh, s.H, s.H);
+}
+
+/// A forward's checks: those of every call and the bias, which only the forwards read.
+template <class Scalar>
+void check_forward_inputs(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w) {
+  check_inputs(s, in, w);
+  detail::check_shape("b_h", w.b_h, 1, s.H);
 }
 
 /// The plain RNN's step: z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product, written into hs and activated in place.
@@ -100,8 +105,7 @@ void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in
 template <class Scalar>
 void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
              const Cache<Scalar>& cache, ConstLengthsRef lengths) {
-  check_inputs(s, in, w);
-  detail::check_shape("b_h", w.b_h, 1, s.H);
+  check_forward_inputs(s, in, w);
   detail::check_shape("hs", cache.hs, s.T * s.B, s.H);
   run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths));
 }
@@ -109,8 +113,7 @@ void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, co
 template <class Scalar>
 void forward_inference(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
                        const Outputs<Scalar>& out, ConstLengthsRef lengths) {
-  check_inputs(s, in, w);
-  detail::check_shape("b_h", w.b_h, 1, s.H);
+  check_forward_inputs(s, in, w);
   detail::check_shape("hs", out.hs, s.T * s.B, s.H);
   detail::check_shape("h_T", out.h_T, s.B, s.H);
   const detail::ActiveRows active(s, lengths);
@@ -125,15 +128,12 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
   check_inputs(s, in, w);
   const Index N = s.T * s.B;
   detail::check_shape("hs", cache.hs, N, s.H);
-  detail::check_shape("dhs", up.dhs, N, s.H);
-  detail::check_shape("dh0", grad.dh0, s.B, s.H);
-  if (options.need_dx) detail::check_shape("dx", grad.dx, N, s.D);
+  detail::check_backward(s, up.dhs, grad, options);
   if (options.need_weight_gradients) {
     detail::check_shape("dW_xh", grad.dW_xh, s.D, s.H);
     detail::check_shape("dW_hh", grad.dW_hh, s.H, s.H);
     detail::check_shape("db_h", grad.db_h, 1, s.H);
   }
-  detail::check_options(s, options);
   const detail::ActiveRows active(s, lengths);
   detail::with_activation(activation, [&](auto phi) {
     BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),

@@ -38,12 +38,31 @@ LeftOperand<Scalar> stacked_step_rows(const MatrixMap<const Scalar>& x, const St
   return rows;
 }
 
+/// The checks that open every call: the sizes, then x [T*B, D] and h0 [B, H].
+template <class SequenceView, class StateView>
+void check_sequence(const Shape& s, const SequenceView& x, const StateView& h0) {
+  check_sizes(s);
+  check_shape("x", x, s.T * s.B, s.D);
+  check_shape("h0", h0, s.B, s.H);
+}
+
 /// Throws std::invalid_argument unless the options fit the call's shape.
 template <class Scalar>
 void check_options(const Shape& s, const BackwardOptions<Scalar>& options) {
   if (options.dh_norms.empty()) return;
   check_shape("dh_norms", options.dh_norms, s.T + 1, s.B);
   if (options.dh_norms.outer_stride() != s.B) throw std::invalid_argument("dh_norms: expected contiguous rows");
+}
+
+/// The checks every backward makes besides its cell's: dhs [T*B, H], dh0 [B, H], dx [T*B, D] when asked for, and
+/// the options.
+template <class Scalar, class UpstreamView, class Gradients>
+void check_backward(const Shape& s, const UpstreamView& dhs, const Gradients& grad,
+                    const BackwardOptions<Scalar>& options) {
+  check_shape("dhs", dhs, s.T * s.B, s.H);
+  check_shape("dh0", grad.dh0, s.B, s.H);
+  if (options.need_dx) check_shape("dx", grad.dx, s.T * s.B, s.D);
+  check_options(s, options);
 }
 
 /// What a forward keeps: what backward reads (training), or only the state the next step needs (inference, where
