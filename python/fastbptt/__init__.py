@@ -66,9 +66,7 @@ def build_info() -> dict[str, str]:
     return dict(_core_build_info())
 
 
-# The kernels' API (fastbptt.reference has the same functions by the same names), then the rest.
 __all__ = [
-    *reference.__all__,
     "CheckpointedLSTMCache",
     "GRU",
     "GRUCache",
@@ -91,9 +89,23 @@ __all__ = [
     "build_info",
     "clip_grad_norm",
     "empty_array_cache",
+    "final_states",
     "get_num_threads",
+    "gru_backward",
+    "gru_forward",
+    "gru_weights_from_torch",
+    "gru_weights_to_torch",
+    "lstm_backward",
+    "lstm_forward",
+    "lstm_weights_from_torch",
+    "lstm_weights_to_torch",
+    "reverse_sequences",
+    "rnn_backward",
+    "rnn_forward",
     "set_array_cache_limit",
     "set_num_threads",
+    "softmax_cross_entropy",
     "tbptt_windows",
     "train_tbptt",
+    "workspace_bytes",
 ]

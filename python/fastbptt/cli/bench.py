@@ -303,6 +303,42 @@ def fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def print_header(labels: list, out) -> None:
+    """The header of a Markdown table and the line under it."""
+    print_row(labels, out)
+    print("|" + "---|" * len(labels), file=out, flush=True)
+
+
+def measured(row: dict, columns: list) -> list:
+    """A row's measured values as text, by ``columns`` of (header, key of the row, digits)."""
+    return [fmt(row[key], digits) for _, key, digits in columns]
+
+
+#: The main table's measured columns: (header, key of the row, digits).
+BENCH_COLUMNS = [
+    ("fastbptt ms", "fastbptt_ms", 2),
+    ("torch ms", "torch_ms", 2),
+    ("fb.torch ms", "dropin_ms", 2),
+    ("reference ms", "reference_ms", 1),
+    ("torch/fb", "torch_over_fb", 2),
+    ("ref/fb", "ref_over_fb", 1),
+    ("fb GFLOP/s", "gflops", 1),
+    ("% of matmul", "percent_of_matmul", 0),
+]
+
+#: The --torch table's measured columns.
+TORCH_COLUMNS = [
+    ("torch.nn train ms", "torch_train_ms", 2),
+    ("fb.torch train ms", "dropin_train_ms", 2),
+    ("train torch/fb", "train_ratio", 2),
+    ("torch.nn no_grad ms", "torch_no_grad_ms", 2),
+    ("fb.torch no_grad ms", "dropin_no_grad_ms", 2),
+    ("no_grad torch/fb", "no_grad_ratio", 2),
+    ("kernels train ms", "kernels_train_ms", 2),
+    ("module overhead %", "overhead_percent", 0),
+]
+
+
 def run_bench(
     cells, dtypes, shapes, threads_list, repeats: int, with_reference: bool, backward: bool = True, out=sys.stdout
 ) -> list:
@@ -315,23 +351,7 @@ def run_bench(
         check_agreement(torch)
         import fastbptt.torch as fbt
     rows = []
-    columns = [
-        "cell",
-        "dtype",
-        "threads",
-        "shape",
-        "T,B,D,H",
-        "fastbptt ms",
-        "torch ms",
-        "fb.torch ms",
-        "reference ms",
-        "torch/fb",
-        "ref/fb",
-        "fb GFLOP/s",
-        "% of matmul",
-    ]
-    print_row(columns, out)
-    print("|" + "---|" * len(columns), file=out, flush=True)
+    print_header(["cell", "dtype", "threads", "shape", "T,B,D,H", *(c[0] for c in BENCH_COLUMNS)], out)
     saved_threads = get_num_threads()
     try:
         for threads in threads_list:
@@ -368,14 +388,7 @@ def run_bench(
                                 str(threads),
                                 name,
                                 ",".join(map(str, SHAPES[name])),
-                                fmt(row["fastbptt_ms"], 2),
-                                fmt(row["torch_ms"], 2),
-                                fmt(row["dropin_ms"], 2),
-                                fmt(row["reference_ms"], 1),
-                                fmt(row["torch_over_fb"], 2),
-                                fmt(row["ref_over_fb"], 1),
-                                fmt(row["gflops"]),
-                                fmt(row["percent_of_matmul"], 0),
+                                *measured(row, BENCH_COLUMNS),
                             ],
                             out,
                         )
@@ -464,21 +477,7 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
 
     header(torch, out)
     check_agreement(torch)
-    columns = [
-        "cell",
-        "threads",
-        "shape",
-        "torch.nn train ms",
-        "fb.torch train ms",
-        "train torch/fb",
-        "torch.nn no_grad ms",
-        "fb.torch no_grad ms",
-        "no_grad torch/fb",
-        "kernels train ms",
-        "module overhead %",
-    ]
-    print_row(columns, out)
-    print("|" + "---|" * len(columns), file=out, flush=True)
+    print_header(["cell", "threads", "shape", *(c[0] for c in TORCH_COLUMNS)], out)
     rows, saved = [], (get_num_threads(), torch.get_num_threads())
     try:
         for threads in threads_list:
@@ -502,19 +501,7 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
                     row["no_grad_ratio"] = row["torch_no_grad_ms"] / row["dropin_no_grad_ms"]
                     row["overhead_percent"] = 100 * (row["dropin_train_ms"] / row["kernels_train_ms"] - 1)
                     rows.append(row)
-                    values = [
-                        cell,
-                        str(threads),
-                        name,
-                        fmt(row["torch_train_ms"], 2),
-                        fmt(row["dropin_train_ms"], 2),
-                        fmt(row["train_ratio"], 2),
-                        fmt(row["torch_no_grad_ms"], 2),
-                        fmt(row["dropin_no_grad_ms"], 2),
-                        fmt(row["no_grad_ratio"], 2),
-                        fmt(row["kernels_train_ms"], 2),
-                        fmt(row["overhead_percent"], 0),
-                    ]
+                    values = [cell, str(threads), name, *measured(row, TORCH_COLUMNS)]
                     print_row(values, out)
     finally:
         set_num_threads(saved[0])
