@@ -310,6 +310,27 @@ def test_importing_fastbptt_does_not_import_torch():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_a_parametrized_weight_is_read_at_every_call_as_in_torch_nn(kind):
+    """weight_norm makes weight_hh_l0 a value computed from two parameters; after those change (an optimizer step)
+    the module must run on the new value, as torch.nn does, and pass the gradients on to the two parameters."""
+    ours, theirs = twins(kind, 5, 7, torch.float64, num_layers=2)
+    for module in (ours, theirs):
+        torch.nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+    x, upstream = torch.randn(6, 3, 5, dtype=torch.float64), torch.randn(6, 3, 7, dtype=torch.float64)
+    for _ in range(2):
+        (out_ours, *_), grads_ours = run(ours, x, None, upstream)
+        (out_theirs, *_), grads_theirs = run(theirs, x, None, upstream)
+        torch.testing.assert_close(out_ours, out_theirs, rtol=1e-12, atol=1e-12)
+        for got, want in zip(grads_ours, grads_theirs):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            for module in (ours, theirs):
+                for p in module.parameters():
+                    p -= 0.5 * p.grad
+                module.zero_grad()
+
+
 def test_distributed_data_parallel_matches_one_process(tmp_path):
     script = ROOT / "examples" / "torch_ddp.py"
     if not script.exists():

@@ -63,14 +63,14 @@ _DTYPES = (torch.float32, torch.float64)  # what the core computes in
 
 def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
     """A NumPy view of ``tensor``'s memory (no copy)."""
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise ValueError(
             f"{name}: fastbptt computes on the CPU; got a tensor on {tensor.device} "
             "(move it with .cpu(), or use torch.nn for GPU tensors)"
         )
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 tensor, got {tensor.dtype}")
-    return tensor.detach().numpy()
+    return tensor.numpy(force=True)  # detached; for a CPU tensor of a real dtype a view, not a copy
 
 
 def _cell_of(name: str, **options) -> cells.Cell:
@@ -98,6 +98,16 @@ def _output(outputs: np.ndarray) -> torch.Tensor:
     the array cache). torch.nn's output is its own memory too, and such edits are harmless there.
     """
     return torch.from_numpy(outputs if outputs.flags.writeable else _core.copy_array(outputs))
+
+
+def _suffix(layer: int, direction: int) -> str:
+    """torch.nn's suffix of the parameters of a layer and direction."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def _stacked(parts: list) -> np.ndarray:
+    """``np.stack(parts)``, a new array [cells, B, H]; for one cell without np.stack's cost."""
+    return parts[0][None].copy() if len(parts) == 1 else np.stack(parts)
 
 
 class _Stack:
@@ -147,7 +157,7 @@ def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
             inference=inference,
             **run.options(),
         )
-    final_parts = [np.stack([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
+    final_parts = [_stacked([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
     return (_output(outputs), *(torch.from_numpy(part) for part in final_parts)), params, cache
 
 
@@ -172,7 +182,7 @@ def _run_backward(run: _Stack, params, cache, d_output, d_finals, need_dx: bool,
             need_weight_grads=[any(weight_needs[per_cell * k : per_cell * (k + 1)]) for k in range(run.cells)],
             **run.options(),
         )
-    d_states = [np.stack([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
+    d_states = [_stacked([d if run.state_parts == 1 else d[i] for d in dstates0]) for i in range(run.state_parts)]
     d_params = [grad for cell_grads in grads for grad in run.cell.to_torch_grads(cell_grads, run.has_bias)]
     return [dx, *d_states, *d_params]
 
@@ -417,9 +427,15 @@ class _FastRecurrent:
         output, finals = self._run(input, hx)
         return output, (finals[0] if len(finals) == 1 else tuple(finals))
 
-    def _cell_weights(self, layer: int, direction: int, names) -> list:
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        return [getattr(self, name + suffix, None) for name in names]
+    def _weights(self, cell: cells.Cell) -> list:
+        """Every cell's torch parameters in the stack's order, None for a bias left out. Read by name at each call,
+        as torch.nn's forward refreshes its list of weights: a parametrized weight is computed here."""
+        return [
+            getattr(self, name + _suffix(layer, direction), None)
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+            for name in cell.torch_parameters
+        ]
 
     def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
         """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG:
@@ -472,12 +488,7 @@ class _FastRecurrent:
             states = self._checked_states(cell.state_parts, input, hx, None, batched)
             x = input.transpose(0, 1) if self.batch_first else input
             lengths = None
-        weights = [
-            w
-            for layer in range(self.num_layers)
-            for d in range(self.num_directions)
-            for w in self._cell_weights(layer, d, cell.torch_parameters)
-        ]
+        weights = self._weights(cell)
         x = x.contiguous()
         masks = self._dropout_masks(x.shape[0], x.shape[1], x.dtype)
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
@@ -592,7 +603,7 @@ class Recurrent(_FastRecurrent, nn.Module):
             layer_input = input_size if layer == 0 else self.num_directions * hidden_size
             shapes = cell_spec.torch_shapes(layer_input, hidden_size)
             for direction in range(self.num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                suffix = _suffix(layer, direction)
                 for name in cell_spec.torch_parameters:
                     if name in cell_spec.torch_biases and not bias:
                         continue

@@ -30,9 +30,15 @@ BACKENDS = ("fast", "reference")
 def backend_module(backend: str):
     """The module that computes for ``backend`` (checked by the caller): "fast" (the compiled core) or
     "reference" (plain NumPy)."""
-    from . import functional, reference  # imported here: they import this module's neighbours
+    module = _BACKEND_MODULES.get(backend)
+    if module is None:
+        from . import functional, reference  # imported here: they import this module's neighbours
 
-    return functional if backend == "fast" else reference
+        module = _BACKEND_MODULES[backend] = functional if backend == "fast" else reference
+    return module
+
+
+_BACKEND_MODULES: dict = {}  # filled on first use, so that an import statement does not run on every call
 
 
 def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
