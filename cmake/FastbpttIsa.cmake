@@ -1,6 +1,7 @@
-# Chooses the instruction-set flags of the core, each set tested by running a probe on the build machine, not
-# assumed: AVX-512 (F, DQ, VL, BW) with FMA when FASTBPTT_AVX512 is on (the default) and the machine runs it, else
-# AVX2+FMA when it runs them, else the compiler's baseline; the baseline always when FASTBPTT_PORTABLE is on.
+# Chooses the instruction-set flags of the C++ package's core library (fastbptt::core), each set tested by running
+# a probe on the build machine, not assumed: AVX-512 (F, DQ, VL, BW) with FMA when FASTBPTT_AVX512 is on (the
+# default) and the machine runs it, else AVX2+FMA when it runs them, else the compiler's baseline; the baseline
+# always when FASTBPTT_PORTABLE is on.
 # Both probes run whatever FASTBPTT_AVX512 says; with it off, the AVX-512 result is not used.
 # Sets FASTBPTT_ISA_FLAGS (compile options) and FASTBPTT_ISA_DESCRIPTION. Never adds fast-math: NaN must propagate.
 
@@ -41,3 +42,29 @@ elseif(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND CMAKE_SYSTEM_PROCESSOR MATC
   endif()
 endif()
 message(STATUS "fastbptt: instruction set ${FASTBPTT_ISA_DESCRIPTION}")
+
+# The Python module is built once per instruction set instead, and fastbptt/_core.py loads at import the widest
+# build the CPU runs: FASTBPTT_MODULE_ISAS lists the builds (baseline, avx2, avx512; each with its flags in
+# FASTBPTT_ISA_FLAGS_<name>), so that one wheel runs on any x86-64 machine. Its default: the three on x86-64 with
+# GCC or Clang (avx2 when the compiler takes its flags, FASTBPTT_COMPILER_HAS_AVX2_FMA; avx512 when FASTBPTT_AVX512
+# is on and the compiler takes its flags, FASTBPTT_COMPILER_HAS_AVX512; nothing is run), baseline alone elsewhere
+# or with FASTBPTT_PORTABLE.
+include(CheckCXXCompilerFlag)
+set(FASTBPTT_ISA_FLAGS_baseline "")
+set(FASTBPTT_ISA_FLAGS_avx2 -mavx2 -mfma)
+set(FASTBPTT_ISA_FLAGS_avx512 -mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma)
+set(_fastbptt_module_isas baseline)
+if(NOT FASTBPTT_PORTABLE AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang"
+   AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  check_cxx_compiler_flag("-mavx2 -mfma" FASTBPTT_COMPILER_HAS_AVX2_FMA)
+  check_cxx_compiler_flag("-mavx512f -mavx512dq -mavx512vl -mavx512bw -mfma" FASTBPTT_COMPILER_HAS_AVX512)
+  if(FASTBPTT_COMPILER_HAS_AVX2_FMA)
+    list(APPEND _fastbptt_module_isas avx2)
+  endif()
+  if(FASTBPTT_COMPILER_HAS_AVX512 AND FASTBPTT_AVX512)
+    list(APPEND _fastbptt_module_isas avx512)
+  endif()
+endif()
+set(FASTBPTT_MODULE_ISAS "${_fastbptt_module_isas}" CACHE STRING
+    "Instruction sets the Python module is built for, one build each (baseline;avx2;avx512), chosen at import")
+message(STATUS "fastbptt: Python module builds ${FASTBPTT_MODULE_ISAS}")

@@ -1,4 +1,5 @@
-// The compiled module fastbptt._core: one registration call per kernel family, plus build information.
+// The compiled module: one registration call per kernel family, plus build information. It is built once per
+// instruction set as fastbptt._core_<isa> (FASTBPTT_MODULE_NAME); fastbptt/_core.py loads one as fastbptt._core.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -30,7 +31,7 @@ void bind_array_cache(py::module_& m);
 void bind_tasks(py::module_& m);
 }  // namespace fastbptt::bindings
 
-PYBIND11_MODULE(_core, m) {
+PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
   m.doc() = "fastbptt's compiled kernels. Use the fastbptt package; these functions expect validated arrays.";
   m.attr("__version__") = fastbptt::build_info().at("version");
   m.def("build_info", &fastbptt::build_info, "Describes this build of the core.");

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from . import _isa
 from ._core import __version__
 from ._core import build_info as _core_build_info
 from .kernels import diagnostics, reference
@@ -62,8 +63,10 @@ sys.modules[__name__ + ".diagnostics"] = diagnostics
 
 def build_info() -> dict[str, str]:
     """How this copy of fastbptt was built: version, Eigen version and where it came from, instruction set
-    requested and compiled in, Eigen's SIMD, compiler, build type and threading."""
-    return dict(_core_build_info())
+    requested and compiled in, Eigen's SIMD, compiler, build type and threading; ``isa_in_use``, the build of the
+    kernels this process loaded (``FASTBPTT_ISA`` or the widest the CPU runs), and ``isas_compiled``, those that
+    were built (widest first)."""
+    return {**_core_build_info(), "isa_in_use": _isa.in_use, "isas_compiled": " ".join(_isa.compiled_builds)}
 
 
 __all__ = [
