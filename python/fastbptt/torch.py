@@ -19,11 +19,12 @@ back::
 Threads: each call of a module, forward and backward, runs the core at torch's count (``torch.get_num_threads()``,
 read at that call), unless ``fastbptt.set_num_threads(n)`` chose a count, which wins until
 ``fastbptt.set_num_threads(None)``; after the call the core's count is what it was. torch's CPU wheel (2.13) ships
-its OpenMP runtime under the name fastbptt's core asks for, ``libgomp.so.1``, so a process holds one runtime (the
-copy loaded first serves both) and one pool of threads: torch's ops and fastbptt's calls take turns on the same
-threads rather than compete for the cores. Where torch brings a runtime of its own (Intel's libiomp5 or LLVM's
-libomp in conda's builds, a libgomp under another name), its threads spin for a while after each op and slow down
-the fastbptt call that follows; ``KMP_BLOCKTIME=0`` makes Intel's and LLVM's sleep at once.
+its OpenMP runtime under the name fastbptt's core asks for, ``libgomp.so.1``, so with fastbptt built from source a
+process holds one runtime (the copy loaded first serves both) and one pool of threads: torch's ops and fastbptt's
+calls take turns on the same threads rather than compete for the cores. A fastbptt wheel repaired by auditwheel
+brings a libgomp of its own, at no cost measured at 2 threads. Where torch brings a runtime of its own (Intel's
+libiomp5 or LLVM's libomp in conda's builds, a libgomp under another name), its threads spin for a while after
+each op and slow down the fastbptt call that follows; ``KMP_BLOCKTIME=0`` makes Intel's and LLVM's sleep at once.
 
 Gradients nobody asked for are not computed: backward skips dx when the input does not require grad and a
 layer's weight gradients when none of its weights does (frozen layers). Under ``torch.no_grad()``,
