@@ -215,3 +215,16 @@ def test_copy_array_gives_an_equal_writable_array_of_its_own(rng, cache_limit, d
     if not strided.flags.c_contiguous:
         with pytest.raises(TypeError):  # only C-contiguous arrays: it never converts silently
             fb._core.copy_array(strided)
+
+
+def test_the_default_limit_is_256_mib_or_a_64th_of_the_memory():
+    """The default in a fresh process, without FASTBPTT_ARRAY_CACHE_BYTES: 8 processes keep at most an eighth of the
+    memory waiting."""
+    code = "import fastbptt as fb; print(fb.array_cache_info()['limit'])"
+    env = {k: v for k, v in os.environ.items() if k != "FASTBPTT_ARRAY_CACHE_BYTES"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = 256 << 20
+    if hasattr(os, "sysconf") and sys.platform.startswith("linux"):
+        expected = min(expected, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 64)
+    assert int(done.stdout.strip().splitlines()[-1]) == expected

@@ -16,7 +16,7 @@ def set_array_cache_limit(nbytes: int) -> None:
     an array dies, its block waits there for the next request it fits, instead of going back to the operating
     system, which would have to fault in and zero fresh pages on the next call: a training loop, which asks for
     the same sizes on every step, then runs on warm memory. The least recently freed blocks go first when the
-    limit is reached. The default is 1 GiB or an eighth of the physical memory, whichever is smaller, or the
+    limit is reached. The default is 256 MiB or a 64th of the physical memory, whichever is smaller, or the
     environment variable ``FASTBPTT_ARRAY_CACHE_BYTES`` when set at import. Arrays are fresh either way (no live
     array shares its memory) and uninitialised until a kernel writes them, as NumPy's are.
     """
