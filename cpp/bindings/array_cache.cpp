@@ -27,9 +27,9 @@ constexpr std::size_t block_granularity = std::size_t(1) << 16;
 /// large arrays: fewer page faults and TLB misses.
 std::size_t block_alignment(std::size_t capacity) { return capacity >= 2 * huge_page_bytes ? huge_page_bytes : 64; }
 
-/// 256 MiB, or a 64th of the physical memory when that is less: a training step's outputs at the benchmark's
-/// shapes fit (T = 10000, B = 8, H = 64 is 136 MiB), and eight processes of a laptop keep at most an eighth of its
-/// memory waiting between steps.
+/// 256 MiB, or a 64th of the physical memory when that is less: eight processes keep at most an eighth of the
+/// memory waiting between steps, and from 8.5 GiB of memory on a step's outputs at the benchmark's shapes fit
+/// (T = 10000, B = 8, H = 64 leaves 136 MiB waiting; with 8 GiB the limit is 128 MiB and part of them goes back).
 std::size_t default_limit() {
   std::size_t limit = std::size_t(256) << 20;
 #if defined(__linux__)

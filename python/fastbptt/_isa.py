@@ -3,7 +3,9 @@
 The kernels are compiled once per instruction set (``baseline`` x86-64, ``avx2`` with FMA, ``avx512`` F/DQ/VL/BW
 with FMA; one build elsewhere), each a module ``fastbptt._core_<name>``. At import the widest build that was
 compiled and that this CPU runs is loaded as ``fastbptt._core``; the environment variable ``FASTBPTT_ISA`` (one of
-those names) forces a build, and an error names a build the CPU cannot run or that was not compiled.
+those names) forces a build, and an error names a build the CPU cannot run or that was not compiled. The builds
+are private: only this module imports them, after asking ``fastbptt._cpu`` (compiled for the baseline) what the
+CPU runs; a build imported on a CPU without its instruction set may stop the process with an illegal instruction.
 """
 
 from __future__ import annotations
