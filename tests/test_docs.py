@@ -96,6 +96,21 @@ def test_no_placeholders_or_references_to_documents_users_do_not_have(page):
     assert not re.findall(r"DESIGN\.md|\bthe spec\b", source, re.I)
 
 
+SHIPPED = sorted(
+    path
+    for folder in ("python/fastbptt", "cpp")
+    for path in (ROOT / folder).rglob("*")
+    if path.suffix in (".py", ".pyi", ".hpp", ".cpp") and "__pycache__" not in path.parts
+)
+
+
+def test_shipped_code_names_no_document_users_do_not_have():
+    """Docstrings and comments travel in the sdist and the wheel, where DESIGN.md and 'the spec' do not."""
+    assert SHIPPED, "no shipped source found: the test no longer reads the tree"
+    named = [str(path.relative_to(ROOT)) for path in SHIPPED if re.search(r"DESIGN\.md|\bthe spec\b", text(path), re.I)]
+    assert not named, named
+
+
 def test_command_line_help_names_no_document_users_do_not_have():
     from fastbptt.cli.main import build_parser
 
