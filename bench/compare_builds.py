@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,6 @@ def run_bench(python: str, bench_args: list[str]) -> list[dict]:
             check=True,
             stdout=subprocess.DEVNULL,
             cwd=directory,  # not a checkout, so that each interpreter imports its own installed fastbptt
-            env=os.environ,
         )
         return json.loads(path.read_text())
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _isa
+from . import _core, _isa
 from ._core import __version__
 from ._core import build_info as _core_build_info
 from .kernels import diagnostics, reference
@@ -66,7 +66,7 @@ def build_info() -> dict[str, str]:
     requested and compiled in, Eigen's SIMD, compiler, build type and threading; ``isa_in_use``, the build of the
     kernels this process loaded (``FASTBPTT_ISA`` or the widest the CPU runs), and ``isas_compiled``, those that
     were built (widest first)."""
-    return {**_core_build_info(), "isa_in_use": _isa.in_use, "isas_compiled": " ".join(_isa.compiled_builds)}
+    return {**_core_build_info(), "isa_in_use": _isa.in_use(_core), "isas_compiled": " ".join(_isa.compiled())}
 
 
 __all__ = [

@@ -19,10 +19,6 @@ from types import ModuleType
 NAMES = ("avx512", "avx2", "baseline")
 ENVIRONMENT_VARIABLE = "FASTBPTT_ISA"
 
-#: the build in use and the builds compiled, set by load()
-in_use: str | None = None
-compiled_builds: tuple[str, ...] = ()
-
 
 def compiled() -> tuple[str, ...]:
     """The builds this installation holds, widest first."""
@@ -63,9 +59,10 @@ def choose(requested: str | None, compiled: tuple[str, ...], runnable: tuple[str
 
 def load() -> ModuleType:
     """Imports and returns the build :func:`choose` picks for this process."""
-    global in_use, compiled_builds
-    compiled_builds = compiled()
-    name = choose(os.environ.get(ENVIRONMENT_VARIABLE), compiled_builds, runnable())
-    module = importlib.import_module(f"{__package__}._core_{name}")
-    in_use = name
-    return module
+    name = choose(os.environ.get(ENVIRONMENT_VARIABLE), compiled(), runnable())
+    return importlib.import_module(f"{__package__}._core_{name}")
+
+
+def in_use(core: ModuleType) -> str:
+    """The name of the build ``core`` (the loaded ``fastbptt._core``) is."""
+    return core.__name__.rsplit("._core_", 1)[1]

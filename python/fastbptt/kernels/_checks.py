@@ -106,8 +106,8 @@ def positive_int(name: str, value) -> int:
 
 
 def int64(name: str, value: int) -> int:
-    """``value`` (an int) if it fits in int64, the type of every size in the core; ValueError
-    naming the argument otherwise, before the compiled module's TypeError, which names none, could occur."""
+    """``value`` (an int) if it fits in int64, the type of every size in the core; ValueError naming the argument
+    otherwise, before the compiled module's TypeError, which names none, could occur."""
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{name}: must fit in int64 ({INT64_MIN} .. {INT64_MAX}), got {value}")
     return value
