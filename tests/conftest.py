@@ -144,3 +144,17 @@ def max_relative_error(a: np.ndarray, b: np.ndarray) -> float:
     scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
     assert scale > 0, "both gradients are zero: the check would pass trivially"
     return float(np.max(np.abs(a - b))) / scale
+
+
+def torch_twins(pair, *args, dtype, **options):
+    """``(ours, theirs)``: a fastbptt.torch module and its torch.nn class's module with one state_dict, ours in
+    ``dtype`` and theirs in float64. ``pair`` is ``(our class, torch.nn's class, constructor options)``, ``args``
+    the sizes. torch is imported here: the suite runs without it."""
+    import torch
+
+    ours_cls, theirs_cls, extra = pair
+    torch.manual_seed(0)
+    ours = ours_cls(*args, dtype=dtype, **extra, **options)
+    theirs = theirs_cls(*args, dtype=torch.float64, **extra, **options)
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    return ours, theirs

@@ -49,9 +49,14 @@ def runtime_signatures(function) -> list[list[str]]:
     return signatures
 
 
-def test_stub_names_the_module_s_public_functions_and_nothing_else():
+def stub_classes() -> set[str]:
+    return {node.name for node in ast.parse(STUB.read_text()).body if isinstance(node, ast.ClassDef)}
+
+
+def test_stub_names_the_module_s_public_functions_and_classes_and_nothing_else():
     runtime = {name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name))}
-    assert set(stub_functions()) == runtime
+    assert set(stub_functions()) | stub_classes() == runtime
+    assert all(isinstance(getattr(_core, name), type) for name in stub_classes())
 
 
 def test_every_overload_takes_the_stub_s_arguments():

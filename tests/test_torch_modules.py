@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import torch_twins
 
 import fastbptt as fb
 
@@ -24,13 +25,8 @@ PAIRS = {
 
 
 def twins(kind, D, H, dtype, **options):
-    """A fastbptt module and a torch.nn module with one state_dict."""
-    ours_cls, theirs_cls, extra = PAIRS[kind]
-    torch.manual_seed(0)
-    ours = ours_cls(D, H, dtype=dtype, **extra, **options)
-    theirs = theirs_cls(D, H, dtype=torch.float64, **extra, **options)
-    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    return ours, theirs
+    """A fastbptt module and a torch.nn module with one state_dict (ours in ``dtype``, theirs in float64)."""
+    return torch_twins(PAIRS[kind], D, H, dtype=dtype, **options)
 
 
 def run(module, x, hx, upstream):

@@ -71,6 +71,13 @@ inline Eigen::Map<const IndexVector> as_lengths(const LengthsArray& lengths) {
   return {lengths.data(), lengths.shape(0)};
 }
 
+/// The packed weights a call was given (None in Python: an empty Packed, the call packs its own).
+template <class Scalar>
+const Packed<Scalar>& kept_or_none(const Packed<Scalar>* packed) {
+  static const Packed<Scalar> none;
+  return packed != nullptr ? *packed : none;
+}
+
 /// Sizes of a time-major sequence array x [T, B, D].
 inline Shape sequence_shape(const py::array& x, Index hidden) {
   check_ndim(x, "x", 3);

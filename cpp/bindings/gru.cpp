@@ -41,7 +41,7 @@ struct GruForwardArguments : GruArguments<Scalar> {
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                      const LengthsArray& lengths) {
+                      const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   const Shape& s = a.s;
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
@@ -53,7 +53,7 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    gru::forward<Scalar>(s, a.inputs, a.weights, cache, a.lengths);
+    gru::forward<Scalar>(s, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
   }
   return py::make_tuple(hs, gates, hn);
 }
@@ -62,7 +62,7 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
 template <class Scalar>
 py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                 const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                                const LengthsArray& lengths) {
+                                const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
@@ -71,7 +71,7 @@ py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    gru::forward_inference<Scalar>(a.s, a.inputs, a.weights, outputs, a.lengths);
+    gru::forward_inference<Scalar>(a.s, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed));
   }
   return py::make_tuple(hs, h_T);
 }
@@ -80,7 +80,7 @@ template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
-                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
+                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
   const GruArguments<Scalar> a(x, W_x, W_h, h0);
   const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
@@ -101,27 +101,41 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto db_hn = call.output(need_weight_grads, {s.H}, g.db_hn);
   {
     py::gil_scoped_release release;
-    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options);
+    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options, kept_or_none(packed));
   }
   return call.result({array_or_none(dx), array_or_none(dh0), array_or_none(dW_x), array_or_none(dW_h),
                       array_or_none(db), array_or_none(db_hn)});
 }
 
+/// The weights packed once for later calls (see fastbptt::Packed).
+template <class Scalar>
+Packed<Scalar> gru_pack(const Array<Scalar>& W_x, const Array<Scalar>& W_h) {
+  gru::Weights<Scalar> weights;
+  weights.W_x = as_matrix(W_x, "W_x", 2);
+  weights.W_h = as_matrix(W_h, "W_h", 2);
+  py::gil_scoped_release release;
+  return gru::pack<Scalar>(weights);
+}
+
 template <class Scalar>
 void define(py::module_& m) {
+  m.def("gru_pack", &gru_pack<Scalar>, py::arg("W_x").noconvert(), py::arg("W_h").noconvert(),
+        "W_x, W_h and W_hᵀ packed for the GRU's products, kept across calls (packed= of the GRU's kernels).");
   m.def("gru_forward", &gru_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("b_hn").noconvert(),
         py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
         "(hs, gates, hn) = GRU forward over x [T,B,D]; see fastbptt.gru_forward.");
   m.def("gru_forward_inference", &gru_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(),
         py::arg("b_hn").noconvert(), py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
         "(hs, h_T) = GRU forward over x [T,B,D] keeping no cache for backward; gru_forward's bits.");
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
-        py::arg("need_weight_grads") = true,
+        py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
         "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward. dx is "
         "None without need_dx, and dW_x, dW_h, db, db_hn are None without need_weight_grads (not computed).");
 }

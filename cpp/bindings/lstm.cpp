@@ -44,7 +44,7 @@ struct LstmForwardArguments : LstmArguments<Scalar> {
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
-                       const LengthsArray& lengths) {
+                       const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
   const Shape& s = a.s;
   auto hs = new_array<Scalar>({s.T, s.B, s.H});
@@ -56,7 +56,7 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   cache.cs = as_mutable_matrix(cs);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, a.lengths);
+    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
   }
   return py::make_tuple(hs, cs, gates);
 }
@@ -65,7 +65,7 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
 template <class Scalar>
 py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                  const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
-                                 bool forget_gate, const LengthsArray& lengths) {
+                                 bool forget_gate, const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
   auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
@@ -76,7 +76,8 @@ py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_
   outputs.c_T = as_mutable_matrix(c_T);
   {
     py::gil_scoped_release release;
-    lstm::forward_inference<Scalar>(a.s, forget_gate, a.inputs, a.weights, outputs, a.lengths);
+    lstm::forward_inference<Scalar>(a.s, forget_gate, a.inputs, a.weights, outputs, a.lengths,
+                                    kept_or_none(packed));
   }
   return py::make_tuple(hs, h_T, c_T);
 }
@@ -95,7 +96,8 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, WeightGradientArrays<Scalar>& weights,
-                        const LengthsArray& lengths, const BackwardOptions<Scalar>& options) {
+                        const LengthsArray& lengths, const BackwardOptions<Scalar>& options,
+                        const Packed<Scalar>* packed = nullptr) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
   const Shape& s = a.s;
   lstm::Cache<const Scalar> cache;
@@ -126,7 +128,8 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   gradients.dc0 = as_mutable_matrix(dc0);
   {
     py::gil_scoped_release release;
-    lstm::backward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options);
+    lstm::backward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options,
+                           kept_or_none(packed));
   }
   return py::make_tuple(array_or_none(dx), dh0, dc0);
 }
@@ -136,7 +139,7 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
-                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
+                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
   const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
   const Index GH = lstm::gate_count(forget_gate) * s.H;
   BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
@@ -147,7 +150,7 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
     weights.db = new_array<Scalar>({GH});
   }
   const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights,
-                                            lengths, call.options);
+                                            lengths, call.options, packed);
   return call.result({d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
                       array_or_none(weights.db)});
 }
@@ -168,22 +171,37 @@ py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, c
                                LengthsArray(0), options);
 }
 
+/// The weights packed once for later calls (see fastbptt::Packed).
+template <class Scalar>
+Packed<Scalar> lstm_pack(const Array<Scalar>& W_x, const Array<Scalar>& W_h, bool forget_gate) {
+  lstm::Weights<Scalar> weights;
+  weights.W_x = as_matrix(W_x, "W_x", 2);
+  weights.W_h = as_matrix(W_h, "W_h", 2);
+  py::gil_scoped_release release;
+  return lstm::pack<Scalar>(forget_gate, weights);
+}
+
 template <class Scalar>
 void define(py::module_& m) {
+  m.def("lstm_pack", &lstm_pack<Scalar>, py::arg("W_x").noconvert(), py::arg("W_h").noconvert(),
+        py::arg("forget_gate"),
+        "[W_x; W_h] and W_hᵀ packed for the LSTM's products, kept across calls (packed= of the LSTM's kernels).");
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("forget_gate"), py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
         "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
   m.def("lstm_forward_inference", &lstm_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(),
         py::arg("c0").noconvert(), py::arg("forget_gate"), py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
         "(hs, h_T, c_T) = LSTM forward over x [T,B,D] keeping no cache for backward; lstm_forward's bits.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
-        py::arg("need_weight_grads") = true,
+        py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
         "(dx, dh0, dc0, dW_x, dW_h, db[, dh_norms [T+1,B]]) = BPTT of the LSTM; see fastbptt.lstm_backward. "
         "dx is None without need_dx, and dW_x, dW_h, db are None without need_weight_grads (not computed).");
   m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),

@@ -22,6 +22,15 @@ Index packed_weights_scalars(Index rows, Index columns, Index groups, const py::
   throw py::type_error("dtype: expected float32 or float64, got " + std::string(py::str(dtype)));
 }
 
+/// The packed weights of one dtype as an opaque Python object (made by the cells' *_pack functions).
+template <class Scalar>
+void bind_packed(py::module_& m, const char* name) {
+  py::class_<Packed<Scalar>>(m, name,
+                             "A cell's weights packed for its products, kept across calls: made by rnn_pack, "
+                             "lstm_pack or gru_pack, given as packed= to the same cell's kernels with the weights it "
+                             "was made from (a copy: later edits of those weights do not reach it).");
+}
+
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
@@ -44,6 +53,8 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
         "Scalars the core allocates to pack a [rows, columns] weight matrix in `groups` column groups.");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   m.def("call_threads", &fastbptt::call_threads, "Threads a call made from the calling thread uses.");
+  fastbptt::bindings::bind_packed<float>(m, "PackedFloat32");
+  fastbptt::bindings::bind_packed<double>(m, "PackedFloat64");
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);
   fastbptt::bindings::bind_gru(m);

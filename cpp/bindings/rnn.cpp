@@ -44,14 +44,14 @@ struct RnnForwardArguments : RnnArguments<Scalar> {
 template <class Scalar>
 Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                           const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                          const LengthsArray& lengths) {
+                          const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
   auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
   rnn::Cache<Scalar> cache;
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    rnn::forward<Scalar>(a.s, a.phi, a.inputs, a.weights, cache, a.lengths);
+    rnn::forward<Scalar>(a.s, a.phi, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
   }
   return hs;
 }
@@ -60,7 +60,7 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
 template <class Scalar>
 py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                                 const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                                const LengthsArray& lengths) {
+                                const LengthsArray& lengths, const Packed<Scalar>* packed) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
   auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
@@ -69,7 +69,7 @@ py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    rnn::forward_inference<Scalar>(a.s, a.phi, a.inputs, a.weights, outputs, a.lengths);
+    rnn::forward_inference<Scalar>(a.s, a.phi, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed));
   }
   return py::make_tuple(hs, h_T);
 }
@@ -78,7 +78,7 @@ template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
                        const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms,
-                       bool need_dx, bool need_weight_grads) {
+                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
   const RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
   const Shape& s = a.s;
   rnn::Cache<const Scalar> cache;
@@ -95,25 +95,42 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   const auto db_h = call.output(need_weight_grads, {s.H}, g.db_h);
   {
     py::gil_scoped_release release;
-    rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options);
+    rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options,
+                          kept_or_none(packed));
   }
   return call.result(
       {array_or_none(dx), array_or_none(dh0), array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h)});
 }
 
+/// The weights packed once for later calls (see fastbptt::Packed).
+template <class Scalar>
+Packed<Scalar> rnn_pack(const Array<Scalar>& W_xh, const Array<Scalar>& W_hh) {
+  rnn::Weights<Scalar> weights;
+  weights.W_xh = as_matrix(W_xh, "W_xh", 2);
+  weights.W_hh = as_matrix(W_hh, "W_hh", 2);
+  py::gil_scoped_release release;
+  return rnn::pack<Scalar>(weights);
+}
+
 template <class Scalar>
 void define(py::module_& m) {
+  m.def("rnn_pack", &rnn_pack<Scalar>, py::arg("W_xh").noconvert(), py::arg("W_hh").noconvert(),
+        "[W_xh; W_hh] and W_hhᵀ packed for the RNN's products, kept across calls (packed= of the RNN's kernels).");
   m.def("rnn_forward", &rnn_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(), py::arg("h0").noconvert(), py::arg("activation"),
-        py::arg("lengths").noconvert(), "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward.");
+        py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
+        "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward. packed: rnn_pack's, or None.");
   m.def("rnn_forward_inference", &rnn_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_xh").noconvert(), py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(),
         py::arg("h0").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
+        py::arg("packed") = py::none(),
         "(hs, h_T) = RNN forward over x [T,B,D] for inference; rnn_forward's bits.");
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
         py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true, py::arg("need_weight_grads") = true,
+        py::arg("packed") = py::none(),
         "(dx, dh0, dW_xh, dW_hh, db_h[, dh_norms [T+1,B]]) = BPTT of the RNN; see fastbptt.rnn_backward. dx is None "
         "without need_dx, and dW_xh, dW_hh, db_h are None without need_weight_grads (not computed).");
 }

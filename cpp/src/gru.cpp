@@ -165,11 +165,40 @@ struct BackwardCell {
   }
 };
 
+/// W_x and W_h, each in gate blocks (parts 0 and 1 of `pack`), so that a thread's panels of either hold the same
+/// hidden units.
+template <class Scalar>
+struct StepWeights {
+  std::optional<detail::PackedWeights<Scalar>> own_W_x, own_W_h;
+  const detail::PackedWeights<Scalar>& W_x;
+  const detail::PackedWeights<Scalar>& W_h;
+
+  StepWeights(const Shape& s, const Weights<Scalar>& w, const Packed<Scalar>& kept)
+      : W_x(detail::kept_or_packed(kept, 0, s.D, gate_count * s.H, gate_count, own_W_x, [&] {
+          return detail::PackedWeights<Scalar>(w.W_x.map(), detail::Orientation::as_given, gate_count);
+        })),
+        W_h(detail::kept_or_packed(kept, 1, s.H, gate_count * s.H, gate_count, own_W_h, [&] {
+          return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::as_given, gate_count);
+        })) {}
+};
+
 }  // namespace
 
 template <class Scalar>
+Packed<Scalar> pack(const Weights<Scalar>& w) {
+  const Index H = w.W_h.rows();
+  detail::check_shape("W_h", w.W_h, H, gate_count * H);
+  detail::check_shape("W_x", w.W_x, w.W_x.rows(), gate_count * H);
+  auto parts = std::make_shared<typename Packed<Scalar>::Parts>();
+  parts->emplace_back(w.W_x.map(), detail::Orientation::as_given, gate_count);
+  parts->emplace_back(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  parts->emplace_back(w.W_h.map(), detail::Orientation::transposed);
+  return Packed<Scalar>(std::move(parts));
+}
+
+template <class Scalar>
 void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<Scalar>& cache,
-             ConstLengthsRef lengths) {
+             ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
   check_cache(s, cache);
@@ -179,32 +208,29 @@ void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w,
     cache.hn.map().setZero();
     cache.hs.map().setZero();
   }
-  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given),
-      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
-  detail::project_inputs<Scalar>(packed_W_x, in.x.map(), cache.gates.map(), s, active);
+  const StepWeights<Scalar> packed(s, w, kept);
+  detail::project_inputs<Scalar>(packed.W_x, in.x.map(), cache.gates.map(), s, active);
   ForwardCell<Scalar, detail::Keep::training_cache> cell{
-      in.x.map(), w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(), packed_W_x,
-      packed_W_h, s,         active,       RowMatrix<Scalar>(B, GH)};
+      in.x.map(), w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(), packed.W_x,
+      packed.W_h, s,         active,       RowMatrix<Scalar>(B, GH)};
   detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
 }
 
 template <class Scalar>
 void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Outputs<Scalar>& out,
-                       ConstLengthsRef lengths) {
+                       ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
   detail::check_shape("hs", out.hs, s.T * B, H);
   detail::check_shape("h_T", out.h_T, B, H);
   const detail::ActiveRows active(s, lengths);
   if (!active.all()) out.hs.map().setZero();  // the rows of finished sequences
-  // W_x in gate blocks, like W_h, so that a thread's panels of either hold the same hidden units.
-  const detail::PackedWeights<Scalar> packed_W_x(w.W_x.map(), detail::Orientation::as_given, gate_count),
-      packed_W_h(w.W_h.map(), detail::Orientation::as_given, gate_count);
+  const StepWeights<Scalar> packed(s, w, kept);
   RowMatrix<Scalar> step_gates(B, GH);
   const detail::MatrixMap<Scalar> not_kept = MatrixView<Scalar>().map();  // hn
   ForwardCell<Scalar, detail::Keep::current_state> cell{
       in.x.map(), w.b.map(), w.b_hn.map(), MatrixView<Scalar>(step_gates).map(), not_kept,
-      out.hs.map(), packed_W_x, packed_W_h, s, active, RowMatrix<Scalar>(B, GH)};
+      out.hs.map(), packed.W_x, packed.W_h, s, active, RowMatrix<Scalar>(B, GH)};
   detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
   detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
@@ -212,7 +238,7 @@ void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<S
 template <class Scalar>
 void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<const Scalar>& cache,
               const Upstream<Scalar>& up, const Gradients<Scalar>& grad, ConstLengthsRef lengths,
-              const BackwardOptions<Scalar>& options) {
+              const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
   check_inputs(s, in, w);
   check_cache(s, cache);
   const Index H = s.H, B = s.B, GH = gate_count * H;
@@ -228,18 +254,23 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
                             cache.hn.map(),  cache.hs.map(),   grad.dx.map(),  grad.dW_x.map(),
                             grad.dW_h.map(), grad.db.map(),    grad.db_hn.map(), s,
                             RowMatrix<Scalar>(B, H)};
-  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(
+      kept, 2, GH, H, 1, own,
+      [&] { return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed); });
+  detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                      grad.dh0.map(), options, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
-  template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
-                                const Cache<Scalar>&, ConstLengthsRef);                                         \
-  template void forward_inference<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,          \
-                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
-  template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                   \
-                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
+  template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                     \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+  template void forward_inference<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,           \
+                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);       \
+  template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+  template Packed<Scalar> pack<Scalar>(const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -150,11 +150,33 @@ struct BackwardCell {
   }
 };
 
+/// The step product's weights [W_x; W_h], in gate blocks (part 0 of `pack`).
+template <class Scalar>
+const detail::PackedWeights<Scalar>& step_weights(const Shape& s, bool forget_gate, const Weights<Scalar>& w,
+                                                  const Packed<Scalar>& kept,
+                                                  std::optional<detail::PackedWeights<Scalar>>& own) {
+  const Index G = gate_count(forget_gate);
+  return detail::kept_or_packed(kept, 0, s.D + s.H, G * s.H, G, own, [&] {
+    return detail::PackedWeights<Scalar>(w.W_x.map(), w.W_h.map(), G);
+  });
+}
+
 }  // namespace
 
 template <class Scalar>
+Packed<Scalar> pack(bool forget_gate, const Weights<Scalar>& w) {
+  const Index H = w.W_h.rows(), GH = gate_count(forget_gate) * H;
+  detail::check_shape("W_h", w.W_h, H, GH);
+  detail::check_shape("W_x", w.W_x, w.W_x.rows(), GH);
+  auto parts = std::make_shared<typename Packed<Scalar>::Parts>();
+  parts->emplace_back(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  parts->emplace_back(w.W_h.map(), detail::Orientation::transposed);
+  return Packed<Scalar>(std::move(parts));
+}
+
+template <class Scalar>
 void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths) {
+             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_inputs(s, forget_gate, in, w);
   const Index H = s.H, GH = gate_count(forget_gate) * H;
   detail::check_shape("b", w.b, 1, GH);
@@ -165,9 +187,11 @@ void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const W
     cache.hs.map().setZero();
     cache.cs.map().setZero();
   }
-  // The weights are packed once here. The packed product rounds a row the same whatever rows a call covers, so
-  // chunked runs equal one run bit for bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  // The weights are packed once per call (or kept across calls). The packed product rounds a row the same whatever
+  // rows a call covers, so chunked runs equal one run bit for bit (Eigen's general product picks its code path by
+  // a row's position).
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& packed_W = step_weights(s, forget_gate, w, kept, own);
   ForwardCell<Scalar, detail::Keep::training_cache> cell{
       forget_gate, in.x.map(), in.c0.map(), w.b.map(), cache.gates.map(), cache.hs.map(), cache.cs.map(),
       packed_W,    s,          active,      GateColumns(forget_gate, H)};
@@ -176,7 +200,7 @@ void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const W
 
 template <class Scalar>
 void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_inputs(s, forget_gate, in, w);
   const Index H = s.H, GH = gate_count(forget_gate) * H;
   detail::check_shape("b", w.b, 1, GH);
@@ -188,7 +212,8 @@ void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& i
   // c_T holds the current C of every sequence; a finished sequence's row stops changing at its last step.
   out.c_T.map() = in.c0.map();
   RowMatrix<Scalar> step_gates(s.B, GH);
-  const detail::PackedWeights<Scalar> packed_W(w.W_x.map(), w.W_h.map(), gate_count(forget_gate));
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& packed_W = step_weights(s, forget_gate, w, kept, own);
   ForwardCell<Scalar, detail::Keep::current_state> cell{
       forget_gate,   in.x.map(), in.c0.map(), w.b.map(), MatrixView<Scalar>(step_gates).map(), out.hs.map(),
       out.c_T.map(), packed_W,   s,           active,    GateColumns(forget_gate, H)};
@@ -199,7 +224,7 @@ void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& i
 template <class Scalar>
 void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
-              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
   check_inputs(s, forget_gate, in, w);
   check_cache(s, forget_gate, cache);
   const Index H = s.H, B = s.B, GH = gate_count(forget_gate) * H;
@@ -219,18 +244,23 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
                             cache.gates.map(), cache.cs.map(),  grad.dc0.map(),   grad.dx.map(),
                             grad.dW_x.map(), grad.dW_h.map(),  grad.db.map(),    s,
                             GateColumns(forget_gate, H)};
-  detail::backward_time_loop<Scalar>(s, active, w.W_h.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(
+      kept, 1, GH, H, 1, own,
+      [&] { return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed); });
+  detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                      grad.dh0.map(), options, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
-  template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
-                                const Cache<Scalar>&, ConstLengthsRef);                                         \
-  template void forward_inference<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,    \
-                                          const Outputs<Scalar>&, ConstLengthsRef);                             \
-  template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,             \
-                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
+  template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,               \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+  template void forward_inference<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,     \
+                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);       \
+  template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+  template Packed<Scalar> pack<Scalar>(bool, const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

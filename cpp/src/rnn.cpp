@@ -89,11 +89,13 @@ struct BackwardCell {
 /// The time loop of both forwards: hs, which the RNN's step writes in place, is all it keeps either way.
 template <class Scalar>
 void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active) {
+                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active, const Packed<Scalar>& kept) {
   if (!active.all()) hs.setZero();  // the outputs of finished sequences
   // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
   // bit (Eigen's general product picks its code path by a row's position).
-  const detail::PackedWeights<Scalar> packed_W(w.W_xh.map(), w.W_hh.map(), 1);
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& packed_W = detail::kept_or_packed(
+      kept, 0, s.D + s.H, s.H, 1, own, [&] { return detail::PackedWeights<Scalar>(w.W_xh.map(), w.W_hh.map(), 1); });
   detail::with_activation(activation, [&](auto phi) {
     ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), hs, packed_W, s, active};
     detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell);
@@ -103,28 +105,39 @@ void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in
 }  // namespace
 
 template <class Scalar>
+Packed<Scalar> pack(const Weights<Scalar>& w) {
+  const Index H = w.W_hh.rows();
+  detail::check_shape("W_hh", w.W_hh, H, H);
+  detail::check_shape("W_xh", w.W_xh, w.W_xh.rows(), H);
+  auto parts = std::make_shared<typename Packed<Scalar>::Parts>();
+  parts->emplace_back(w.W_xh.map(), w.W_hh.map(), 1);
+  parts->emplace_back(w.W_hh.map(), detail::Orientation::transposed);
+  return Packed<Scalar>(std::move(parts));
+}
+
+template <class Scalar>
 void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths) {
+             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_forward_inputs(s, in, w);
   detail::check_shape("hs", cache.hs, s.T * s.B, s.H);
-  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths));
+  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths), kept);
 }
 
 template <class Scalar>
 void forward_inference(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                       const Outputs<Scalar>& out, ConstLengthsRef lengths) {
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
   check_forward_inputs(s, in, w);
   detail::check_shape("hs", out.hs, s.T * s.B, s.H);
   detail::check_shape("h_T", out.h_T, s.B, s.H);
   const detail::ActiveRows active(s, lengths);
-  run_forward(s, activation, in, w, out.hs.map(), active);
+  run_forward(s, activation, in, w, out.hs.map(), active, kept);
   detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
 template <class Scalar>
 void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
-              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options) {
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
   check_inputs(s, in, w);
   const Index N = s.T * s.B;
   detail::check_shape("hs", cache.hs, N, s.H);
@@ -135,22 +148,28 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
     detail::check_shape("db_h", grad.db_h, 1, s.H);
   }
   const detail::ActiveRows active(s, lengths);
+  std::optional<detail::PackedWeights<Scalar>> own;
+  const detail::PackedWeights<Scalar>& W_hh_transposed = detail::kept_or_packed(
+      kept, 1, s.H, s.H, 1, own,
+      [&] { return detail::PackedWeights<Scalar>(w.W_hh.map(), detail::Orientation::transposed); });
   detail::with_activation(activation, [&](auto phi) {
     BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),
                                              grad.dW_xh.map(), grad.dW_hh.map(), grad.db_h.map(), s};
-    detail::backward_time_loop<Scalar>(s, active, w.W_hh.map(), in.h0.map(), cache.hs.map(), up.dhs.map(),
+    detail::backward_time_loop<Scalar>(s, active, W_hh_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                        grad.dh0.map(), options, cell);
   });
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
-  template void forward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
-                                const Cache<Scalar>&, ConstLengthsRef);                                         \
-  template void forward_inference<Scalar>(const Shape&, Activation, const Inputs<Scalar>&,                      \
-                                          const Weights<Scalar>&, const Outputs<Scalar>&, ConstLengthsRef);     \
-  template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,       \
-                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&, \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&);
+  template void forward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,         \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+  template void forward_inference<Scalar>(const Shape&, Activation, const Inputs<Scalar>&,                       \
+                                          const Weights<Scalar>&, const Outputs<Scalar>&, ConstLengthsRef,       \
+                                          const Packed<Scalar>&);                                                \
+  template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
+                                 const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+  template Packed<Scalar> pack<Scalar>(const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)
 #undef FASTBPTT_INSTANTIATE

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <algorithm>
+#include <optional>
+#include <string>
 
 #include "active_rows.hpp"
 #include "backward_scratch.hpp"
@@ -65,6 +67,23 @@ void check_backward(const Shape& s, const UpstreamView& dhs, const Gradients& gr
   check_options(s, options);
 }
 
+/// The packed matrix `part` of a call: the one `kept` holds (checked against the sizes K x N in `groups` column
+/// groups that the call's weights give), or, when `kept` is empty, the one `pack()` makes, held in `own` for the
+/// call.
+template <class Scalar, class Pack>
+const PackedWeights<Scalar>& kept_or_packed(const Packed<Scalar>& kept, std::size_t part, Index K, Index N,
+                                            Index groups, std::optional<PackedWeights<Scalar>>& own, Pack&& pack) {
+  if (kept.empty()) return own.emplace(pack());
+  if (part >= kept.parts().size()) throw std::invalid_argument("packed: not packed by this cell's pack");
+  const PackedWeights<Scalar>& w = kept.parts()[part];
+  if (w.depth() != K || w.cols() != N || w.group_width() * groups != N) {
+    throw std::invalid_argument("packed: made from weights of other sizes (packed " + std::to_string(w.depth()) +
+                                " x " + std::to_string(w.cols()) + ", the call's " + std::to_string(K) + " x " +
+                                std::to_string(N) + " in " + std::to_string(groups) + " groups)");
+  }
+  return w;
+}
+
 /// What a forward keeps: what backward reads (training), or only the state the next step needs (inference, where
 /// memory beyond the outputs does not grow with T). A cell's forward policy takes it as a template argument, so
 /// that both forwards run the same arithmetic per element and give the same bits.
@@ -98,7 +117,8 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 /// Backpropagation through time over steps T-1 .. 0: dL/dh_t (dhs plus what flows back from step t+1) becomes a
 /// row of dZ, the gradient of the step's pre-activations, and dL/dh_{t-1} = dhs_{t-1} + dZ_t W_hᵀ (+ a direct term
 /// for cells whose state bypasses W_h); each block of steps then adds its whole-sequence products.
-/// W_h      [H, recurrent columns]  in   the recurrent weights; dZ's first columns multiply W_hᵀ
+/// W_h_transposed                  in   the recurrent weights W_h [H, recurrent columns] packed transposed; dZ's
+///                                       first columns multiply W_hᵀ
 /// h0, hs   [B, H], [T*B, H]        in   the states before each step come from them
 /// dhs      [T*B, H]                in   dL/dh_t from above
 /// dh0      [B, H]                  out  dL/dh_0
@@ -116,7 +136,7 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 ///                                 the block's rows of dx
 /// The options say which of the last two run (need_weight_gradients, need_dx).
 template <class Scalar, class Cell>
-void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> W_h,
+void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWeights<Scalar>& W_h_transposed,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
                         MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell) {
   const Index B = s.B, dz_columns = cell.dz_columns();
@@ -130,11 +150,10 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
   // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, s.H), RowMatrix<Scalar>(B, s.H)};
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
-  const PackedWeights<Scalar> packed_W_h_transposed(W_h, Orientation::transposed);
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    run_team(packed_W_h_transposed, B, [&](const UnitSlice& own) {
+    run_team(W_h_transposed, B, [&](const UnitSlice& own) {
       const Index units = own.u1 - own.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
@@ -162,7 +181,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef
             cell.add_direct_term(r, own, dh_prev.row(r).data());
           }
         }
-        packed_W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), own.panels,
+        W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), own.panels,
                                              strided_rows(dh_prev),
                                              t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
       }

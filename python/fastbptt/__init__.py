@@ -50,6 +50,7 @@ from .kernels.functional import (
 )
 from .kernels.memory import workspace_bytes
 from .kernels.sequences import final_states, reverse_sequences
+from .kernels.stepper import Stepper
 from .kernels.threads import get_num_threads, set_num_threads
 from .training.layers import GRU, LSTM, RNN, Recurrent
 from .training.model import SequenceModel
@@ -85,6 +86,7 @@ __all__ = [
     "RNNCache",
     "RNNGrads",
     "SequenceModel",
+    "Stepper",
     "TrainResult",
     "Window",
     "__version__",

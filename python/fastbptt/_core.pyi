@@ -8,6 +8,11 @@ import numpy.typing as npt
 
 _T = TypeVar("_T")
 
+class PackedFloat32: ...
+class PackedFloat64: ...
+
+_Packed = PackedFloat32 | PackedFloat64
+
 __version__: str
 
 def build_info() -> dict[str, str]: ...
@@ -22,6 +27,9 @@ def set_array_cache_limit(bytes: int) -> None: ...
 def empty_array_cache() -> None: ...
 def array_cache_stats() -> dict[str, int]: ...
 def copy_array(source: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: ...
+def rnn_pack(W_xh: npt.NDArray[np.floating], W_hh: npt.NDArray[np.floating]) -> _Packed: ...
+def lstm_pack(W_x: npt.NDArray[np.floating], W_h: npt.NDArray[np.floating], forget_gate: bool) -> _Packed: ...
+def gru_pack(W_x: npt.NDArray[np.floating], W_h: npt.NDArray[np.floating]) -> _Packed: ...
 def rnn_forward(
     x: npt.NDArray[np.floating],
     W_xh: npt.NDArray[np.floating],
@@ -30,6 +38,7 @@ def rnn_forward(
     h0: npt.NDArray[np.floating],
     activation: str,
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> npt.NDArray[np.floating]: ...
 def rnn_forward_inference(
     x: npt.NDArray[np.floating],
@@ -39,6 +48,7 @@ def rnn_forward_inference(
     h0: npt.NDArray[np.floating],
     activation: str,
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def rnn_backward(
     x: npt.NDArray[np.floating],
@@ -52,6 +62,7 @@ def rnn_backward(
     hidden_grad_norms: bool = False,
     need_dx: bool = True,
     need_weight_grads: bool = True,
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_forward(
     x: npt.NDArray[np.floating],
@@ -62,6 +73,7 @@ def lstm_forward(
     c0: npt.NDArray[np.floating],
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_forward_inference(
     x: npt.NDArray[np.floating],
@@ -72,6 +84,7 @@ def lstm_forward_inference(
     c0: npt.NDArray[np.floating],
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_backward(
     x: npt.NDArray[np.floating],
@@ -89,6 +102,7 @@ def lstm_backward(
     hidden_grad_norms: bool = False,
     need_dx: bool = True,
     need_weight_grads: bool = True,
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],
@@ -116,6 +130,7 @@ def gru_forward(
     b_hn: npt.NDArray[np.floating],
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_forward_inference(
     x: npt.NDArray[np.floating],
@@ -125,6 +140,7 @@ def gru_forward_inference(
     b_hn: npt.NDArray[np.floating],
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_backward(
     x: npt.NDArray[np.floating],
@@ -139,6 +155,7 @@ def gru_backward(
     hidden_grad_norms: bool = False,
     need_dx: bool = True,
     need_weight_grads: bool = True,
+    packed: _Packed | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],

@@ -7,6 +7,10 @@ otherwise non-contiguous input). Stacked layers, both directions, dropout betwee
 ``PackedSequence`` input (run as a padded batch with per-sequence lengths) work as in torch.nn. CPU only, float32
 or float64. Importing ``fastbptt`` never imports this module.
 
+The step cells ``RNNCell``, ``LSTMCell`` and ``GRUCell`` replace torch.nn's: a cell keeps its weights packed (a
+:class:`fastbptt.Stepper`) while they are unchanged, so a Python loop of steps does not pay the packing at every
+step; what they cannot run is torch.nn's own call.
+
 Adopting it in a model: ``fastbptt.torch.convert(model)`` makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in
 ``model``, at any depth and ``model`` itself, run fastbptt, in place: each module changes class and stays the same
 object, with its Parameters (an optimizer built before keeps working), hooks and training or eval mode. What
@@ -47,6 +51,7 @@ import ast
 import math
 import numbers
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -55,8 +60,9 @@ from torch.autograd.function import once_differentiable
 
 from . import _core
 from .kernels import cells, stack, threads
+from .kernels.stepper import Stepper
 
-__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "convert", "revert"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "Recurrent", "convert", "revert"]
 
 
 _DTYPES = (torch.float32, torch.float64)  # what the core computes in
@@ -677,6 +683,189 @@ def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_fir
             raise ValueError(f"{name} must be greater than zero")
 
 
+# -- Step cells: torch.nn.RNNCell, LSTMCell, GRUCell ---------------------------------------------------------------
+# A cell is called once per step, usually in a Python loop, so what a sequence call pays once (turning the weights
+# into the kernels' layout and packing them) would be paid at every step. A cell keeps a Stepper (the weights copied
+# and packed) while its weight tensors are unchanged: the same tensors, of the same version (an in-place update such
+# as an optimizer's step bumps it) and memory (``.data =`` or ``.to()`` replace it).
+
+
+class _WeightsSeen:
+    """What a cell's Stepper was made from: each weight tensor, its version, and a detached alias of it, which keeps
+    its memory alive, so that no later tensor can take that address while the Stepper is kept."""
+
+    def __init__(self, weights: list):
+        self.entries = [(w, None if w is None else w._version, None if w is None else w.detach()) for w in weights]
+
+    def same(self, weights: list) -> bool:
+        if len(weights) != len(self.entries):
+            return False
+        for w, (seen, version, alias) in zip(weights, self.entries):
+            if w is not seen:
+                return False
+            if w is not None and (w._version != version or w.data_ptr() != alias.data_ptr()):
+                return False
+        return True
+
+
+_STEPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cell module -> (_WeightsSeen, Stepper)
+
+
+def _cell_state(states: list):
+    """A cell's state as the kernels take it from its (checked, contiguous) tensors: h [B, H], a pair (h, C) (a
+    part None for zeros), or None for zeros."""
+    arrays = [None if s is None else s.numpy(force=True) for s in states]
+    if len(arrays) == 1:
+        return arrays[0]
+    return None if arrays[0] is None and arrays[1] is None else tuple(arrays)
+
+
+class _CellStepFunction(torch.autograd.Function):
+    """One step of a cell as one autograd node; forward and backward run the cell's kept Stepper. The outputs are
+    the module's own memory (copies of the step's [B, H] states), so an in-place edit of them cannot reach the
+    gradients; the inputs and weights are saved, so that an in-place edit of one of them before backward raises
+    torch's error, as torch.nn's cells do."""
+
+    @staticmethod
+    def forward(ctx, stepper: Stepper, has_bias: bool, x, *tensors):
+        parts = stepper.cell.state_parts
+        states, weights = tensors[:parts], tensors[parts:]
+        # The module checked the tensors (dtype, shapes) and made them contiguous: the checked kernels run them.
+        with threads.defaulting_to(torch.get_num_threads()):
+            _, final, ctx.cache = stepper.cell.forward_checked(
+                stepper.params, _as_numpy(x, "input")[None], _cell_state(states), False, stepper.packed
+            )
+        ctx.stepper, ctx.has_bias = stepper, has_bias
+        ctx.save_for_backward(x, *(t for t in (*states, *weights) if t is not None))
+        ctx.set_materialize_grads(False)
+        finals = (final,) if parts == 1 else final
+        return tuple(torch.from_numpy(np.array(f)) for f in finals)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *d_finals):
+        _check_saved_inputs(ctx)
+        stepper = ctx.stepper
+        parts = stepper.cell.state_parts
+        needs = ctx.needs_input_grad[2:]  # x, the states, the weights
+        hs = ctx.cache.hs
+        d_parts = [None if d is None else np.ascontiguousarray(_as_numpy(d, "grad of output")) for d in d_finals]
+        dhs = np.zeros_like(hs) if d_parts[0] is None else d_parts[0][None]
+        dstate = None if parts == 1 or d_parts[1] is None else (None, d_parts[1])
+        with threads.defaulting_to(torch.get_num_threads()):
+            dx, dstate0, grads = stepper.cell.backward_checked(
+                stepper.params, ctx.cache, dhs, dstate, needs[0], any(needs[1 + parts :])
+            )
+        dx = None if dx is None else dx[0]
+        d_states = (dstate0,) if parts == 1 else dstate0
+        d_weights = stepper.cell.to_torch_grads(grads, ctx.has_bias)
+        results = [dx, *d_states, *d_weights]
+        return (None, None, *(_to_torch(r) if need else None for r, need in zip(results, needs)))
+
+
+class _FastCell:
+    """The forward that fastbptt.torch's RNNCell, LSTMCell and GRUCell put in place of torch.nn's. Where fastbptt
+    cannot run a call (under torch.compile, tensors off the CPU or of another dtype than float32/float64, dtypes or
+    shapes that disagree, which torch.nn refuses), the call is torch.nn's own: its result, or its error."""
+
+    def _cell(self) -> cells.Cell:
+        raise NotImplementedError
+
+    def _weights(self) -> list:
+        """The weight tensors in torch.nn's order (None for a bias left out); a parametrized one is computed here."""
+        own = self._parameters
+        return [own[name] if name in own else getattr(self, name) for name in _CELL_WEIGHTS]
+
+    def _stepper(self, cell: cells.Cell, weights: list, dtype) -> Stepper | None:
+        """The Stepper of the current weights: the one kept while they are unchanged, else a new one (kept); None
+        when the weights are not CPU tensors of ``dtype``."""
+        kept = _STEPPERS.get(self)
+        if kept is not None and kept[0].same(weights) and kept[1].dtype == _NUMPY_DTYPES[dtype]:
+            return kept[1]
+        if any(w is not None and (not w.is_cpu or w.dtype != dtype) for w in weights):
+            return None
+        arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
+        stepper = Stepper(cell, cell.from_torch(arrays))
+        _STEPPERS[self] = (_WeightsSeen(weights), stepper)
+        return stepper
+
+    def _runs_here(self, input, states: list) -> bool:
+        """Whether fastbptt can run a call with ``input`` and ``states`` (the weights are checked with the
+        Stepper); the shapes are torch.nn's cells'."""
+        if torch.compiler.is_compiling() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            return False
+        dtype = input.dtype
+        if dtype not in _DTYPES or not input.is_cpu or input.shape[-1] != self.input_size:
+            return False
+        expected = (*input.shape[:-1], self.hidden_size)
+        return all(
+            s is None or (isinstance(s, torch.Tensor) and s.is_cpu and s.dtype == dtype and s.shape == expected)
+            for s in states
+        )
+
+    def forward(self, input, hx=None):
+        """h' (RNNCell, GRUCell) or (h', c') (LSTMCell), as torch.nn's cells."""
+        cell = self._cell()
+        parts = cell.state_parts
+        if hx is None:
+            states = [None] * parts
+        elif parts == 1:
+            states = [hx]
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+            states = list(hx)
+        else:
+            return super().forward(input, hx)
+        if not self._runs_here(input, states):
+            return super().forward(input, hx)
+        weights = self._weights()
+        stepper = self._stepper(cell, weights, input.dtype)
+        if stepper is None:
+            return super().forward(input, hx)
+        batched = input.dim() == 2
+        x = (input if batched else input.unsqueeze(0)).contiguous()
+        states = [None if s is None else (s if batched else s.unsqueeze(0)).contiguous() for s in states]
+        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
+        if wants_grad:
+            finals = _CellStepFunction.apply(stepper, self.bias, x, *states, *weights)
+        else:  # nothing kept for a backward
+            with threads.defaulting_to(torch.get_num_threads()):
+                _, final, _ = stepper.cell.forward_checked(
+                    stepper.params, _as_numpy(x, "input")[None], _cell_state(states), True, stepper.packed
+                )
+            finals = [torch.from_numpy(f) for f in ((final,) if parts == 1 else final)]
+        if not batched:
+            finals = [f.squeeze(0) for f in finals]
+        return finals[0] if parts == 1 else tuple(finals)
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's cells' parameters, in its order
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+class RNNCell(_FastCell, nn.RNNCell):
+    """``torch.nn.RNNCell`` (an instance of it) whose forward and backward run fastbptt, its weights packed once
+    while they are unchanged: ``nonlinearity`` "tanh" or "relu", batched or unbatched input, CPU float32/float64."""
+
+    def _cell(self):
+        return _cell_of("rnn", activation=self.nonlinearity)
+
+
+class LSTMCell(_FastCell, nn.LSTMCell):
+    """``torch.nn.LSTMCell`` (an instance of it) whose forward and backward run fastbptt, its weights packed once
+    while they are unchanged: batched or unbatched input, CPU float32/float64."""
+
+    def _cell(self):
+        return _cell_of("lstm")
+
+
+class GRUCell(_FastCell, nn.GRUCell):
+    """``torch.nn.GRUCell`` (an instance of it) whose forward and backward run fastbptt, its weights packed once
+    while they are unchanged: batched or unbatched input, CPU float32/float64."""
+
+    def _cell(self):
+        return _cell_of("gru")
+
+
 # -- Adopting fastbptt in a model: convert / revert ----------------------------------------------------------------
 
 _FASTBPTT_CLASS_OF = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
@@ -781,4 +970,4 @@ torch._dynamo.config.allow_rnn = True
 
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
 # torch.nn's modules do.
-torch.serialization.add_safe_globals([RNN, LSTM, GRU, Recurrent])
+torch.serialization.add_safe_globals([RNN, LSTM, GRU, Recurrent, RNNCell, LSTMCell, GRUCell])

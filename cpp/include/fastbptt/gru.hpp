@@ -77,20 +77,23 @@ struct Gradients {
 /// cache        out  gates, hn, hs (see Cache)
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hn
 ///                   and hs are zero after that, and its final state is row (lengths[b]-1)*B + b
+/// packed       in   optional: `pack(weights)` made before, kept across calls (see Packed)
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
+             const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Runs the GRU as `forward` does, for inference: each step projects its own inputs x_t W_x (instead of all steps'
 /// at once) and nothing but the state is kept. hs and h_T have the bits of `forward`'s hs and final states (each
 /// element of a projection is the same sum in the same order); memory beyond the outputs is two [B, 3H] matrices
 /// and the packed weights, whatever T is.
-/// shape, inputs, weights, lengths   in   as for `forward`
+/// shape, inputs, weights, lengths, packed   in   as for `forward`
 /// outputs      out  hs, h_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
-                       const Outputs<Scalar>& outputs, ConstLengthsRef lengths = IndexVector());
+                       const Outputs<Scalar>& outputs, ConstLengthsRef lengths = IndexVector(),
+                       const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);
@@ -98,7 +101,7 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// and the whole-sequence products dW_x = Xᵀ [dz_r, dz_z, dz_n], dW_h = H_prevᵀ [dz_r, dz_z, d(hn)],
 /// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), dx = [dz_r, dz_z, dz_n] W_xᵀ, a block of
 /// backward_block_steps(B, 4H) steps at a time.
-/// shape, inputs, weights (W_x, W_h), cache, lengths   in   as given to / written by `forward`
+/// shape, inputs, weights (W_x, W_h), cache, lengths, packed   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_x, dW_h, db, db_hn (see Gradients)
 /// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions)
@@ -106,6 +109,12 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 template <class Scalar>
 void backward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
-              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {});
+              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
+              const Packed<Scalar>& packed = Packed<Scalar>());
+
+/// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): W_x for the input projection,
+/// W_h for a step's product, both in gate blocks, and W_hᵀ for BPTT's. Reads W_x and W_h (not the biases).
+template <class Scalar>
+Packed<Scalar> pack(const Weights<Scalar>& weights);
 
 }  // namespace fastbptt::gru

@@ -81,20 +81,22 @@ struct Gradients {
 /// cache        out  gates, hs, cs (see Cache)
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hs
 ///                   and cs are zero after that, and its final states are row (lengths[b]-1)*B + b
+/// packed       in   optional: `pack(forget_gate, weights)` made before, kept across calls (see Packed)
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
+             const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Runs the LSTM over all T steps as `forward` does, and keeps only the current state: for inference, when no
 /// gradient is wanted. hs, h_T and c_T have the bits of `forward`'s hs and final states (the same arithmetic per
 /// element); memory beyond the outputs is one step's gates [B, G*H] and the packed weights, whatever T is.
-/// shape, forget_gate, inputs, weights, lengths   in   as for `forward`
+/// shape, forget_gate, inputs, weights, lengths, packed   in   as for `forward`
 /// outputs      out  hs, h_T, c_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs,
                        const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
-                       ConstLengthsRef lengths = IndexVector());
+                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Backpropagation through time for `forward`, from upstream gradients on every h_t and on the final C_T.
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):
@@ -102,7 +104,7 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 ///   dz_g = dC_t * i * (1-g²);  dz_f = dC_t * C_{t-1} * f(1-f)
 /// and the whole-sequence products dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ, computed
 /// a block of backward_block_steps() steps at a time.
-/// shape, forget_gate, inputs, weights (W_x, W_h), cache, lengths   in   as given to / written by `forward`
+/// shape, forget_gate, inputs, weights (W_x, W_h), cache, lengths, packed   in   as given to / written by `forward`
 /// upstream     in   dhs, dc_T (see Upstream)
 /// gradients    out  dx, dh0, dc0, dW_x, dW_h, db (see Gradients)
 /// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions); with accumulate,
@@ -114,6 +116,12 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 template <class Scalar>
 void backward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
-              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {});
+              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
+              const Packed<Scalar>& packed = Packed<Scalar>());
+
+/// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): [W_x; W_h] for a step's
+/// product and W_hᵀ for BPTT's. Reads W_x and W_h (b is not packed).
+template <class Scalar>
+Packed<Scalar> pack(bool forget_gate, const Weights<Scalar>& weights);
 
 }  // namespace fastbptt::lstm

@@ -70,25 +70,27 @@ struct Gradients {
 /// cache        out  hs (see Cache)
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of hs are
 ///                   zero after that and its final state is row (lengths[b]-1)*B + b
+/// packed       in   optional: `pack(weights)` made before, kept across calls (see Packed)
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector());
+             const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
+             const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Runs the RNN as `forward` does, for inference: hs has `forward`'s bits, and h_T holds each sequence's final
 /// state. The RNN's forward keeps nothing but hs anyway; memory beyond the outputs is the packed weights.
-/// shape, activation, inputs, weights, lengths   in   as for `forward`
+/// shape, activation, inputs, weights, lengths, packed   in   as for `forward`
 /// outputs      out  hs, h_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs,
                        const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
-                       ConstLengthsRef lengths = IndexVector());
+                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>());
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
 ///   dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ),  dx = dZ W_xhᵀ   (a block of backward_block_steps()
 ///   steps at a time)
-/// shape, activation, inputs, weights (W_xh, W_hh), cache, lengths   in   as given to / written by `forward`
+/// shape, activation, inputs, weights (W_xh, W_hh), cache, lengths, packed   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_xh, dW_hh, db_h (see Gradients)
 /// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions and lstm::backward)
@@ -96,6 +98,12 @@ void forward_inference(const Shape& shape, Activation activation, const Inputs<S
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
-              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {});
+              ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
+              const Packed<Scalar>& packed = Packed<Scalar>());
+
+/// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): [W_xh; W_hh] for a step's
+/// product and W_hhᵀ for BPTT's. Reads W_xh and W_hh (b_h is not packed).
+template <class Scalar>
+Packed<Scalar> pack(const Weights<Scalar>& weights);
 
 }  // namespace fastbptt::rnn

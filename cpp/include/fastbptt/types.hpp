@@ -3,9 +3,11 @@
 
 #include <Eigen/Core>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace fastbptt {
 
@@ -147,6 +149,33 @@ struct Shape {
   Index B = 0;
   Index D = 0;
   Index H = 0;
+};
+
+namespace detail {
+template <class Scalar>
+class PackedWeights;
+}  // namespace detail
+
+/// A cell's weight matrices packed for the products of its time loops, made once by the cell's `pack` and kept
+/// across calls. A forward or backward given it skips packing the weights, which for calls of a few steps (one
+/// step at a time: autoregressive generation, a loop of step cells) costs as much as their arithmetic; the results
+/// have the bits of a call that packs. It holds copies: a call given it must be given the weights it was made from
+/// (their shapes are checked, not their values), and after the weights change it is stale until packed again.
+/// Copies share the packed matrices, which nothing changes; an empty one (the default) means "pack in the call".
+template <class Scalar>
+class Packed {
+ public:
+  using Parts = std::vector<detail::PackedWeights<Scalar>>;
+
+  Packed() = default;
+  explicit Packed(std::shared_ptr<const Parts> parts) : parts_(std::move(parts)) {}
+
+  bool empty() const { return parts_ == nullptr; }
+  /// The packed matrices in the order the cell's `pack` made them (the core's business).
+  const Parts& parts() const { return *parts_; }
+
+ private:
+  std::shared_ptr<const Parts> parts_;
 };
 
 /// Element-wise nonlinearity phi of the plain RNN.

@@ -517,6 +517,112 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
     return rows
 
 
+STEP_CELLS = ("lstm", "gru", "rnn")
+STEP_SHAPES = ((1, 64), (1, 256), (16, 64), (16, 256))  # B, H (D = H)
+STEP_COUNT = 100  # steps of the Python loop of one measurement
+SAMPLE_TOKENS, SAMPLE_HIDDEN, SAMPLE_VOCAB = 1000, 128, 65
+
+
+def step_loop_runner(torch, cell_module, B: int, H: int):
+    """Forward and backward through a Python loop of STEP_COUNT calls of a step cell (loss: the sum of every h)."""
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.randn(STEP_COUNT, B, H, generator=generator)
+
+    def run():
+        state, loss = None, 0.0
+        for t in range(STEP_COUNT):
+            state = cell_module(xs[t], state)
+            loss = loss + (state[0] if isinstance(state, tuple) else state).sum()
+        loss.backward()
+
+    return run
+
+
+def sample_per_token_call(model, length: int, prime, seed) -> np.ndarray:
+    """What ``SequenceModel.sample`` did before it kept a Stepper: the same draws, each token run through
+    ``model.predict`` (the layer's sequence kernels, the weights packed at every call)."""
+    rng = np.random.default_rng(seed)
+    probs, state = model.predict(np.asarray(prime)[:, None])
+    last, generated = probs[-1, 0], np.empty(length, dtype=np.int64)
+    for k in range(length):
+        logits = np.log(np.maximum(last.astype(np.float64), 1e-300))
+        p = np.exp(logits - logits.max())
+        generated[k] = rng.choice(model.num_classes, p=p / p.sum())
+        probs, state = model.predict(np.array([[generated[k]]]), state)
+        last = probs[0, 0]
+    return generated
+
+
+def run_step_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
+    """Step cells (fastbptt.torch's against torch.nn's, float32, a Python loop of STEP_COUNT steps, forward and
+    backward) and ``SequenceModel.sample`` against a sequence call per token."""
+    from ..training.model import SequenceModel
+
+    rows, saved = [], get_num_threads()
+    try:
+        import torch
+
+        import fastbptt.torch as fbt
+    except ImportError as error:
+        print(f"Step cells: not run ({error})", file=out)
+        torch = None
+    if torch is not None:
+        print(f"Step cells, {STEP_COUNT}-step Python loop, forward + backward, float32 (D = H)\n", file=out)
+        print_header(["cell", "threads", "B", "H", "torch.nn ms", "fastbptt.torch ms", "torch / fastbptt"], out)
+        torch_threads = torch.get_num_threads()
+        pairs = {"lstm": (fbt.LSTMCell, torch.nn.LSTMCell), "gru": (fbt.GRUCell, torch.nn.GRUCell)}
+        pairs["rnn"] = (fbt.RNNCell, torch.nn.RNNCell)
+        try:
+            for threads in threads_list:
+                set_num_threads(threads)
+                torch.set_num_threads(threads)
+                for cell in STEP_CELLS:
+                    ours_class, theirs_class = pairs[cell]
+                    for B, H in STEP_SHAPES:
+                        torch.manual_seed(0)
+                        theirs = theirs_class(H, H)
+                        ours = ours_class(H, H)
+                        ours.load_state_dict(theirs.state_dict())
+                        runs = {"torch": step_loop_runner(torch, theirs, B, H)}
+                        runs["fastbptt"] = step_loop_runner(torch, ours, B, H)
+                        medians = medians_interleaved(runs, repeats)
+                        row = {"kind": "step", "cell": cell, "threads": threads, "B": B, "H": H}
+                        row["torch_ms"], row["fastbptt_ms"] = medians["torch"][0], medians["fastbptt"][0]
+                        row["ratio"] = row["torch_ms"] / row["fastbptt_ms"]
+                        rows.append(row)
+                        values = [str(v) for v in (cell, threads, B, H)]
+                        print_row(
+                            [*values, fmt(row["torch_ms"], 2), fmt(row["fastbptt_ms"], 2), fmt(row["ratio"], 2)], out
+                        )
+        finally:
+            torch.set_num_threads(torch_threads)
+    print(f"\nSequenceModel.sample of {SAMPLE_TOKENS} tokens, H = {SAMPLE_HIDDEN}, float32\n", file=out)
+    print_header(["cell", "threads", "a sequence call per token ms", "sample (Stepper) ms", "ratio"], out)
+    try:
+        for threads in threads_list:
+            set_num_threads(threads)
+            for cell in STEP_CELLS:
+                model = SequenceModel(vocab_size=SAMPLE_VOCAB, hidden_size=SAMPLE_HIDDEN, cell=cell, seed=0)
+                stepped = model.sample(SAMPLE_TOKENS, prime=[1, 2, 3], seed=0)
+                if not np.array_equal(stepped, sample_per_token_call(model, SAMPLE_TOKENS, [1, 2, 3], 0)):
+                    raise AssertionError(f"{cell}: sample and a sequence call per token drew different tokens")
+                runs = {
+                    "per_call": lambda model=model: sample_per_token_call(model, SAMPLE_TOKENS, [1, 2, 3], 0),
+                    "stepper": lambda model=model: model.sample(SAMPLE_TOKENS, prime=[1, 2, 3], seed=0),
+                }
+                medians = medians_interleaved(runs, repeats)
+                row = {"kind": "sample", "cell": cell, "threads": threads, "H": SAMPLE_HIDDEN}
+                row["per_call_ms"], row["stepper_ms"] = medians["per_call"][0], medians["stepper"][0]
+                row["ratio"] = row["per_call_ms"] / row["stepper_ms"]
+                rows.append(row)
+                print_row(
+                    [cell, str(threads), fmt(row["per_call_ms"]), fmt(row["stepper_ms"]), fmt(row["ratio"], 2)], out
+                )
+    finally:
+        set_num_threads(saved)
+    return rows
+
+
 def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -632,6 +738,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: fastbptt.torch vs torch.nn (LSTM and GRU, float32, S/M/L/LONG), training and no_grad, the "
         "module path's overhead over the kernels, and PyTorch's error inputs",
     )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="instead: fastbptt.torch's step cells vs torch.nn's over a 100-step Python loop (float32, B = 1, 16, "
+        "H = 64, 256), and SequenceModel.sample of 1000 tokens vs a sequence call per token",
+    )
 
 
 def run_from_args(args) -> int:
@@ -650,6 +762,8 @@ def run_from_args(args) -> int:
         rows = run_scaling()
     elif args.torch:
         rows = run_torch_comparison(threads, repeats)
+    elif args.steps:
+        rows = run_step_comparison(threads, repeats)
     else:
         rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
     if args.json:

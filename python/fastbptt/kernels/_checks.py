@@ -234,6 +234,18 @@ def upstream(name: str, value, dtype: np.dtype, shape: Sequence[int], symbols: s
     return array
 
 
+def packed(packed, dtype: np.dtype):
+    """``packed`` (weights a cell's ``pack`` made, or None) when it is of ``dtype``; TypeError otherwise."""
+    if packed is None:
+        return None
+    from .. import _core
+
+    expected = _core.PackedFloat32 if dtype == np.float32 else _core.PackedFloat64
+    if not isinstance(packed, expected):
+        raise TypeError(f"packed: expected weights packed as {dtype} by the cell's pack, got {type(packed).__name__}")
+    return packed
+
+
 def inference_flag(inference, checkpoint) -> bool:
     """``inference`` checked, and refused together with ``checkpoint`` (which keeps states for a backward)."""
     inference = flag("inference", inference)

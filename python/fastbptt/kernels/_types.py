@@ -95,6 +95,7 @@ class RNNCache(_ComputedArraysReadOnly):
     hs: np.ndarray  #: [T, B, H], h_1 .. h_T (zero past each sequence's length)
     activation: str
     lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
+    packed: object = None  #: the weights packed once (a :class:`fastbptt.Stepper`'s), for backward; None: packed there
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class LSTMCache(_ComputedArraysReadOnly):
     cs: np.ndarray  #: [T, B, H], C_1 .. C_T
     forget_gate: bool
     lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
+    packed: object = None  #: as for :class:`RNNCache`
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,4 @@ class GRUCache(_ComputedArraysReadOnly):
     hn: np.ndarray  #: [T, B, H], h_{t-1} W_hn + b_hn of every step
     hs: np.ndarray  #: [T, B, H], h_1 .. h_T
     lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
+    packed: object = None  #: as for :class:`RNNCache`

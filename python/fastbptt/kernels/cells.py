@@ -133,10 +133,27 @@ class Cell:
         return {}
 
     # -- running ----------------------------------------------------------------------------------------------
-    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None, inference: bool = False):
+    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None, inference: bool = False, packed=None):
         """``(hs [T,B,H], final state, cache)`` of one layer and direction over time-major ``x``; with ``inference``
-        nothing is kept for a backward and the cache is None."""
+        nothing is kept for a backward and the cache is None. ``packed``: :meth:`pack`'s result for ``p`` (kept by
+        the caller across calls, and by the cache for backward), or None."""
         raise NotImplementedError
+
+    def forward_checked(self, p: dict, x: np.ndarray, state, inference: bool, packed):
+        """:meth:`forward` (all T steps, no lengths) of arguments the caller has checked: ``p``'s arrays and ``x``
+        C-contiguous of one float dtype, the state's arrays too (a part None for zeros), ``packed`` :meth:`pack`'s
+        for ``p``. The fast backend skips the kernels' own checks, which cost more than a step of a small cell."""
+        return self.forward(p, x, state, None, inference, packed)
+
+    def backward_checked(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool, need_weight_grads: bool):
+        """:meth:`backward` of arguments the caller has checked (``dhs`` and ``dstate``'s arrays C-contiguous of
+        the cache's dtype and shapes), for a cache of :meth:`forward_checked`."""
+        return self.backward(p, cache, dhs, dstate, need_dx, need_weight_grads)
+
+    def pack(self, p: dict):
+        """``p``'s weights packed once for the forwards and backwards of many calls (the ``packed`` of
+        :meth:`forward`), or None where the backend packs nothing (the reference)."""
+        return None
 
     def backward(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool = True, need_weight_grads: bool = True):
         """``(dx, dstate0, parameter gradients by base name)`` for ``forward``'s cache; dx is None without
@@ -207,6 +224,32 @@ def _summed_bias_to_torch(grads: dict | None, names: tuple[str, str, str], has_b
     dW_x, dW_h, db = (grads[name] for name in names)
     # Two arrays, not one shared by both biases: in-place updates of one .grad (clipping) must not touch the other.
     return [dW_x.T, dW_h.T, *((db, db.copy()) if has_bias else (None, None))]
+
+
+def _core_pack(cell: Cell, function: str, *arguments):
+    """The compiled core's ``function`` (a cell's ``*_pack``) of ``arguments``, for the fast backend; None for the
+    reference, which packs nothing. The weights must be C-contiguous arrays of one float dtype (as a Stepper
+    keeps them)."""
+    if cell.backend != "fast":
+        return None
+    from .. import _core
+
+    return getattr(_core, function)(*arguments)
+
+
+def _zero_state(x: np.ndarray, W_h: np.ndarray) -> np.ndarray:
+    """The zeros a state None stands for: [B, H] of x's dtype."""
+    return np.zeros((x.shape[1], W_h.shape[0]), x.dtype)
+
+
+def _plus_final(dhs: np.ndarray, dh_T) -> np.ndarray:
+    """``dhs`` (checked, all T steps run) with the final state's gradient ``dh_T`` (or None) added at the last step,
+    in a new array when there is one to add."""
+    if dh_T is None:
+        return dhs
+    dhs = dhs.copy()
+    dhs[-1] += dh_T
+    return dhs
 
 
 def _state_or_zeros(state, x: np.ndarray, hs: np.ndarray) -> np.ndarray:
@@ -285,7 +328,7 @@ class RNNCell(Cell):
             }
         return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths, inference=False):
+    def forward(self, p, x, h0, lengths, inference=False, packed=None):
         hs, cache = self.kernels.rnn_forward(
             x,
             p["W_xh"],
@@ -295,8 +338,27 @@ class RNNCell(Cell):
             activation=self.options["activation"],
             lengths=lengths,
             inference=inference,
+            packed=packed,
         )
         return hs, final_states(hs, lengths), cache
+
+    def pack(self, p):
+        return _core_pack(self, "rnn_pack", p["W_xh"], p["W_hh"])
+
+    def forward_checked(self, p, x, h0, inference, packed):
+        if self.backend != "fast":
+            return super().forward_checked(p, x, h0, inference, packed)
+        h0 = _zero_state(x, p["W_hh"]) if h0 is None else h0
+        hs, cache = self.kernels.rnn_forward_checked(
+            x, p["W_xh"], p["W_hh"], p["b_h"], h0, self.options["activation"], None, inference, packed
+        )
+        return hs, hs[-1], cache
+
+    def backward_checked(self, p, cache, dhs, dh_T, need_dx, need_weight_grads):
+        if self.backend != "fast":
+            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads)
+        grads = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
+        return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
     def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
@@ -366,7 +428,7 @@ class LSTMCell(Cell):
             b[self.gate_columns(H)["f"]] += forget_bias
         return {"W_x": W_x, "W_h": W_h, "b": b}
 
-    def forward(self, p, x, state, lengths, inference=False):
+    def forward(self, p, x, state, lengths, inference=False, packed=None):
         h0, c0 = (None, None) if state is None else state
         hs, c_T, cache = self.kernels.lstm_forward(
             x,
@@ -378,8 +440,31 @@ class LSTMCell(Cell):
             forget_gate=self.options["forget_gate"],
             lengths=lengths,
             inference=inference,
+            packed=packed,
         )
         return hs, (final_states(hs, lengths), c_T), cache
+
+    def pack(self, p):
+        return _core_pack(self, "lstm_pack", p["W_x"], p["W_h"], self.options["forget_gate"])
+
+    def forward_checked(self, p, x, state, inference, packed):
+        if self.backend != "fast":
+            return super().forward_checked(p, x, state, inference, packed)
+        h0, c0 = (None, None) if state is None else state
+        h0 = _zero_state(x, p["W_h"]) if h0 is None else h0
+        c0 = _zero_state(x, p["W_h"]) if c0 is None else c0
+        hs, c_T, cache = self.kernels.lstm_forward_checked(
+            x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], None, inference, packed
+        )
+        return hs, (hs[-1], c_T), cache
+
+    def backward_checked(self, p, cache, dhs, dstate, need_dx, need_weight_grads):
+        if self.backend != "fast":
+            return super().backward_checked(p, cache, dhs, dstate, need_dx, need_weight_grads)
+        dh_T, dc_T = (None, None) if dstate is None else dstate
+        dc_T = np.zeros_like(cache.c0) if dc_T is None else dc_T
+        grads = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, need_weight_grads)
+        return grads.dx, (grads.dh0, grads.dc0), _named(("W_x", "W_h", "b"), grads[3:], need_weight_grads)
 
     def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
         dh_T, dc_T = (None, None) if dstate is None else dstate
@@ -449,11 +534,29 @@ class GRUCell(Cell):
         W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
         return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths, inference=False):
+    def forward(self, p, x, h0, lengths, inference=False, packed=None):
         hs, cache = self.kernels.gru_forward(
-            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths, inference=inference
+            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths, inference=inference, packed=packed
         )
         return hs, final_states(hs, lengths), cache
+
+    def pack(self, p):
+        return _core_pack(self, "gru_pack", p["W_x"], p["W_h"])
+
+    def forward_checked(self, p, x, h0, inference, packed):
+        if self.backend != "fast":
+            return super().forward_checked(p, x, h0, inference, packed)
+        h0 = _zero_state(x, p["W_h"]) if h0 is None else h0
+        hs, cache = self.kernels.gru_forward_checked(
+            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, None, inference, packed
+        )
+        return hs, hs[-1], cache
+
+    def backward_checked(self, p, cache, dhs, dh_T, need_dx, need_weight_grads):
+        if self.backend != "fast":
+            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads)
+        grads = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
+        return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
 
     def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
@@ -488,7 +591,7 @@ class GRUCell(Cell):
         return 4 * H  # the gate blocks and r's share of n's recurrent product
 
     def packed_weights(self, D, H):
-        return [(D, 3 * H, 1), (H, 3 * H, 3), (3 * H, H, 1)]  # W_x for the input projection, W_h per step, W_hᵀ
+        return [(D, 3 * H, 3), (H, 3 * H, 3), (3 * H, H, 1)]  # W_x for the input projection, W_h per step, W_hᵀ
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         saved = T * B * (3 * H + 2 * H)  # gates, hn, hs

@@ -27,7 +27,7 @@ def _core_lengths(lengths: np.ndarray | None) -> np.ndarray:
 
 
 def rnn_forward(
-    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False
+    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False, packed=None
 ) -> tuple[np.ndarray, RNNCache | None]:
     """Runs the plain RNN ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)`` over a batch of sequences.
 
@@ -49,6 +49,10 @@ def rnn_forward(
         True: keep only the current state, for a forward that no backward follows (prediction, sampling, a frozen
         encoder). The outputs have the bits of the training forward's; nothing is kept for backward, so memory
         beyond the outputs does not grow with T, and the cache returned is None.
+    packed : optional
+        The weights packed once for many calls, by the cell's ``pack`` (:class:`fastbptt.Stepper` keeps them): the
+        call and its backward skip packing ``W_xh, W_hh``, with the same bits. They must be the weights given here
+        (only their shapes are checked). None: packed in the call.
 
     Returns
     -------
@@ -60,11 +64,20 @@ def rnn_forward(
     """
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
-    if _checks.flag("inference", inference):
-        hs, _ = _core.rnn_forward_inference(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
+    packed = _checks.packed(packed, x.dtype)
+    return rnn_forward_checked(
+        x, W_xh, W_hh, b_h, h0, activation, lengths, _checks.flag("inference", inference), packed
+    )
+
+
+def rnn_forward_checked(x, W_xh, W_hh, b_h, h0, activation, lengths, inference, packed):
+    """:func:`rnn_forward` of arguments checked already (as :func:`fastbptt.kernels._checks.rnn_args` returns them,
+    lengths an int64 array or None, packed of x's dtype or None): the callers that check their own, cheaper."""
+    if inference:
+        hs, _ = _core.rnn_forward_inference(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed)
         return hs, None
-    hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths))
-    cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths)
+    hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed)
+    cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths, packed)
     return cache.hs, cache
 
 
@@ -89,6 +102,12 @@ def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grad
     """
     c = _checks.cache_of(RNNCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    return rnn_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
+
+
+def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> RNNGrads:
+    """:func:`rnn_backward` of arguments checked already (a cache of :func:`rnn_forward`, dhs C-contiguous of its
+    dtype and shape)."""
     grads = _core.rnn_backward(
         c.x,
         c.W_xh,
@@ -99,7 +118,9 @@ def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grad
         c.activation,
         _core_lengths(c.lengths),
         False,
-        *_needs(need_dx, need_weight_grads),
+        need_dx,
+        need_weight_grads,
+        c.packed,
     )
     return RNNGrads(*grads)
 
@@ -109,7 +130,18 @@ def _needs(need_dx, need_weight_grads) -> tuple[bool, bool]:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None, inference=False
+    x,
+    W_x,
+    W_h,
+    b,
+    h0=None,
+    c0=None,
+    *,
+    forget_gate: bool = True,
+    lengths=None,
+    checkpoint=None,
+    inference=False,
+    packed=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Runs the LSTM over a batch of sequences.
 
@@ -139,6 +171,8 @@ def lstm_forward(
     inference : bool
         As for :func:`rnn_forward`: nothing kept for backward (the cell states, gates of every step), the cache
         returned is None. Not with ``checkpoint``.
+    packed : optional
+        As for :func:`rnn_forward` (``W_x, W_h`` packed). Not with ``checkpoint``.
 
     Returns
     -------
@@ -152,19 +186,30 @@ def lstm_forward(
     """
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
-    if _checks.inference_flag(inference, checkpoint):
-        hs, _, c_T = _core.lstm_forward_inference(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
-        return hs, c_T, None
+    packed = _checks.packed(packed, x.dtype)
+    inference = _checks.inference_flag(inference, checkpoint)
     if checkpoint is not None:
         if lengths is not None:
             raise ValueError("checkpoint: not supported together with lengths; pass one of them")
+        if packed is not None:
+            raise ValueError("checkpoint: not supported together with packed weights; pass one of them")
         segment = _checkpoint.segment_steps(checkpoint, x.shape[0], x.shape[1], W_h.shape[1])
         hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
             _lstm_core_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
         )
         return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
-    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths))
-    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    return lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed)
+
+
+def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed):
+    """:func:`lstm_forward` without checkpoints, of arguments checked already (as
+    :func:`fastbptt.kernels._checks.lstm_args` returns them, lengths an int64 array or None, packed of x's dtype or
+    None): the callers that check their own, cheaper."""
+    if inference:
+        hs, _, c_T = _core.lstm_forward_inference(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed)
+        return hs, c_T, None
+    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed)
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, packed)
     return cache.hs, final_states(cs, lengths), cache
 
 
@@ -202,6 +247,14 @@ def lstm_backward(
     needs = _needs(need_dx, need_weight_grads)
     if isinstance(c, CheckpointedLSTMCache):
         return LSTMGrads(*_checkpoint.lstm_backward(_lstm_core_forward, _core.lstm_backward_into, c, dhs, dc_T, *needs))
+    return lstm_backward_checked(c, dhs, dc_T, *needs)
+
+
+def lstm_backward_checked(
+    c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool
+) -> LSTMGrads:
+    """:func:`lstm_backward` of arguments checked already (a cache of :func:`lstm_forward` without checkpoints;
+    dhs and dc_T C-contiguous of its dtype and shapes)."""
     grads = _core.lstm_backward(
         c.x,
         c.W_x,
@@ -216,13 +269,15 @@ def lstm_backward(
         c.forget_gate,
         _core_lengths(c.lengths),
         False,
-        *needs,
+        need_dx,
+        need_weight_grads,
+        c.packed,
     )
     return LSTMGrads(*grads)
 
 
 def gru_forward(
-    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None
 ) -> tuple[np.ndarray, GRUCache | None]:
     """Runs the GRU (PyTorch's cell) over a batch of sequences.
 
@@ -245,6 +300,8 @@ def gru_forward(
         As for :func:`rnn_forward`.
     inference : bool
         As for :func:`rnn_forward`.
+    packed : optional
+        As for :func:`rnn_forward` (``W_x, W_h`` packed).
 
     Returns
     -------
@@ -256,11 +313,18 @@ def gru_forward(
     """
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
-    if _checks.flag("inference", inference):
-        hs, _ = _core.gru_forward_inference(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
+    packed = _checks.packed(packed, x.dtype)
+    return gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, _checks.flag("inference", inference), packed)
+
+
+def gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, inference, packed):
+    """:func:`gru_forward` of arguments checked already (as :func:`fastbptt.kernels._checks.gru_args` returns them,
+    lengths an int64 array or None, packed of x's dtype or None): the callers that check their own, cheaper."""
+    if inference:
+        hs, _ = _core.gru_forward_inference(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed)
         return hs, None
-    hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths))
-    cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths)
+    hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed)
+    cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths, packed)
     return cache.hs, cache
 
 
@@ -283,6 +347,12 @@ def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grad
     """
     c = _checks.cache_of(GRUCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
+    return gru_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
+
+
+def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> GRUGrads:
+    """:func:`gru_backward` of arguments checked already (a cache of :func:`gru_forward`, dhs C-contiguous of its
+    dtype and shape)."""
     grads = _core.gru_backward(
         c.x,
         c.W_x,
@@ -294,7 +364,9 @@ def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grad
         dhs,
         _core_lengths(c.lengths),
         False,
-        *_needs(need_dx, need_weight_grads),
+        need_dx,
+        need_weight_grads,
+        c.packed,
     )
     return GRUGrads(*grads)
 

@@ -67,11 +67,12 @@ def _running(lengths: np.ndarray | None, t: int, B: int) -> np.ndarray:
 
 
 def rnn_forward(
-    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False
+    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False, packed=None
 ) -> tuple[np.ndarray, RNNCache | None]:
     """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
-    A sequence past its length keeps its state and outputs zeros."""
+    A sequence past its length keeps its state and outputs zeros. ``packed`` is taken for the fast path's signature
+    and not used (the reference packs nothing); so in every forward here."""
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
@@ -128,7 +129,18 @@ def _gate_blocks(forget_gate: bool, H: int) -> dict[str, slice]:
 
 
 def lstm_forward(
-    x, W_x, W_h, b, h0=None, c0=None, *, forget_gate: bool = True, lengths=None, checkpoint=None, inference=False
+    x,
+    W_x,
+    W_h,
+    b,
+    h0=None,
+    c0=None,
+    *,
+    forget_gate: bool = True,
+    lengths=None,
+    checkpoint=None,
+    inference=False,
+    packed=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache)."""
     x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
@@ -248,7 +260,7 @@ def lstm_backward(
 
 
 def gru_forward(
-    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None
 ) -> tuple[np.ndarray, GRUCache | None]:
     """Reference of :func:`fastbptt.gru_forward`."""
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..kernels import _checks, cells, stack
 from ..kernels.stack import StackCache
+from ..kernels.stepper import Stepper
 from .saving import load_arrays, save_arrays
 
 __all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
@@ -196,15 +197,24 @@ class Recurrent:
             return np.stack(states)
         return np.stack([h for h, _ in states]), np.stack([c for _, c in states])
 
+    def stepper(self, layer: int = 0, direction: int = 0) -> Stepper:
+        """A :class:`fastbptt.Stepper` of one layer and direction: its cell with a packed copy of its current
+        parameters, to run a step at a time (generation). Make a new one after the parameters change."""
+        self._check_cell_index("stepper", layer, direction)
+        return Stepper(self.cell, self._params_of(layer, direction))
+
+    def _check_cell_index(self, name: str, layer: int, direction: int) -> None:
+        if not (0 <= layer < self.num_layers and 0 <= direction < self.num_directions):
+            raise ValueError(
+                f"{name}: layer must lie in 0 .. {self.num_layers - 1} and direction in "
+                f"0 .. {self.num_directions - 1}, got layer={layer}, direction={direction}"
+            )
+
     def cell_cache(self, layer: int = 0, direction: int = 0):
         """The kernel cache (``RNNCache``, ``LSTMCache`` or ``GRUCache``) of one layer and direction from the last
         forward, e.g. for :mod:`fastbptt.diagnostics`. The reverse direction's cache is in reversed time."""
         cache = self._require_cache()
-        if not (0 <= layer < self.num_layers and 0 <= direction < self.num_directions):
-            raise ValueError(
-                f"cell_cache: layer must lie in 0 .. {self.num_layers - 1} and direction in "
-                f"0 .. {self.num_directions - 1}, got layer={layer}, direction={direction}"
-            )
+        self._check_cell_index("cell_cache", layer, direction)
         return cache.cells[layer * self.num_directions + direction]
 
     def _require_cache(self) -> StackCache:

@@ -169,17 +169,24 @@ class SequenceModel:
         """Class probabilities ``[T, B, K]`` (``[B, T, K]`` if batch_first) and the final state."""
         _, x = self._embed(tokens)
         hs, final_state = self.rnn.forward(x, state, inference=True)
+        probs = self._probabilities(hs)
+        return (np.ascontiguousarray(np.swapaxes(probs, 0, 1)) if self.batch_first else probs), final_state
+
+    def _probabilities(self, hs: np.ndarray) -> np.ndarray:
+        """The softmax of the output layer over the last axis of ``hs [..., H]``."""
         logits = hs @ self.params["W_yh"] + self.params["b_y"]
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=-1, keepdims=True)
-        return (np.ascontiguousarray(np.swapaxes(probs, 0, 1)) if self.batch_first else probs), final_state
+        return probs
 
     def sample(self, length: int, *, prime, temperature: float = 1.0, seed=None, state=None) -> np.ndarray:
         """Generates ``length`` tokens one step at a time, each drawn from the model's softmax at
         ``temperature``, after feeding the ``prime`` tokens (an int or a sequence of ints).
 
-        For a character model, where classes are tokens; returns an int64 array of the generated ids only.
+        For a character model, where classes are tokens; returns an int64 array of the generated ids only. The
+        prime runs as one sequence; the generated tokens run a step each through a :class:`fastbptt.Stepper`,
+        which packs the layer's weights once for all of them.
         """
         length = _checks.positive_int("length", length)
         if self.num_classes != self.vocab_size:
@@ -193,13 +200,22 @@ class SequenceModel:
         primer = prime[:, None] if not self.batch_first else prime[None, :]
         probs, state = self.predict(primer, state)
         last = probs[-1, 0] if not self.batch_first else probs[0, -1]
+        stepper = self.rnn.stepper()  # the model's one layer: its state is the cell's
+        embedding = self.params.get("embedding")
+        one_hot = np.zeros((1, self.vocab_size), dtype=self.dtype)
         generated = np.empty(length, dtype=np.int64)
         for k in range(length):
             logits = np.log(np.maximum(last.astype(np.float64), 1e-300)) / temperature
             p = np.exp(logits - logits.max())
-            generated[k] = rng.choice(self.num_classes, p=p / p.sum())
-            probs, state = self.predict(np.array([[generated[k]]]), state)
-            last = probs[0, 0]
+            token = generated[k] = _draw(rng, p / p.sum())
+            if embedding is None:
+                one_hot.fill(0)
+                one_hot[0, token] = 1
+                x = one_hot
+            else:
+                x = embedding[token : token + 1]
+            h, state, _ = stepper(x, state, inference=True)
+            last = self._probabilities(h)[0]
         return generated
 
     def _config(self) -> dict:
@@ -222,3 +238,11 @@ class SequenceModel:
         loaded = load_arrays(path, self.kind, self._config(), self.params)
         for name, value in loaded.items():
             self.params[name][...] = value
+
+
+def _draw(rng: np.random.Generator, p: np.ndarray) -> int:
+    """One class drawn with probabilities ``p``: what ``rng.choice(len(p), p=p)`` draws (its algorithm, one uniform
+    number taken from ``rng`` the same way), without the checks of its arguments that cost more than the draw."""
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))

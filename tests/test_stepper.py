@@ -1,0 +1,170 @@
+"""fastbptt.Stepper and the kernels' ``packed=``: weights packed once, steps run one at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close, assert_nontrivial
+
+import fastbptt as fb
+from fastbptt import _core
+from fastbptt.kernels import cells
+
+CELLS = [
+    ("rnn", {"activation": "tanh"}),
+    ("rnn", {"activation": "relu"}),
+    ("lstm", {}),
+    ("lstm", {"forget_gate": False}),
+    ("gru", {}),
+]
+IDS = ["rnn-tanh", "rnn-relu", "lstm", "lstm-no-forget", "gru"]
+
+
+def problem(rng, name, options, T, B, D, H, dtype):
+    spec = cells.cell_class(name)("fast", **options)
+    params = {k: v.astype(dtype) for k, v in spec.init_parameters(rng, D, H, "uniform").items()}
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    state = tuple(rng.standard_normal((B, H)).astype(dtype) * 0.5 for _ in range(spec.state_parts))
+    return spec, params, x, state[0] if spec.state_parts == 1 else state
+
+
+def final_parts(final):
+    return final if isinstance(final, tuple) else (final,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "options"), CELLS, ids=IDS)
+def test_steps_one_at_a_time_give_the_bits_of_one_sequence_call(rng, name, options, dtype):
+    T, B, D, H = 9, 3, 5, 11
+    spec, params, x, state = problem(rng, name, options, T, B, D, H, dtype)
+    hs, final, _ = spec.forward(params, x, state, None)
+    assert_nontrivial(hs, 0.3 if options.get("activation") == "relu" else 0.5)
+    stepper = fb.Stepper(name, params, **options)
+    carried, outputs = state, []
+    for t in range(T):
+        h, carried, _ = stepper(x[t], carried)
+        outputs.append(h)
+    np.testing.assert_array_equal(np.stack(outputs), hs)
+    for got, expected in zip(final_parts(carried), final_parts(final)):
+        np.testing.assert_array_equal(got, expected)
+    # several steps per call, and the forward-only kernels: the same bits
+    h_few, carried, _ = stepper(x[:4], state)
+    h_rest, carried, _ = stepper(x[4:], carried, inference=True)
+    np.testing.assert_array_equal(np.concatenate([h_few, h_rest]), hs)
+    for got, expected in zip(final_parts(carried), final_parts(final)):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "options"), CELLS, ids=IDS)
+def test_backward_step_by_step_matches_the_reference_sequence_backward(rng, name, options, dtype):
+    T, B, D, H = 6, 2, 4, 7
+    spec, params, x, state = problem(rng, name, options, T, B, D, H, dtype)
+    reference = cells.cell_class(name)("reference", **options)
+    params64 = {k: v.astype(np.float64) for k, v in params.items()}
+    state64 = tuple(s.astype(np.float64) for s in final_parts(state))
+    state64 = state64[0] if len(state64) == 1 else state64
+    hs, _, cache = reference.forward(params64, x.astype(np.float64), state64, None)
+    dhs = rng.standard_normal(hs.shape)
+    dx_ref, dstate_ref, grads_ref = reference.backward(params64, cache, dhs, None)
+
+    stepper = fb.Stepper(name, params, **options)
+    carried, caches = state, []
+    for t in range(T):
+        _, carried, step_cache = stepper(x[t], carried)
+        caches.append(step_cache)
+    dstate, dxs, totals = None, [None] * T, None
+    for t in reversed(range(T)):
+        dxs[t], dstate, grads = stepper.backward(caches[t], dhs[t].astype(dtype), dstate)
+        totals = grads if totals is None else {k: totals[k] + grads[k] for k in grads}
+    assert_close(np.stack(dxs), dx_ref, dtype, "grads", "dx")
+    for got, expected in zip(final_parts(dstate), final_parts(dstate_ref)):
+        assert_close(got, expected, dtype, "grads", "dstate0")
+    for key in grads_ref:
+        assert_close(totals[key], grads_ref[key], dtype, "grads", key)
+
+
+def test_the_stepper_keeps_a_copy_of_its_weights(rng):
+    spec, params, x, state = problem(rng, "lstm", {}, 3, 2, 4, 5, np.float64)
+    stepper = fb.Stepper("lstm", params)
+    before, _, _ = stepper(x[0], state, inference=True)
+    params["W_h"] *= 3.0  # the caller's array; the stepper holds its own
+    after, _, _ = stepper(x[0], state, inference=True)
+    np.testing.assert_array_equal(before, after)
+    with pytest.raises(ValueError, match="read-only"):
+        stepper.params["W_h"][0, 0] = 1.0
+
+
+def test_an_output_backward_reads_cannot_be_edited(rng):
+    _, params, x, state = problem(rng, "rnn", {}, 2, 2, 3, 4, np.float64)
+    stepper = fb.Stepper("rnn", params)
+    h, _, cache = stepper(x[0], state)
+    with pytest.raises(ValueError, match="read-only"):
+        h *= 2.0
+    h_inference, _, none = stepper(x[0], state, inference=True)
+    assert none is None and h_inference.flags.writeable  # nothing reads it later: the caller's own
+
+
+def test_the_reference_backend_runs_a_stepper_without_packing(rng):
+    spec, params, x, state = problem(rng, "gru", {}, 4, 2, 3, 5, np.float64)
+    fast, reference = fb.Stepper("gru", params), fb.Stepper("gru", params, backend="reference")
+    assert fast.packed is not None and reference.packed is None
+    h_fast, _, _ = fast(x[0], state)
+    h_reference, _, cache = reference(x[0], state)
+    assert_close(h_fast, h_reference, np.float64, "outputs")
+    dx, dh0, grads = reference.backward(cache, np.ones_like(h_reference))
+    assert dx.shape == (2, 3) and dh0.shape == (2, 5) and set(grads) == {"W_x", "W_h", "b", "b_hn"}
+
+
+def test_the_stepper_refuses_bad_arguments_by_name(rng):
+    _, params, x, state = problem(rng, "lstm", {}, 2, 2, 3, 4, np.float64)
+    with pytest.raises(ValueError, match="missing b"):
+        fb.Stepper("lstm", {"W_x": params["W_x"], "W_h": params["W_h"]})
+    with pytest.raises(ValueError, match="W_h: expected shape"):
+        fb.Stepper("lstm", {**params, "W_h": params["W_h"][:, :8]})
+    with pytest.raises(TypeError, match="dtype"):
+        fb.Stepper("lstm", params, dtype=np.int32)
+    stepper = fb.Stepper("lstm", params)
+    with pytest.raises(TypeError, match="x: has dtype float32"):
+        stepper(x[0].astype(np.float32), state)
+    with pytest.raises(ValueError, match="x: expected"):
+        stepper(x[0][:, :2], state)
+    with pytest.raises(ValueError, match=r"state\[1\]: expected shape"):
+        stepper(x[0], (state[0], state[1][:, :2]))
+    with pytest.raises(TypeError, match="pair"):
+        stepper(x[0], state[0])
+    _, _, cache = stepper(x[0], state)
+    with pytest.raises(TypeError, match="cache"):
+        fb.Stepper("lstm", params).backward(cache, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="dh: expected shape"):
+        stepper.backward(cache, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_weights_keep_the_bits_of_the_kernels(rng, dtype):
+    spec, params, x, state = problem(rng, "lstm", {}, 7, 3, 5, 6, dtype)
+    packed = spec.pack(params)
+    hs, c_T, cache = fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state)
+    hs_p, c_T_p, cache_p = fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=packed)
+    np.testing.assert_array_equal(hs_p, hs)
+    np.testing.assert_array_equal(c_T_p, c_T)
+    dhs = rng.standard_normal(hs.shape).astype(dtype)
+    for got, expected in zip(fb.lstm_backward(cache_p, dhs), fb.lstm_backward(cache, dhs)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_packed_weights_of_another_cell_size_or_dtype_are_refused(rng):
+    spec, params, x, state = problem(rng, "lstm", {}, 2, 2, 3, 4, np.float64)
+    other = cells.cell_class("lstm")("fast").init_parameters(rng, 3, 5, "uniform")
+    with pytest.raises(ValueError, match="packed: made from weights of other sizes"):
+        fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=spec.pack(other))
+    with pytest.raises(TypeError, match="packed: expected weights packed as float64"):
+        as32 = {k: v.astype(np.float32) for k, v in params.items()}
+        fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=spec.pack(as32))
+    with pytest.raises(ValueError, match="checkpoint"):
+        fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=spec.pack(params), checkpoint=1)
+    gru = cells.cell_class("gru")("fast")
+    gru_params = gru.init_parameters(rng, 3, 4, "uniform")
+    with pytest.raises(ValueError, match="packed"):  # three packed matrices in other sizes than the LSTM's two
+        fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=gru.pack(gru_params))
+    assert isinstance(spec.pack(params), _core.PackedFloat64)
