@@ -24,7 +24,8 @@ def model_of(kind, **options):
     torch.manual_seed(0)
     recurrent = {"lstm": fbt.LSTM, "gru": fbt.GRU, "rnn": fbt.RNN}[kind](D, H, **options)
     directions = 2 if options.get("bidirectional") else 1
-    return recurrent, torch.nn.Linear(directions * H, 2, dtype=options.get("dtype"))
+    features = options.get("proj_size") or H
+    return recurrent, torch.nn.Linear(directions * features, 2, dtype=options.get("dtype"))
 
 
 def loss_and_grads(recurrent, head, x, hx, compile_it):
@@ -46,6 +47,7 @@ CASES = {
     "gru-no-bias-float64": ("gru", {"bias": False, "dtype": torch.float64}),
     "rnn-relu-batch-first": ("rnn", {"nonlinearity": "relu", "batch_first": True}),
     "lstm-dropout-eval": ("lstm", {"num_layers": 3, "dropout": 0.3}),
+    "lstm-projection-2-bidirectional": ("lstm", {"proj_size": 3, "num_layers": 2, "bidirectional": True}),
 }
 
 
@@ -61,7 +63,7 @@ def test_fullgraph_compile_gives_eager_outputs_and_gradients(case, with_state):
     layers = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
     hx = None
     if with_state:
-        h0 = 0.5 * torch.randn(layers, B, H, dtype=dtype)
+        h0 = 0.5 * torch.randn(layers, B, options.get("proj_size") or H, dtype=dtype)
         hx = (h0, 0.5 * torch.randn(layers, B, H, dtype=dtype)) if kind == "lstm" else h0
     eager = loss_and_grads(recurrent, head, x, hx, compile_it=False)
     compiled = loss_and_grads(recurrent, head, x, hx, compile_it=True)

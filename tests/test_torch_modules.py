@@ -171,8 +171,6 @@ def test_no_copy_for_contiguous_tensors(monkeypatch):
 
 
 def test_what_fastbptt_cannot_run_is_refused_by_name():
-    with pytest.raises(NotImplementedError, match=r"proj_size"):
-        fbt.LSTM(3, 4, proj_size=2)
     half = fbt.LSTM(3, 4, dtype=torch.float16)  # torch.nn runs it; fastbptt computes in float32 or float64
     with pytest.raises(TypeError, match=r"input: expected a float32 or float64 tensor, got torch.float16"):
         half(torch.randn(5, 2, 3, dtype=torch.float16))
@@ -449,34 +447,43 @@ def test_pytorch_s_error_inputs_are_refused_as_torch_nn_refuses_them():
     assert total >= 42 and failures == []
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # torch.nn's own
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_pytorch_s_module_samples_match_torch_nn(dtype):
+    """Every sample of PyTorch's own RNN/GRU/LSTM tests (projections included): outputs, and the gradients of the
+    inputs and parameters of a loss over every output."""
     common = pytorch_module_db()
-    matched, refused = 0, 0
+    matched, projected, samples = 0, 0, 0
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
     for info in common.module_db:
         if info.module_cls not in (torch.nn.RNN, torch.nn.GRU, torch.nn.LSTM):
             continue
         ours_cls = getattr(fbt, info.module_cls.__name__)
         for sample in info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True, training=True):
+            samples += 1
             args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
-            if kwargs.get("proj_size", 0):
-                with pytest.raises(NotImplementedError, match="proj_size"):
-                    ours_cls(*args, **kwargs)
-                refused += 1
-                continue
             torch.manual_seed(0)
             theirs = info.module_cls(*args, **kwargs).to(dtype)
             ours = ours_cls(*args, **kwargs).to(dtype)
             ours.load_state_dict(theirs.state_dict())
-            if sample.forward_input is None:
-                continue
-            expected = theirs(*sample.forward_input.args, **sample.forward_input.kwargs)
-            actual = ours(*sample.forward_input.args, **sample.forward_input.kwargs)
-            tolerance = 1e-10 if dtype == torch.float64 else 1e-5
-            torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
+            assert sample.forward_input is not None
+            results = []
+            for module in (theirs, ours):
+                inputs = [
+                    a.detach().clone().requires_grad_(a.requires_grad) if torch.is_tensor(a) else a
+                    for a in sample.forward_input.args
+                ]
+                output = module(*inputs, **sample.forward_input.kwargs)
+                tensors = [t for t in torch.utils._pytree.tree_leaves(output) if torch.is_tensor(t)]
+                sum(t.sin().sum() for t in tensors).backward()
+                grads = [a.grad for a in inputs if torch.is_tensor(a) and a.requires_grad]
+                results.append((tensors, grads, [p.grad for p in module.parameters()]))
+            for expected, actual in zip(*results):
+                torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
             matched += 1
-    assert matched > 0
-    print(f"{matched} samples match torch.nn, {refused} with proj_size refused")
+            projected += bool(kwargs.get("proj_size", 0))
+    assert matched == samples and projected > 0
+    print(f"{matched} of {samples} samples match torch.nn, {projected} of them with proj_size")
 
 
 def kernel_spy(monkeypatch, cell):
@@ -543,3 +550,27 @@ def test_a_loss_on_the_final_state_alone_gives_torch_nn_s_gradients(kind):
         h_n.pow(2).sum().backward()  # the output has no gradient: backward gets None for it
     for mine, expected in zip(ours.parameters(), theirs.parameters()):
         np.testing.assert_allclose(mine.grad.numpy(), expected.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_projected_stacked_bidirectional_lstm_on_packed_sequences_matches_torch_nn(batch_first):
+    ours, theirs = torch_twins(
+        PAIRS["lstm"], 5, 7, dtype=torch.float64, proj_size=3, num_layers=2, bidirectional=True,
+        batch_first=batch_first,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(3)
+    sequences = [torch.randn(n, 5, generator=generator, dtype=torch.float64) for n in (6, 2, 5)]
+    hx = (0.3 * torch.randn(4, 3, 3, dtype=torch.float64), 0.3 * torch.randn(4, 3, 7, dtype=torch.float64))
+    results = []
+    for module in (ours, theirs):
+        leaves = [s.clone().requires_grad_(True) for s in sequences]
+        state = tuple(h.clone().requires_grad_(True) for h in hx)
+        packed = torch.nn.utils.rnn.pack_sequence(leaves, enforce_sorted=False)
+        output, (h_n, c_n) = module(packed, state)
+        padded, _ = torch.nn.utils.rnn.pad_packed_sequence(output, batch_first=batch_first)
+        (padded.sin().sum() + h_n.square().sum() + c_n.sum()).backward()
+        results.append([padded, h_n, c_n, *(s.grad for s in leaves), *(h.grad for h in state)])
+        results[-1] += [p.grad for p in module.parameters()]
+    assert results[0][0].shape[-1] == 6 and results[0][1].shape == (4, 3, 3)
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)

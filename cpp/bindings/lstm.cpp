@@ -1,6 +1,8 @@
 // Binding of the LSTM kernels: validate, allocate, release the GIL, call the core.
 #include "fastbptt/lstm.hpp"
 
+#include <pybind11/stl.h>
+
 #include <optional>
 
 #include "array_cache.hpp"
@@ -10,19 +12,34 @@
 namespace fastbptt::bindings {
 namespace {
 
-/// The arrays every LSTM call reads besides the cache, as the core's structs of views.
+/// The projection's weights W_hr [H, P], or None (no projection).
+template <class Scalar>
+using OptionalArray = std::optional<Array<Scalar>>;
+
+/// H: the rows of W_hr [H, P] with a projection, of W_h [H, G*H] without (0 for a matrix of another rank, which the
+/// views' checks refuse).
+template <class Scalar>
+Index units(const Array<Scalar>& W_h, const OptionalArray<Scalar>& W_hr) {
+  const py::array& rows_of = W_hr ? static_cast<const py::array&>(*W_hr) : W_h;
+  return rows_of.ndim() == 2 ? rows_of.shape(0) : 0;
+}
+
+/// The arrays every LSTM call reads besides the cache, as the core's structs of views; H is the units' count (W_hr's
+/// rows with a projection, W_h's without) and P the state's features.
 template <class Scalar>
 struct LstmArguments {
   Shape s;
+  Index P;
   lstm::Inputs<Scalar> inputs;
   lstm::Weights<Scalar> weights;
 
   LstmArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h, const Array<Scalar>& h0,
-                const Array<Scalar>& c0)
-      : s(sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0)) {
+                const Array<Scalar>& c0, const OptionalArray<Scalar>& W_hr)
+      : s(sequence_shape(x, units(W_h, W_hr))), P(W_hr && W_hr->ndim() == 2 ? W_hr->shape(1) : s.H) {
     inputs.x = as_matrix(x, "x", 3);
     weights.W_x = as_matrix(W_x, "W_x", 2);
     weights.W_h = as_matrix(W_h, "W_h", 2);
+    if (W_hr) weights.W_hr = as_matrix(*W_hr, "W_hr", 2);
     inputs.h0 = as_matrix(h0, "h0", 2);
     inputs.c0 = as_matrix(c0, "c0", 2);
   }
@@ -35,8 +52,8 @@ struct LstmForwardArguments : LstmArguments<Scalar> {
 
   LstmForwardArguments(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
-                       const LengthsArray& lengths_array)
-      : LstmArguments<Scalar>(x, W_x, W_h, h0, c0), lengths(as_lengths(lengths_array)) {
+                       const LengthsArray& lengths_array, const OptionalArray<Scalar>& W_hr)
+      : LstmArguments<Scalar>(x, W_x, W_h, h0, c0, W_hr), lengths(as_lengths(lengths_array)) {
     this->weights.b = as_vector(b, "b");
   }
 };
@@ -44,10 +61,11 @@ struct LstmForwardArguments : LstmArguments<Scalar> {
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
-                       const LengthsArray& lengths, const Packed<Scalar>* packed) {
-  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
+                       const LengthsArray& lengths, const Packed<Scalar>* packed,
+                       const OptionalArray<Scalar>& W_hr) {
+  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
   const Shape& s = a.s;
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto hs = new_array<Scalar>({s.T, s.B, a.P});
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
   lstm::Cache<Scalar> cache;
@@ -65,10 +83,11 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
 template <class Scalar>
 py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                  const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
-                                 bool forget_gate, const LengthsArray& lengths, const Packed<Scalar>* packed) {
-  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths);
-  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
-  auto h_T = new_array<Scalar>({a.s.B, a.s.H});
+                                 bool forget_gate, const LengthsArray& lengths, const Packed<Scalar>* packed,
+                                 const OptionalArray<Scalar>& W_hr) {
+  const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
+  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.P});
+  auto h_T = new_array<Scalar>({a.s.B, a.P});
   auto c_T = new_array<Scalar>({a.s.B, a.s.H});
   lstm::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
@@ -86,7 +105,7 @@ py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_
 /// when the weights need no gradient.
 template <class Scalar>
 struct WeightGradientArrays {
-  std::optional<Array<Scalar>> dW_x, dW_h, db;
+  std::optional<Array<Scalar>> dW_x, dW_h, db, dW_hr;
 };
 
 /// The LSTM's BPTT, the weight gradients into `weights` (overwritten, or added to with options.accumulate; left
@@ -97,8 +116,8 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, WeightGradientArrays<Scalar>& weights,
                         const LengthsArray& lengths, const BackwardOptions<Scalar>& options,
-                        const Packed<Scalar>* packed = nullptr) {
-  const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0);
+                        const Packed<Scalar>* packed = nullptr, const OptionalArray<Scalar>& W_hr = std::nullopt) {
+  const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
   lstm::Cache<const Scalar> cache;
   cache.gates = as_matrix(gates, "gates", 3);
@@ -116,13 +135,14 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
     gradients.dW_x = as_mutable_matrix(*weights.dW_x);
     gradients.dW_h = as_mutable_matrix(*weights.dW_h);
     gradients.db = as_mutable_vector(*weights.db);
+    if (weights.dW_hr) gradients.dW_hr = as_mutable_matrix(*weights.dW_hr);
   }
   std::optional<Array<Scalar>> dx;
   if (options.need_dx) {
     dx = new_array<Scalar>({s.T, s.B, s.D});
     gradients.dx = as_mutable_matrix(*dx);
   }
-  auto dh0 = new_array<Scalar>({s.B, s.H});
+  auto dh0 = new_array<Scalar>({s.B, a.P});
   auto dc0 = new_array<Scalar>({s.B, s.H});
   gradients.dh0 = as_mutable_matrix(dh0);
   gradients.dc0 = as_mutable_matrix(dc0);
@@ -139,20 +159,27 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
-                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
-  const Shape s = sequence_shape(x, W_h.ndim() == 2 ? W_h.shape(0) : 0);
+                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
+                        const OptionalArray<Scalar>& W_hr) {
+  const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
+  const Shape& s = a.s;
   const Index GH = lstm::gate_count(forget_gate) * s.H;
   BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
   WeightGradientArrays<Scalar> weights;
   if (need_weight_grads) {
     weights.dW_x = new_array<Scalar>({s.D, GH});
-    weights.dW_h = new_array<Scalar>({s.H, GH});
+    weights.dW_h = new_array<Scalar>({a.P, GH});
     weights.db = new_array<Scalar>({GH});
+    if (W_hr) weights.dW_hr = new_array<Scalar>({s.H, a.P});
   }
   const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights,
-                                            lengths, call.options, packed);
+                                            lengths, call.options, packed, W_hr);
+  if (!W_hr) {
+    return call.result({d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
+                        array_or_none(weights.db)});
+  }
   return call.result({d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
-                      array_or_none(weights.db)});
+                      array_or_none(weights.db), array_or_none(weights.dW_hr)});
 }
 
 /// BPTT over one segment of a longer sequence, its weight gradients added to dW_x, dW_h, db (checkpointed BPTT).
@@ -173,10 +200,12 @@ py::tuple lstm_backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, c
 
 /// The weights packed once for later calls (see fastbptt::Packed).
 template <class Scalar>
-Packed<Scalar> lstm_pack(const Array<Scalar>& W_x, const Array<Scalar>& W_h, bool forget_gate) {
+Packed<Scalar> lstm_pack(const Array<Scalar>& W_x, const Array<Scalar>& W_h, bool forget_gate,
+                         const OptionalArray<Scalar>& W_hr) {
   lstm::Weights<Scalar> weights;
   weights.W_x = as_matrix(W_x, "W_x", 2);
   weights.W_h = as_matrix(W_h, "W_h", 2);
+  if (W_hr) weights.W_hr = as_matrix(*W_hr, "W_hr", 2);
   py::gil_scoped_release release;
   return lstm::pack<Scalar>(forget_gate, weights);
 }
@@ -184,17 +213,18 @@ Packed<Scalar> lstm_pack(const Array<Scalar>& W_x, const Array<Scalar>& W_h, boo
 template <class Scalar>
 void define(py::module_& m) {
   m.def("lstm_pack", &lstm_pack<Scalar>, py::arg("W_x").noconvert(), py::arg("W_h").noconvert(),
-        py::arg("forget_gate"),
-        "[W_x; W_h] and W_hᵀ packed for the LSTM's products, kept across calls (packed= of the LSTM's kernels).");
+        py::arg("forget_gate"), py::arg("W_hr").noconvert() = py::none(),
+        "[W_x; W_h], W_hᵀ (and W_hr, W_hrᵀ) packed for the LSTM's products, kept across calls (packed= of the "
+        "LSTM's kernels).");
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("forget_gate"), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
-        "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward.");
+        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(),
+        "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward. W_hr: the projection or None.");
   m.def("lstm_forward_inference", &lstm_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(),
         py::arg("c0").noconvert(), py::arg("forget_gate"), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
+        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(),
         "(hs, h_T, c_T) = LSTM forward over x [T,B,D] keeping no cache for backward; lstm_forward's bits.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
@@ -202,8 +232,10 @@ void define(py::module_& m) {
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
         py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
-        "(dx, dh0, dc0, dW_x, dW_h, db[, dh_norms [T+1,B]]) = BPTT of the LSTM; see fastbptt.lstm_backward. "
-        "dx is None without need_dx, and dW_x, dW_h, db are None without need_weight_grads (not computed).");
+        py::arg("W_hr").noconvert() = py::none(),
+        "(dx, dh0, dc0, dW_x, dW_h, db[, dW_hr][, dh_norms [T+1,B]]) = BPTT of the LSTM; see "
+        "fastbptt.lstm_backward. dW_hr with a projection W_hr; dx is None without need_dx, and the weights' "
+        "gradients are None without need_weight_grads (not computed).");
   m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("gates").noconvert(), py::arg("hs").noconvert(), py::arg("cs").noconvert(),

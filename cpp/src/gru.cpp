@@ -42,6 +42,7 @@ void check_cache(const Shape& s, const Cache<Element>& cache) {
 template <class Scalar, detail::Keep keep>
 struct ForwardCell {
   static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
+  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x;
   detail::VectorMap<const Scalar> b, b_hn;
   detail::MatrixMap<Scalar> gates, hn, hs;
@@ -97,6 +98,7 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = true;
+  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x, W_x, h0, gates, hn, hs;
   detail::MatrixMap<Scalar> dx, dW_x, dW_h;
   detail::VectorMap<Scalar> db, db_hn;

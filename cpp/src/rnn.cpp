@@ -26,6 +26,7 @@ void check_forward_inputs(const Shape& s, const Inputs<Scalar>& in, const Weight
 /// The plain RNN's step: z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product, written into hs and activated in place.
 template <class Scalar, class Phi>
 struct ForwardCell {
+  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x;
   detail::VectorMap<const Scalar> b_h;
   detail::MatrixMap<Scalar> hs;
@@ -52,6 +53,7 @@ struct ForwardCell {
 template <class Scalar, class Phi>
 struct BackwardCell {
   static constexpr bool direct_term = false;
+  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x, W_xh, hs;
   detail::MatrixMap<Scalar> dx, dW_xh, dW_hh;
   detail::VectorMap<Scalar> db_h;

@@ -22,10 +22,25 @@ namespace fastbptt::detail {
 
 /// One member's share: `panels` of every gate block, which hold the hidden units u0 .. u1-1.
 struct UnitSlice {
-  int member;  // 0 .. team size - 1; member 0 also does what one thread must do alone
+  int member;   // 0 .. members - 1; member 0 also does what one thread must do alone
+  int members;  // the team's size
   PanelRange panels;
   Index u0, u1;
 };
+
+/// Member `member` of `members`'s contiguous share of the column panels of W's groups (the units of every gate).
+template <class Scalar>
+UnitSlice slice_of(const PackedWeights<Scalar>& W, int member, int members) {
+  const Index unit_panels = W.group_panels(), units = W.group_width(), lanes = PackedWeights<Scalar>::lanes;
+  const Index q0 = unit_panels * member / members, q1 = unit_panels * (member + 1) / members;
+  return UnitSlice{member, members, PanelRange{q0, q1}, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
+}
+
+/// The same member's share of another product's columns within a step (a projection to another width).
+template <class Scalar>
+UnitSlice share_of(const PackedWeights<Scalar>& W, const UnitSlice& own) {
+  return slice_of(W, own.member, own.members);
+}
 
 /// Runs body(UnitSlice) on a team whose members split the hidden units of W's column groups (the gate blocks)
 /// into contiguous slices, for a loop whose steps multiply `rows` rows by W. The team has call_threads() members,
@@ -34,20 +49,15 @@ struct UnitSlice {
 template <class Scalar, class Body>
 void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
   constexpr Index min_step_work = Index(1) << 16;  // multiply-adds per step; below it one thread is as fast
-  const Index unit_panels = W.group_panels(), units = W.group_width(), lanes = PackedWeights<Scalar>::lanes;
-  const auto slice = [&](int member, int size) {
-    const Index q0 = unit_panels * member / size, q1 = unit_panels * (member + 1) / size;
-    return UnitSlice{member, PanelRange{q0, q1}, std::min(units, q0 * lanes), std::min(units, q1 * lanes)};
-  };
 #if defined(_OPENMP)
-  const Index threads = std::min<Index>(call_threads(), unit_panels);
+  const Index threads = std::min<Index>(call_threads(), W.group_panels());
   if (threads > 1 && rows * W.depth() * W.cols() >= min_step_work) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
-    body(slice(omp_get_thread_num(), omp_get_num_threads()));
+    body(slice_of(W, omp_get_thread_num(), omp_get_num_threads()));
     return;
   }
 #endif
-  body(slice(0, 1));
+  body(slice_of(W, 0, 1));
 }
 
 /// Waits until every member of the team has arrived (nothing to wait for with one thread).

@@ -97,6 +97,10 @@ enum class Keep { training_cache, current_state };
 ///                                                            the product of step t for its running rows, own units
 ///   void step_pointwise(Index t, Index r, const UnitSlice&, const Scalar* h_prev_row)
 ///                                                            the activations of row r at step t, own units
+///   static constexpr bool projects                           whether the state is a product of the units' outputs
+///   void project(Index t, const UnitSlice&)                  (when projects) that product for step t, after all
+///                                                            units' outputs are in: the member's share of its columns
+/// A projecting cell's state (what `hs` holds, what the next step multiplies) may be narrower than its units.
 template <class Scalar, class Cell>
 void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
                        Cell& cell) {
@@ -108,6 +112,10 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
       for (Index k = 0; k < running; ++k) {
         const Index r = active.row(k);
         cell.step_pointwise(t, r, own, h_prev_t.row(r).data());
+      }
+      if constexpr (Cell::projects) {
+        team_barrier();  // the projection multiplies the outputs of all units
+        cell.project(t, own);
       }
       team_barrier();  // step t+1 multiplies all of h_t
     }
@@ -134,7 +142,15 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 ///                                 the block's share of dW and db; dZ and h_prev hold the rows of steps t0 ..
 ///   void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ)
 ///                                 the block's rows of dx
-/// The options say which of the last two run (need_weight_gradients, need_dx).
+///   static constexpr bool projects                            whether the state is a projection of the units'
+///                                                             outputs (then the three below)
+///   const PackedWeights<Scalar>& unit_weights() const         a product whose columns are the units: the team splits
+///                                                             the units by it (otherwise by W_hᵀ, whose columns are
+///                                                             the state's, the units of a cell that does not project)
+///   void before_pointwise(Index t, const UnitSlice&, const RowMatrix<Scalar>& dh_t)
+///                                 dL/dh_t taken back through the projection, for the member's units and the rows
+///                                 running at step t
+/// The options say which of write_dx and add_weight_gradients run (need_dx, need_weight_gradients).
 template <class Scalar, class Cell>
 void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWeights<Scalar>& W_h_transposed,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
@@ -153,12 +169,16 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
-    run_team(W_h_transposed, B, [&](const UnitSlice& own) {
-      const Index units = own.u1 - own.u0;
+    const PackedWeights<Scalar>* team_weights = &W_h_transposed;
+    if constexpr (Cell::projects) team_weights = &cell.unit_weights();
+    run_team(*team_weights, B, [&](const UnitSlice& own) {
+      const UnitSlice state = Cell::projects ? share_of(W_h_transposed, own) : own;  // columns of dL/dh_{t-1}
+      const Index state_units = state.u1 - state.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
         const Index running = active.count(t);
         const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
+        if constexpr (Cell::projects) cell.before_pointwise(t, own, dh_t);
         for (Index k = 0; k < running; ++k) {
           const Index r = active.row(k);
           cell.step_pointwise(t, r, own, dh_t.row(r).data(), dz_t.row(r).data());
@@ -171,9 +191,10 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         // term)
         auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
         if (t > 0) {
-          dh_prev.middleCols(own.u0, units) = dhs.middleRows((t - 1) * B, B).middleCols(own.u0, units);
+          dh_prev.middleCols(state.u0, state_units) =
+              dhs.middleRows((t - 1) * B, B).middleCols(state.u0, state_units);
         } else if (Cell::direct_term) {
-          dh_prev.middleCols(own.u0, units).setZero();
+          dh_prev.middleCols(state.u0, state_units).setZero();
         }
         if (Cell::direct_term) {
           for (Index k = 0; k < running; ++k) {
@@ -181,9 +202,9 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
             cell.add_direct_term(r, own, dh_prev.row(r).data());
           }
         }
-        W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), own.panels,
-                                             strided_rows(dh_prev),
-                                             t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
+        W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), state.panels, strided_rows(dh_prev),
+                                      t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
+        if constexpr (Cell::projects) team_barrier();  // the next step projects all of dL/dh_{t-1} back
       }
     });
     if (options.need_weight_gradients) {

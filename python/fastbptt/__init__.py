@@ -29,6 +29,7 @@ from .kernels._types import (
     LSTMCache,
     LSTMGrads,
     OutputGrads,
+    ProjectedLSTMGrads,
     RNNCache,
     RNNGrads,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "LSTMCache",
     "LSTMGrads",
     "OutputGrads",
+    "ProjectedLSTMGrads",
     "RNNCache",
     "RNNGrads",
     "SequenceModel",

@@ -28,7 +28,12 @@ def empty_array_cache() -> None: ...
 def array_cache_stats() -> dict[str, int]: ...
 def copy_array(source: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: ...
 def rnn_pack(W_xh: npt.NDArray[np.floating], W_hh: npt.NDArray[np.floating]) -> _Packed: ...
-def lstm_pack(W_x: npt.NDArray[np.floating], W_h: npt.NDArray[np.floating], forget_gate: bool) -> _Packed: ...
+def lstm_pack(
+    W_x: npt.NDArray[np.floating],
+    W_h: npt.NDArray[np.floating],
+    forget_gate: bool,
+    W_hr: npt.NDArray[np.floating] | None = None,
+) -> _Packed: ...
 def gru_pack(W_x: npt.NDArray[np.floating], W_h: npt.NDArray[np.floating]) -> _Packed: ...
 def rnn_forward(
     x: npt.NDArray[np.floating],
@@ -74,6 +79,7 @@ def lstm_forward(
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    W_hr: npt.NDArray[np.floating] | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_forward_inference(
     x: npt.NDArray[np.floating],
@@ -85,6 +91,7 @@ def lstm_forward_inference(
     forget_gate: bool,
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    W_hr: npt.NDArray[np.floating] | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_backward(
     x: npt.NDArray[np.floating],
@@ -103,6 +110,7 @@ def lstm_backward(
     need_dx: bool = True,
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
+    W_hr: npt.NDArray[np.floating] | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],

@@ -14,8 +14,8 @@ step; what they cannot run is torch.nn's own call.
 Adopting it in a model: ``fastbptt.torch.convert(model)`` makes every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in
 ``model``, at any depth and ``model`` itself, run fastbptt, in place: each module changes class and stays the same
 object, with its Parameters (an optimizer built before keeps working), hooks and training or eval mode. What
-fastbptt cannot run (parameters off the CPU or not float32/float64, ``proj_size > 0``, a subclass of a torch.nn
-class) stays as it is, with a warning naming its path. ``fastbptt.torch.revert(model)`` gives torch.nn's classes
+fastbptt cannot run (parameters off the CPU or not float32/float64, a subclass of a torch.nn class) stays as it
+is, with a warning naming its path. ``fastbptt.torch.revert(model)`` gives torch.nn's classes
 back::
 
     model = fastbptt.torch.convert(model)  # before or after building the optimizer
@@ -290,12 +290,13 @@ def _stack_forward(
 def _(x, states, weights, lengths, masks, cell, num_layers, bidirectional, has_bias, hidden_size, inference):
     spec, directions = _cell_from_key(cell), 2 if bidirectional else 1
     T, B, D = x.shape
-    output = x.new_empty((T, B, directions * hidden_size))
-    finals = [x.new_empty((num_layers * directions, B, hidden_size)) for _ in range(spec.state_parts)]
+    output_size = spec.output_size(hidden_size)
+    output = x.new_empty((T, B, directions * output_size))
+    finals = [x.new_empty((num_layers * directions, B, size)) for size in spec.state_sizes(hidden_size)]
     saved = []
     if not inference:
         for layer in range(num_layers):
-            inputs = D if layer == 0 else directions * hidden_size
+            inputs = D if layer == 0 else directions * output_size
             for _ in range(directions):
                 saved += [x.new_empty(shape) for shape in spec.saved_shapes(T, B, inputs, hidden_size)]
     return output, finals, saved
@@ -422,13 +423,6 @@ class _FastRecurrent:
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if getattr(self, "proj_size", 0):
-            raise NotImplementedError(
-                f"{type(self).__name__}: fastbptt does not support proj_size yet; use torch.nn.LSTM for it"
-            )
-
     def forward(self, input, hx=None):
         """``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell of two state parts, as torch.nn's modules."""
         output, finals = self._run(input, hx)
@@ -545,13 +539,13 @@ class RNN(_FastRecurrent, nn.RNN):
 
 
 class LSTM(_FastRecurrent, nn.LSTM):
-    """``torch.nn.LSTM`` (an instance of it, no projection yet) whose forward and backward run fastbptt: stacked,
-    bidirectional, padded or packed input, CPU float32/float64."""
+    """``torch.nn.LSTM`` (an instance of it) whose forward and backward run fastbptt: stacked, bidirectional, with a
+    projection (``proj_size``), padded or packed input, CPU float32/float64."""
 
     _input_dims_message = "LSTM: Expected input to be 2D or 3D, got {}D instead"
 
     def _cell(self):
-        return _cell_of("lstm")
+        return _cell_of("lstm", proj_size=self.proj_size)
 
 
 class GRU(_FastRecurrent, nn.GRU):
@@ -607,7 +601,7 @@ class Recurrent(_FastRecurrent, nn.Module):
         cell_spec = self._cell()
         self._flat_weights_names = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else self.num_directions * hidden_size
+            layer_input = input_size if layer == 0 else self.num_directions * cell_spec.output_size(hidden_size)
             shapes = cell_spec.torch_shapes(layer_input, hidden_size)
             for direction in range(self.num_directions):
                 suffix = _suffix(layer, direction)
@@ -883,7 +877,7 @@ def convert(model: nn.Module) -> nn.Module:
     model is one module. No copy is made, because a copy would have other Parameters; for one, convert
     ``copy.deepcopy(model)``. Modules fastbptt cannot run stay torch.nn's, each with a ``UserWarning`` naming its
     path in the model and the reason: parameters on a device other than the CPU or of a dtype other than float32 or
-    float64, an LSTM with ``proj_size > 0``, a subclass of a torch.nn class (its forward may differ; parametrized
+    float64, a subclass of a torch.nn class (its forward may differ; parametrized
     modules are such subclasses), a module compiled in place with ``module.compile()``. fastbptt.torch's modules are
     left as they are. :func:`revert` undoes it.
 
@@ -941,8 +935,6 @@ def _why_fastbptt_cannot_run(module: nn.RNNBase) -> str | None:
     if type(module) not in _FASTBPTT_CLASS_OF:
         base = next((cls for cls in _FASTBPTT_CLASS_OF if isinstance(module, cls)), nn.RNNBase)
         return f"a subclass of torch.nn.{base.__name__}, not torch.nn.{base.__name__} itself: its forward may differ"
-    if module.proj_size > 0:
-        return f"proj_size={module.proj_size} (fastbptt does not support proj_size yet)"
     if getattr(module, "_compiled_call_impl", None) is not None:  # older torch has no module.compile
         return "compiled in place with module.compile(), which calls torch.nn's forward"
     weights = [w for w in module._flat_weights if isinstance(w, torch.Tensor)]

@@ -8,7 +8,9 @@ GFLOP/s and the fraction of the machine's matrix-product rate measured in the sa
 2048 x 2048 product).
 FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 3 for the GRU, 4 for the LSTM) per
 layer and direction (layer k > 0 has D = directions * H); a third of that for the forward pass alone. "lstm-2bi" is
-a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM).
+a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM); "lstm-proj" an
+LSTM whose output is projected to H / 2 features (``W_hr``, torch.nn.LSTM's ``proj_size``), counted as
+3 * T * 2 * B * ((D + P) * 4H + H * P).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -34,8 +37,16 @@ SHAPES = {  # T, B, D, H
     "XL": (50, 128, 512, 512),
     "LONG": (1000, 8, 64, 64),
 }
-GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lstm-2bi": 4}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lstm-2bi": 4, "lstm-proj": 4}
 STACKS = {"lstm-2bi": (2, True)}  # cell -> (num_layers, bidirectional); the others are one layer, one direction
+PROJECTED = {"lstm-proj"}  # an LSTM whose output is projected to P = H / 2 features (torch.nn.LSTM's proj_size)
+
+
+def features(cell: str, H: int) -> int:
+    """The features of a cell's output: H, or the projection's H / 2."""
+    return max(1, H // 2) if cell in PROJECTED else H
+
+
 REFERENCE_FLOP_LIMIT = 3e10  # the NumPy reference is single-threaded here; beyond this it only costs minutes
 
 
@@ -110,6 +121,9 @@ def matmul_rate(dtype, threads: int, repeats: int) -> float:
 
 def flop_count(cell: str, shape, backward: bool = True) -> int:
     T, B, D, H = shape
+    if cell in PROJECTED:  # the gates' product from [x, h] (P features), then the projection [B, H] x [H, P]
+        P = features(cell, H)
+        return (3 if backward else 1) * T * 2 * B * ((D + P) * GATES[cell] * H + H * P)
     layers, bidirectional = STACKS.get(cell, (1, False))
     directions = 2 if bidirectional else 1
     inputs = D + (layers - 1) * directions * H  # summed over layers
@@ -122,13 +136,15 @@ def problem(cell: str, shape, dtype):
     rng = np.random.default_rng(0)
     bound = 1 / np.sqrt(H)
     directions = 2 if STACKS.get(cell, (1, False))[1] else 1
+    P = features(cell, H)
     return {
         "x": rng.standard_normal((T, B, D)).astype(dtype),
         "W_x": rng.uniform(-bound, bound, (D, G * H)).astype(dtype),
-        "W_h": rng.uniform(-bound, bound, (H, G * H)).astype(dtype),
+        "W_h": rng.uniform(-bound, bound, (P, G * H)).astype(dtype),
         "b": rng.uniform(-bound, bound, G * H).astype(dtype),
         "b_hn": rng.uniform(-bound, bound, H).astype(dtype),
-        "dhs": np.ones((T, B, directions * H), dtype=dtype),
+        "W_hr": rng.uniform(-bound, bound, (H, P)).astype(dtype) if cell in PROJECTED else None,
+        "dhs": np.ones((T, B, directions * P), dtype=dtype),
     }
 
 
@@ -160,10 +176,10 @@ def numpy_runner(module, cell: str, p, backward: bool = True):
             _, cache = module.gru_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["b_hn"])
             if backward:
                 module.gru_backward(cache, p["dhs"])
-    elif cell == "lstm":
+    elif cell in ("lstm", "lstm-proj"):
 
         def run():
-            _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
+            _, _, cache = module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], W_hr=p["W_hr"])
             if backward:
                 module.lstm_backward(cache, p["dhs"])
     else:
@@ -181,10 +197,13 @@ def torch_runner(torch, module_class, cell: str, p, backward: bool = True, no_gr
     runs with autograd recording, as in training, unless ``no_grad`` (inference: under torch.no_grad(), an input
     that does not require grad, no backward)."""
     T, B, D = p["x"].shape
-    H = p["W_h"].shape[0]
+    H = p["b"].shape[0] // GATES[cell]
     dtype = torch.float32 if p["x"].dtype == np.float32 else torch.float64
     layers, bidirectional = STACKS.get(cell, (1, False))
-    module = module_class(D, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype)
+    projection = {"proj_size": features(cell, H)} if cell in PROJECTED else {}
+    if projection:  # torch.nn says at each call that oneDNN has no projection; the table says what it costs
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+    module = module_class(D, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, **projection)
     if cell not in STACKS:  # the problem's weights; a stack keeps torch's initialisation
         with torch.no_grad():
             module.weight_ih_l0.copy_(torch.from_numpy(p["W_x"].T))
@@ -193,6 +212,8 @@ def torch_runner(torch, module_class, cell: str, p, backward: bool = True, no_gr
             module.bias_hh_l0.zero_()
             if cell == "gru":
                 module.bias_hh_l0[2 * H :].copy_(torch.from_numpy(p["b_hn"]))
+            if cell in PROJECTED:
+                module.weight_hr_l0.copy_(torch.from_numpy(p["W_hr"].T))
     x = torch.from_numpy(p["x"]).requires_grad_(not no_grad)
 
     def run():
@@ -235,8 +256,8 @@ def module_output(module, cell: str, p) -> np.ndarray:
     """The outputs of a one-layer cell of ``module`` (fastbptt or its reference) on problem ``p``."""
     if cell == "gru":
         return module.gru_forward(p["x"], p["W_x"], p["W_h"], p["b"], p["b_hn"])[0]
-    if cell == "lstm":
-        return module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])[0]
+    if cell in ("lstm", "lstm-proj"):
+        return module.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"], W_hr=p["W_hr"])[0]
     return module.rnn_forward(p["x"], p["W_x"], p["W_h"], p["b"])[0]
 
 

@@ -194,7 +194,7 @@ def lengths_array(value, T: int, B: int) -> np.ndarray | None:
 #: ndim of every array a cache holds, by field name
 CACHE_NDIM = {
     **dict.fromkeys(("x", "gates", "hs", "cs", "hn", "h_checkpoints", "c_checkpoints"), 3),
-    **dict.fromkeys(("W_x", "W_h", "W_xh", "W_hh", "h0", "c0"), 2),
+    **dict.fromkeys(("W_x", "W_h", "W_xh", "W_hh", "W_hr", "h0", "c0"), 2),
     **dict.fromkeys(("b", "lengths"), 1),
 }
 
@@ -208,7 +208,7 @@ def cache_of(kind, cache):
     dtype = getattr(cache, "x", None).dtype if isinstance(getattr(cache, "x", None), np.ndarray) else None
     for field in dataclasses.fields(cache):
         value = getattr(cache, field.name)
-        if field.name == "lengths" and value is None:
+        if value is None and field.type.endswith("| None"):  # lengths, a projection: optional
             continue
         if not isinstance(value, np.ndarray):
             if field.type in ("np.ndarray", "np.ndarray | None"):
@@ -246,6 +246,14 @@ def packed(packed, dtype: np.dtype):
     return packed
 
 
+def checkpoint_alone(**others) -> None:
+    """Refuses, naming it, the first of ``others`` (arguments by name) that is not None: a checkpointed forward
+    takes none of them."""
+    for name, value in others.items():
+        if value is not None:
+            raise ValueError(f"checkpoint: not supported together with {name}; pass one of them")
+
+
 def inference_flag(inference, checkpoint) -> bool:
     """``inference`` checked, and refused together with ``checkpoint`` (which keeps states for a backward)."""
     inference = flag("inference", inference)
@@ -280,8 +288,9 @@ def vector(name: str, value, dtype: np.dtype, size: int, symbols: str) -> np.nda
     return array
 
 
-def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
-    """Validated ``(x, W_x, W_h, b, h0, c0, forget_gate)`` of ``lstm_forward``; None states become zeros."""
+def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr=None):
+    """Validated ``(x, W_x, W_h, b, h0, c0, forget_gate, W_hr)`` of ``lstm_forward``; None states become zeros.
+    With the projection ``W_hr [H, P]``, ``W_h`` is ``[P, G*H]`` and ``h0`` ``[B, P]``."""
     forget_gate = flag("forget_gate", forget_gate)
     G = 4 if forget_gate else 3
     cell = (
@@ -293,7 +302,14 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
     dtype = x.dtype
     T, B, D = x.shape
     W_h = matrix("W_h", W_h, dtype)
-    H = W_h.shape[0]
+    if W_hr is not None:
+        W_hr = matrix("W_hr", W_hr, dtype)
+        H, P = W_hr.shape
+        if H < 1 or P < 1:
+            raise ValueError(f"W_hr: expected shape [H, P] with H, P >= 1, got {W_hr.shape}")
+        check_shape("W_h", W_h, (P, G * H), f"[P, {G}H] for {cell} with a projection")
+    else:
+        H = P = W_h.shape[0]
     if H < 1 or W_h.shape[1] != G * H:
         hint = ""
         if H >= 1 and W_h.shape[1] == (7 - G) * H:
@@ -302,9 +318,9 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate):
     W_x = matrix("W_x", W_x, dtype)
     check_shape("W_x", W_x, (D, G * H), f"[D, {G}H]")
     b = vector("b", b, dtype, G * H, f"[{G}H]")
-    h0 = initial_state("h0", h0, dtype, B, H)
+    h0 = initial_state("h0", h0, dtype, B, P)
     c0 = initial_state("c0", c0, dtype, B, H)
-    return x, W_x, W_h, b, h0, c0, forget_gate
+    return x, W_x, W_h, b, h0, c0, forget_gate, W_hr
 
 
 def gru_args(x, W_x, W_h, b, b_hn, h0):

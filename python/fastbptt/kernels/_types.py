@@ -58,6 +58,18 @@ class LSTMGrads(NamedTuple):
     db: np.ndarray | None  #: [G*H]
 
 
+class ProjectedLSTMGrads(NamedTuple):
+    """:class:`LSTMGrads` of an LSTM with a projection ``W_hr [H, P]``, and its gradient."""
+
+    dx: np.ndarray | None  #: [T, B, D]
+    dh0: np.ndarray  #: [B, P]
+    dc0: np.ndarray  #: [B, H]
+    dW_x: np.ndarray | None  #: [D, G*H]
+    dW_h: np.ndarray | None  #: [P, G*H]
+    db: np.ndarray | None  #: [G*H]
+    dW_hr: np.ndarray | None  #: [H, P]
+
+
 class GRUGrads(NamedTuple):
     """Gradients of the loss with respect to the GRU's inputs, initial state and parameters (None as for
     :class:`RNNGrads`)."""
@@ -115,6 +127,7 @@ class LSTMCache(_ComputedArraysReadOnly):
     forget_gate: bool
     lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
     packed: object = None  #: as for :class:`RNNCache`
+    W_hr: np.ndarray | None = None  #: [H, P], the projection (hs is then [T, B, P]); None: none
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,15 @@ class Cell:
         """Base names and shapes of one layer and direction's parameters (kernel layout), in order."""
         raise NotImplementedError
 
+    def state_sizes(self, H: int) -> tuple[int, ...]:
+        """The features of each state part for H hidden units: H for each by default; the first is the output's
+        (a layer's outputs have it, the next layer's input is it times the directions)."""
+        return (H,) * self.state_parts
+
+    def output_size(self, H: int) -> int:
+        """The features of the output (and of the state h) for H hidden units."""
+        return self.state_sizes(H)[0]
+
     @property
     def parameter_names(self) -> tuple[str, ...]:
         """The base names of :meth:`parameter_shapes`, in order."""
@@ -396,20 +405,50 @@ class LSTMCell(Cell):
     name = "lstm"
     state_parts = 2
     checkpointing = True
-    option_defaults: ClassVar[dict] = {"forget_gate": True}
+    option_defaults: ClassVar[dict] = {"forget_gate": True, "proj_size": 0}
     init_schemes = ("uniform", "orthogonal")
     init_hints: ClassVar[dict[str, str]] = {"identity": "'identity' is the IRNN scheme of the plain ReLU RNN"}
 
     def checked_options(self, options):
-        return {"forget_gate": _checks.flag("forget_gate", options["forget_gate"])}
+        proj_size = options["proj_size"]
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or proj_size < 0:
+            raise ValueError(f"proj_size: expected an int >= 0 (0: no projection), got {proj_size!r}")
+        return {"forget_gate": _checks.flag("forget_gate", options["forget_gate"]), "proj_size": int(proj_size)}
 
     @property
     def gate_blocks(self):
         return ("i", "f", "g", "o") if self.options["forget_gate"] else ("i", "g", "o")
 
+    @property
+    def projects(self) -> bool:
+        """Whether the output is projected: ``h_t = (o_t * tanh C_t) W_hr`` with ``W_hr [H, proj_size]``."""
+        return self.options["proj_size"] > 0
+
+    @property
+    def torch_parameters(self):
+        return ("weight_ih", "weight_hh", "bias_ih", "bias_hh", *(("weight_hr",) if self.projects else ()))
+
+    @property
+    def parameter_names(self):
+        return ("W_x", "W_h", "b", *(("W_hr",) if self.projects else ()))
+
+    def state_sizes(self, H):
+        return (self.options["proj_size"] or H, H)
+
     def parameter_shapes(self, D, H):
-        GH = len(self.gate_blocks) * H
-        return {"W_x": (D, GH), "W_h": (H, GH), "b": (GH,)}
+        GH, P = len(self.gate_blocks) * H, self.output_size(H)
+        shapes = {"W_x": (D, GH), "W_h": (P, GH), "b": (GH,)}
+        if self.projects:
+            shapes["W_hr"] = (H, P)
+        return shapes
+
+    def torch_shapes(self, D, H):
+        shapes = super().torch_shapes(D, H)
+        if self.projects:
+            P = self.output_size(H)
+            shapes["weight_hh"] = (len(self.gate_blocks) * H, P)
+            shapes["weight_hr"] = (P, H)
+        return shapes
 
     def init_options(self, scheme, forget_bias: float = 0.0, **others):
         super().init_options(scheme, **others)
@@ -418,15 +457,18 @@ class LSTMCell(Cell):
         return {"forget_bias": float(forget_bias)}
 
     def init_parameters(self, rng, D, H, scheme, forget_bias: float = 0.0):
-        G = len(self.gate_blocks)
+        G, P = len(self.gate_blocks), self.output_size(H)
         W_x = initializers.uniform(rng, (D, G * H), H)
         if scheme == "uniform":
-            W_h, b = initializers.uniform(rng, (H, G * H), H), initializers.uniform(rng, (G * H,), H)
-        else:
-            W_h, b = np.hstack([initializers.orthogonal(rng, H) for _ in range(G)]), np.zeros(G * H)
+            W_h, b = initializers.uniform(rng, (P, G * H), H), initializers.uniform(rng, (G * H,), H)
+        else:  # orthogonal recurrent blocks [P, H]: the rows of an orthogonal [H, H] matrix
+            W_h, b = np.hstack([initializers.orthogonal(rng, H)[:P] for _ in range(G)]), np.zeros(G * H)
         if "f" in self.gate_blocks:
             b[self.gate_columns(H)["f"]] += forget_bias
-        return {"W_x": W_x, "W_h": W_h, "b": b}
+        params = {"W_x": W_x, "W_h": W_h, "b": b}
+        if self.projects:
+            params["W_hr"] = initializers.uniform(rng, (H, P), H)
+        return params
 
     def forward(self, p, x, state, lengths, inference=False, packed=None):
         h0, c0 = (None, None) if state is None else state
@@ -441,20 +483,22 @@ class LSTMCell(Cell):
             lengths=lengths,
             inference=inference,
             packed=packed,
+            W_hr=p.get("W_hr"),
         )
         return hs, (final_states(hs, lengths), c_T), cache
 
     def pack(self, p):
-        return _core_pack(self, "lstm_pack", p["W_x"], p["W_h"], self.options["forget_gate"])
+        return _core_pack(self, "lstm_pack", p["W_x"], p["W_h"], self.options["forget_gate"], p.get("W_hr"))
 
     def forward_checked(self, p, x, state, inference, packed):
         if self.backend != "fast":
             return super().forward_checked(p, x, state, inference, packed)
         h0, c0 = (None, None) if state is None else state
-        h0 = _zero_state(x, p["W_h"]) if h0 is None else h0
-        c0 = _zero_state(x, p["W_h"]) if c0 is None else c0
+        P, H = self.state_sizes(p["W_h"].shape[1] // len(self.gate_blocks))
+        h0 = np.zeros((x.shape[1], P), x.dtype) if h0 is None else h0
+        c0 = np.zeros((x.shape[1], H), x.dtype) if c0 is None else c0
         hs, c_T, cache = self.kernels.lstm_forward_checked(
-            x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], None, inference, packed
+            x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], None, inference, packed, p.get("W_hr")
         )
         return hs, (hs[-1], c_T), cache
 
@@ -464,13 +508,13 @@ class LSTMCell(Cell):
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dc_T = np.zeros_like(cache.c0) if dc_T is None else dc_T
         grads = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, need_weight_grads)
-        return grads.dx, (grads.dh0, grads.dc0), _named(("W_x", "W_h", "b"), grads[3:], need_weight_grads)
+        return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
     def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
         grads = self.kernels.lstm_backward(cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads)
-        return grads.dx, (grads.dh0, grads.dc0), _named(("W_x", "W_h", "b"), grads[3:], need_weight_grads)
+        return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
     def state_at(self, cache, step):
         if step == 0:
@@ -478,32 +522,49 @@ class LSTMCell(Cell):
         return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
 
     def saved_shapes(self, T, B, D, H):
-        return [(T, B, len(self.gate_blocks) * H), (T, B, H), (T, B, H)]
+        return [(T, B, len(self.gate_blocks) * H), (T, B, self.output_size(H)), (T, B, H)]
 
     def cache_from(self, p, x, state, lengths, saved):
         gates, hs, cs = saved
         h0, c0 = (None, None) if state is None else state
         weights = (np.ascontiguousarray(p[name]) for name in ("W_x", "W_h"))
-        states = (_state_or_zeros(h0, x, hs), _state_or_zeros(c0, x, hs))
-        return LSTMCache(x, *weights, *states, gates, hs, cs, self.options["forget_gate"], lengths)
+        states = (_state_or_zeros(h0, x, hs), _state_or_zeros(c0, x, cs))
+        W_hr = None if p.get("W_hr") is None else np.ascontiguousarray(p["W_hr"])
+        return LSTMCache(x, *weights, *states, gates, hs, cs, self.options["forget_gate"], lengths, W_hr=W_hr)
 
     def from_torch(self, tensors):
-        return _summed_bias_from_torch(tensors, ("W_x", "W_h", "b"))
+        params = _summed_bias_from_torch(tensors, ("W_x", "W_h", "b"))
+        if self.projects:
+            params["W_hr"] = tensors["weight_hr"].T
+        return params
 
     def to_torch_grads(self, grads, has_bias):
-        return _summed_bias_to_torch(grads, ("W_x", "W_h", "b"), has_bias)
+        torch_grads = _summed_bias_to_torch(grads, ("W_x", "W_h", "b"), has_bias)
+        if self.projects:
+            torch_grads.append(None if grads is None else grads["W_hr"].T)
+        return torch_grads
+
+    def dz_columns(self, H):
+        return len(self.gate_blocks) * H + (self.output_size(H) if self.projects else 0)  # and dL/dh_t
+
+    def packed_weights(self, D, H):
+        G, P = len(self.gate_blocks), self.output_size(H)
+        projection = [(H, P, 1), (P, H, 1)] if self.projects else []  # W_hr and W_hrᵀ
+        return [(D + P, G * H, G), (G * H, P, 1), *projection]
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         from .checkpoint import segment_steps
 
-        GH = len(self.gate_blocks) * H
+        GH, P = len(self.gate_blocks) * H, self.output_size(H)
         if checkpoint is None:
-            saved = T * B * (GH + 2 * H)  # gates, hs, cs
+            saved = T * B * (GH + P + H)  # gates, hs, cs
         else:
             segment = segment_steps(checkpoint, T, B, GH)
             # hs, the (h, C) checkpoints, and one segment's gates, hs, cs, upstream copy and dx
             saved = T * B * H + 2 * -(-T // segment) * B * H + segment * B * (GH + 3 * H + D)
-        scratch = block_rows * (self.dz_columns(H) + H) + B * H  # one block's dZ and previous states; dh
+        scratch = block_rows * (self.dz_columns(H) + P) + B * H  # one block's dZ and previous states; dh
+        if self.projects:
+            scratch += (block_rows + B) * H  # a block's m_t, a step's dL/dm_t
         states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
         return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 2, H)
 

@@ -184,6 +184,14 @@ def _pairs(T: int, B: int, norms_for_t) -> JacobianNormPairs:
     return JacobianNormPairs(norms, bound, data_bound)
 
 
+def _lstm_cache(cache, name: str) -> LSTMCache:
+    """``cache`` checked as an LSTMCache of an LSTM without a projection, which the Jacobians below assume."""
+    cache = _checks.cache_of(LSTMCache, cache)
+    if cache.W_hr is not None:
+        raise ValueError(f"{name}: the LSTM with a projection (W_hr) is not supported; hidden_gradient_norms is")
+    return cache
+
+
 def _lstm_blocks(cache: LSTMCache):
     """The columns of each gate block (the LSTM's specification)."""
     return cells.cell_class("lstm")("reference", forget_gate=cache.forget_gate).gate_columns(cache.W_h.shape[0])
@@ -196,7 +204,7 @@ def lstm_state_jacobians(cache: LSTMCache, start: int = 0, stop: int | None = No
     With ``dz = W_hᵀ dh_{j-1}``: ``dC_j = f dC_{j-1} + C_{j-1} f'(z_f) dz_f + g i'(z_i) dz_i + i g'(z_g) dz_g`` and
     ``dh_j = tanh(C_j) o'(z_o) dz_o + o (1 - tanh^2 C_j) dC_j``.
     """
-    cache = _checks.cache_of(LSTMCache, cache)
+    cache = _lstm_cache(cache, "lstm_state_jacobians")
     T, B, H = cache.hs.shape
     stop = T if stop is None else stop
     steps = slice(start, stop)
@@ -238,7 +246,7 @@ def lstm_cell_jacobians(cache: LSTMCache) -> CellJacobians:
     """
     from .. import _core
 
-    cache = _checks.cache_of(LSTMCache, cache)
+    cache = _lstm_cache(cache, "lstm_cell_jacobians")
     full, full_norms = _core.lstm_cell_jacobians(*_lstm_arrays(cache))
     if cache.forget_gate:
         naive = _float64(cache.gates[..., _lstm_blocks(cache)["f"]])
@@ -282,14 +290,14 @@ def lstm_jacobian_norms(cache: LSTMCache, t: int | None = None, *, bounds: bool 
     product of the ``[2H, 2H]`` state Jacobians' spectral norms and ``bound`` its maximum over the batch (there is
     no activation-only bound for the gated cell). Those norms cost about three times the products themselves:
     ``bounds=False`` skips them and leaves ``bound`` and ``data_bound`` None."""
-    cache = _checks.cache_of(LSTMCache, cache)
+    cache = _lstm_cache(cache, "lstm_jacobian_norms")
     t = _check_t(t, cache.hs.shape[0])
     return _LSTMJacobians(cache, t, _checks.flag("bounds", bounds)).norms(t)
 
 
 def lstm_jacobian_norm_pairs(cache: LSTMCache, *, bounds: bool = True) -> JacobianNormPairs:
     """:func:`lstm_jacobian_norms` for every ``t`` at once: all pairs ``k <= t``."""
-    cache = _checks.cache_of(LSTMCache, cache)
+    cache = _lstm_cache(cache, "lstm_jacobian_norm_pairs")
     T, B, _ = cache.hs.shape
     return _pairs(T, B, _LSTMJacobians(cache, T, _checks.flag("bounds", bounds)).norms)
 
@@ -316,7 +324,7 @@ def hidden_gradient_norms(cache, dhs, dc_T=None) -> GradientNorms:
         dc_T = np.zeros_like(c.c0) if dc_T is None else dc_T
         dc_T = _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
         out = _core.lstm_backward(
-            c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, lengths, True
+            c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, lengths, True, W_hr=c.W_hr
         )
     else:
         c = cache

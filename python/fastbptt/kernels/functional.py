@@ -16,7 +16,17 @@ import numpy as np
 from .. import _core
 from . import _checks
 from . import checkpoint as _checkpoint
-from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from ._types import (
+    CheckpointedLSTMCache,
+    GRUCache,
+    GRUGrads,
+    LSTMCache,
+    LSTMGrads,
+    OutputGrads,
+    ProjectedLSTMGrads,
+    RNNCache,
+    RNNGrads,
+)
 from .sequences import final_states
 
 NO_LENGTHS = np.empty(0, dtype=np.int64)  # what the core takes for "every sequence runs all T steps"
@@ -142,6 +152,7 @@ def lstm_forward(
     checkpoint=None,
     inference=False,
     packed=None,
+    W_hr=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Runs the LSTM over a batch of sequences.
 
@@ -172,7 +183,11 @@ def lstm_forward(
         As for :func:`rnn_forward`: nothing kept for backward (the cell states, gates of every step), the cache
         returned is None. Not with ``checkpoint``.
     packed : optional
-        As for :func:`rnn_forward` (``W_x, W_h`` packed). Not with ``checkpoint``.
+        As for :func:`rnn_forward` (``W_x, W_h`` packed, and ``W_hr``). Not with ``checkpoint``.
+    W_hr : ndarray [H, P], optional
+        A projection of the output (torch.nn.LSTM's ``proj_size``, Sak et al. 2014): ``h_t = (o_t * tanh C_t) W_hr``
+        is the state the next step multiplies (``W_h`` is then ``[P, G*H]``, ``h0`` ``[B, P]``) and the output
+        (``hs [T, B, P]``); the cell state stays ``[B, H]``. Not with ``checkpoint``.
 
     Returns
     -------
@@ -184,32 +199,31 @@ def lstm_forward(
     cache : LSTMCache, CheckpointedLSTMCache or None
         What :func:`lstm_backward` needs (None with ``inference``).
     """
-    x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
+    x, W_x, W_h, b, h0, c0, forget_gate, W_hr = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     packed = _checks.packed(packed, x.dtype)
     inference = _checks.inference_flag(inference, checkpoint)
     if checkpoint is not None:
-        if lengths is not None:
-            raise ValueError("checkpoint: not supported together with lengths; pass one of them")
-        if packed is not None:
-            raise ValueError("checkpoint: not supported together with packed weights; pass one of them")
+        _checks.checkpoint_alone(lengths=lengths, packed=packed, W_hr=W_hr)
         segment = _checkpoint.segment_steps(checkpoint, x.shape[0], x.shape[1], W_h.shape[1])
         hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
             _lstm_core_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
         )
         return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
-    return lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed)
+    return lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr)
 
 
-def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed):
+def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr=None):
     """:func:`lstm_forward` without checkpoints, of arguments checked already (as
     :func:`fastbptt.kernels._checks.lstm_args` returns them, lengths an int64 array or None, packed of x's dtype or
     None): the callers that check their own, cheaper."""
     if inference:
-        hs, _, c_T = _core.lstm_forward_inference(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed)
+        hs, _, c_T = _core.lstm_forward_inference(
+            x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr
+        )
         return hs, c_T, None
-    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed)
-    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, packed)
+    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr)
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, packed, W_hr)
     return cache.hs, final_states(cs, lengths), cache
 
 
@@ -239,7 +253,7 @@ def lstm_backward(
         ``dx [T,B,D], dh0 [B,H], dc0 [B,H], dW_x [D,G*H], dW_h [H,G*H], db [G*H]``.
     """
     c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
-    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])
+    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])  # [T, B, P]: W_h is [P, G*H]
     dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
     if dc_T is None:
         dc_T = np.zeros_like(c.c0)
@@ -272,8 +286,9 @@ def lstm_backward_checked(
         need_dx,
         need_weight_grads,
         c.packed,
+        c.W_hr,
     )
-    return LSTMGrads(*grads)
+    return LSTMGrads(*grads) if c.W_hr is None else ProjectedLSTMGrads(*grads)
 
 
 def gru_forward(

@@ -13,7 +13,17 @@ import numpy as np
 
 from . import _checks
 from . import checkpoint as _checkpoint
-from ._types import CheckpointedLSTMCache, GRUCache, GRUGrads, LSTMCache, LSTMGrads, OutputGrads, RNNCache, RNNGrads
+from ._types import (
+    CheckpointedLSTMCache,
+    GRUCache,
+    GRUGrads,
+    LSTMCache,
+    LSTMGrads,
+    OutputGrads,
+    ProjectedLSTMGrads,
+    RNNCache,
+    RNNGrads,
+)
 from .conversions import gru_weights_from_torch, gru_weights_to_torch, lstm_weights_from_torch, lstm_weights_to_torch
 from .memory import workspace_bytes
 from .sequences import final_states, reverse_sequences
@@ -141,24 +151,25 @@ def lstm_forward(
     checkpoint=None,
     inference=False,
     packed=None,
+    W_hr=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
-    """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache)."""
-    x, W_x, W_h, b, h0, c0, forget_gate = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate)
+    """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache; with ``W_hr``,
+    ``h_t = (o_t * tanh C_t) W_hr``)."""
+    x, W_x, W_h, b, h0, c0, forget_gate, W_hr = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
     inference = _checks.inference_flag(inference, checkpoint)
     if checkpoint is not None:
-        if lengths is not None:
-            raise ValueError("checkpoint: not supported together with lengths; pass one of them")
+        _checks.checkpoint_alone(lengths=lengths, W_hr=W_hr)
         segment = _checkpoint.segment_steps(checkpoint, T, B, W_h.shape[1])
         hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
             _segment_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
         )
         return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
-    H = W_h.shape[0]
+    H = c0.shape[1]
     blocks = _gate_blocks(forget_gate, H)
     gates = np.empty((T, B, W_h.shape[1]), dtype=x.dtype)
-    hs = np.empty((T, B, H), dtype=x.dtype)
+    hs = np.empty((T, B, h0.shape[1]), dtype=x.dtype)
     cs = np.empty((T, B, H), dtype=x.dtype)
     h, c = h0, c0
     for t in range(T):
@@ -174,6 +185,8 @@ def lstm_forward(
         else:
             c_new = c + i * g
         h_new = o * np.tanh(c_new)
+        if W_hr is not None:
+            h_new = h_new @ W_hr
         gates[t, :, blocks["i"]] = np.where(running, i, 0)
         gates[t, :, blocks["g"]] = np.where(running, g, 0)
         gates[t, :, blocks["o"]] = np.where(running, o, 0)
@@ -182,7 +195,7 @@ def lstm_forward(
         cs[t] = np.where(running, c_new, 0)
     if inference:
         return hs, c.copy(), None
-    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths)
+    cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, W_hr=W_hr)
     return cache.hs, c.copy(), cache
 
 
@@ -214,18 +227,19 @@ def lstm_backward(
     forget gate) and ``dL/dh_{t-1} = dz W_hᵀ``.
     """
     c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
-    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])
+    dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])  # [T, B, P]: W_h is [P, G*H]
     dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
     dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
     if isinstance(c, CheckpointedLSTMCache):
         needs = (_checks.flag("need_dx", need_dx), _checks.flag("need_weight_grads", need_weight_grads))
         return LSTMGrads(*_checkpoint.lstm_backward(_segment_forward, _segment_backward_into, c, dhs, dc, *needs))
     T = c.x.shape[0]
-    H = c.W_h.shape[0]
+    H = c.c0.shape[1]
     blocks = _gate_blocks(c.forget_gate, H)
     dx = np.empty_like(c.x)
     dW_x = np.zeros_like(c.W_x)
     dW_h = np.zeros_like(c.W_h)
+    dW_hr = None if c.W_hr is None else np.zeros_like(c.W_hr)
     db = np.zeros(c.W_h.shape[1], dtype=c.x.dtype)
     dh_from_later = np.zeros_like(c.h0)
     dz = np.empty((c.x.shape[1], c.W_h.shape[1]), dtype=c.x.dtype)
@@ -240,6 +254,9 @@ def lstm_backward(
         # last step comes.
         running = _running(c.lengths, t, c.h0.shape[0])
         dh = np.where(running, dhs[t] + dh_from_later, 0)
+        if c.W_hr is not None:  # h_t = m_t W_hr with m_t = o * tanh(C_t): the gates see dL/dm_t
+            dW_hr += (o * tanh_c).T @ dh
+            dh = dh @ c.W_hr.T
         dc_carried = dc
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
         dz[:, blocks["o"]] = dh * tanh_c * o * (1 - o)
@@ -256,7 +273,10 @@ def lstm_backward(
         db += dz.sum(axis=0)
         dx[t] = dz @ c.W_x.T
         dh_from_later = dz @ c.W_h.T
-    return LSTMGrads(*_asked_for((dx, dh_from_later, dc, dW_x, dW_h, db), need_dx, need_weight_grads, states=2))
+    if c.W_hr is None:
+        return LSTMGrads(*_asked_for((dx, dh_from_later, dc, dW_x, dW_h, db), need_dx, need_weight_grads, states=2))
+    grads = _asked_for((dx, dh_from_later, dc, dW_x, dW_h, db, dW_hr), need_dx, need_weight_grads, states=2)
+    return ProjectedLSTMGrads(*grads)
 
 
 def gru_forward(

@@ -74,7 +74,8 @@ class Stepper:
         first_weights = arrays[names[0]]
         if first_weights.ndim != 2:
             raise ValueError(f"{names[0]}: expected a matrix [D, ...], got shape {first_weights.shape}")
-        self.input_size, self.hidden_size = first_weights.shape[0], W_h.shape[0]
+        # the recurrent matrix multiplies the state into every gate block: H units a block
+        self.input_size, self.hidden_size = first_weights.shape[0], W_h.shape[1] // len(self.cell.gate_blocks)
         expected = self.cell.parameter_shapes(self.input_size, self.hidden_size)
         for name in names:
             if arrays[name].shape != expected[name]:
@@ -139,15 +140,16 @@ class Stepper:
         if state is None:
             return None
         parts = self.cell.state_parts
+        sizes = self.cell.state_sizes(self.hidden_size)
         if parts == 2:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{name}: expected None or a pair (h, C), got {type(state).__name__}")
-            return tuple(self._checked_part(f"{name}[{k}]", part, B) for k, part in enumerate(state))
-        return self._checked_part(name, state, B)
+            return tuple(self._checked_part(f"{name}[{k}]", part, B, sizes[k]) for k, part in enumerate(state))
+        return self._checked_part(name, state, B, sizes[0])
 
-    def _checked_part(self, name: str, array, B: int):
+    def _checked_part(self, name: str, array, B: int, size: int):
         if array is None:
             return None
         array = _checks.float_array(name, array, self.dtype, like="the Stepper's weights")
-        _checks.check_shape(name, array, (B, self.hidden_size), "[B, H]")
+        _checks.check_shape(name, array, (B, size), "[B, H]")
         return array

@@ -133,10 +133,15 @@ class Recurrent:
             for direction in range(self.num_directions)
         ]
 
+    @property
+    def output_size(self) -> int:
+        """The features of one direction's outputs (and of the state h): hidden_size, or the LSTM's proj_size."""
+        return self.cell.output_size(self.hidden_size)
+
     def _init_params(self, rng: np.random.Generator) -> None:
         params = {}
         for _, layer, direction in self._cells():
-            input_size = self.input_size if layer == 0 else self.num_directions * self.hidden_size
+            input_size = self.input_size if layer == 0 else self.num_directions * self.output_size
             values = self.cell.init_parameters(rng, input_size, self.hidden_size, self.init, **self._init_options)
             for name, value in values.items():
                 params[name + self.suffix(layer, direction)] = value
@@ -182,10 +187,11 @@ class Recurrent:
         if self._simple:
             return [value]
         parts = []
-        for part_name, part in zip(("h", "c"), self._state_arrays(name, value)):
+        sizes = self.cell.state_sizes(self.hidden_size)
+        for part_name, part, size in zip(("h", "c"), self._state_arrays(name, value), sizes):
             label = name if self.cell.state_parts == 1 else f"{name}[{'hc'.index(part_name)}] ({part_name})"
             part = _checks.float_array(label, part, dtype)
-            _checks.check_shape(label, part, (cells, batch, self.hidden_size), "[num_layers * num_directions, B, H]")
+            _checks.check_shape(label, part, (cells, batch, size), "[num_layers * num_directions, B, H]")
             parts.append(part)
         return [parts[0][k] if self.cell.state_parts == 1 else (parts[0][k], parts[1][k]) for k in range(cells)]
 
