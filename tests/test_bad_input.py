@@ -166,7 +166,7 @@ def test_unknown_reduction(module):
 
 
 def test_workspace_bytes_errors():
-    with pytest.raises(ValueError, match=r"cell: expected one of 'rnn', 'lstm', 'gru', got 'lru'"):
+    with pytest.raises(ValueError, match=r"cell: expected one of 'rnn', 'lstm', 'gru', 'layer_norm_lstm', got 'lru'"):
         fb.workspace_bytes("lru", 1, 1, 1, 1)
     with pytest.raises(ValueError, match=r"T: must be >= 1, got 0"):
         fb.workspace_bytes("rnn", 0, 1, 1, 1)

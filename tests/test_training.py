@@ -304,7 +304,7 @@ def test_training_bad_input(rng, tmp_path):
         model.loss_and_grad(tokens.astype(float), targets)
     with pytest.raises(ValueError, match="backend: expected one of 'fast', 'reference', got 'gpu'"):
         fb.SequenceModel(4, 3, backend="gpu")
-    with pytest.raises(ValueError, match="cell: expected one of 'rnn', 'lstm', 'gru', got 'lru'"):
+    with pytest.raises(ValueError, match="cell: expected one of 'rnn', 'lstm', 'gru', 'layer_norm_lstm', got 'lru'"):
         fb.SequenceModel(4, 3, cell="lru")
     for make in (fb.LSTM, fb.GRU, lambda *sizes, **options: fb.SequenceModel(*sizes, cell="gru", **options)):
         with pytest.raises(ValueError, match="init: 'identity' is the IRNN scheme"):

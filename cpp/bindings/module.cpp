@@ -34,6 +34,7 @@ void bind_packed(py::module_& m, const char* name) {
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
+void bind_layer_norm_lstm(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_diagnostics(py::module_& m);
 void bind_array_cache(py::module_& m);
@@ -58,6 +59,7 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
   fastbptt::bindings::bind_rnn(m);
   fastbptt::bindings::bind_lstm(m);
   fastbptt::bindings::bind_gru(m);
+  fastbptt::bindings::bind_layer_norm_lstm(m);
   fastbptt::bindings::bind_loss(m);
   fastbptt::bindings::bind_diagnostics(m);
   fastbptt::bindings::bind_array_cache(m);

@@ -45,9 +45,14 @@ UnitSlice share_of(const PackedWeights<Scalar>& W, const UnitSlice& own) {
 /// Runs body(UnitSlice) on a team whose members split the hidden units of W's column groups (the gate blocks)
 /// into contiguous slices, for a loop whose steps multiply `rows` rows by W. The team has call_threads() members,
 /// fewer when the units come in fewer packets, and one when a step is too small to repay a wait for the other
-/// thread. The body separates steps with team_barrier().
+/// thread, or when each step's pass needs `whole_rows` (statistics of a row's units: layer normalisation). The body
+/// separates steps with team_barrier().
 template <class Scalar, class Body>
-void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body) {
+void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body, bool whole_rows = false) {
+  if (whole_rows) {
+    body(slice_of(W, 0, 1));
+    return;
+  }
   constexpr Index min_step_work = Index(1) << 16;  // multiply-adds per step; below it one thread is as fast
 #if defined(_OPENMP)
   const Index threads = std::min<Index>(call_threads(), W.group_panels());

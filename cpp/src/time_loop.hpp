@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "active_rows.hpp"
 #include "backward_scratch.hpp"
@@ -39,6 +40,13 @@ LeftOperand<Scalar> stacked_step_rows(const MatrixMap<const Scalar>& x, const St
   rows.second = strided_rows(h_prev);
   return rows;
 }
+
+/// Whether a cell's pass of a step needs whole rows (`static constexpr bool whole_rows = true`: statistics over a
+/// row's units), so that its time loops run on one thread; cells without the member split the units.
+template <class Cell, class = void>
+struct needs_whole_rows : std::false_type {};
+template <class Cell>
+struct needs_whole_rows<Cell, std::void_t<decltype(Cell::whole_rows)>> : std::bool_constant<Cell::whole_rows> {};
 
 /// The checks that open every call: the sizes, then x [T*B, D] and h0 [B, H].
 template <class SequenceView, class StateView>
@@ -104,7 +112,7 @@ enum class Keep { training_cache, current_state };
 template <class Scalar, class Cell>
 void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
                        Cell& cell) {
-  run_team(cell.step_weights(), s.B, [&](const UnitSlice& own) {
+  const auto steps = [&](const UnitSlice& own) {
     for (Index t = 0; t < s.T; ++t) {
       const StateRows<Scalar> h_prev_t = previous_state<Scalar>(h0, hs, t, s.B);
       const Index running = active.count(t);
@@ -119,7 +127,8 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
       }
       team_barrier();  // step t+1 multiplies all of h_t
     }
-  });
+  };
+  run_team(cell.step_weights(), s.B, steps, needs_whole_rows<Cell>::value);
 }
 
 /// Backpropagation through time over steps T-1 .. 0: dL/dh_t (dhs plus what flows back from step t+1) becomes a
@@ -206,7 +215,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
                                       t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
         if constexpr (Cell::projects) team_barrier();  // the next step projects all of dL/dh_{t-1} back
       }
-    });
+    }, needs_whole_rows<Cell>::value);
     if (options.need_weight_gradients) {
       gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
       cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));

@@ -26,6 +26,8 @@ from .kernels._types import (
     CheckpointedLSTMCache,
     GRUCache,
     GRUGrads,
+    LayerNormLSTMCache,
+    LayerNormLSTMGrads,
     LSTMCache,
     LSTMGrads,
     OutputGrads,
@@ -43,6 +45,8 @@ from .kernels.conversions import (
 from .kernels.functional import (
     gru_backward,
     gru_forward,
+    layer_norm_lstm_backward,
+    layer_norm_lstm_forward,
     lstm_backward,
     lstm_forward,
     rnn_backward,
@@ -53,7 +57,7 @@ from .kernels.memory import workspace_bytes
 from .kernels.sequences import final_states, reverse_sequences
 from .kernels.stepper import Stepper
 from .kernels.threads import get_num_threads, set_num_threads
-from .training.layers import GRU, LSTM, RNN, Recurrent
+from .training.layers import GRU, LSTM, RNN, LayerNormLSTM, Recurrent
 from .training.model import SequenceModel
 from .training.optim import SGD, Adam, clip_grad_norm
 from .training.tbptt import TrainResult, Window, tbptt_windows, train_tbptt
@@ -77,6 +81,9 @@ __all__ = [
     "GRUCache",
     "GRUGrads",
     "LSTM",
+    "LayerNormLSTM",
+    "LayerNormLSTMCache",
+    "LayerNormLSTMGrads",
     "RNN",
     "Recurrent",
     "SGD",
@@ -102,6 +109,8 @@ __all__ = [
     "gru_forward",
     "gru_weights_from_torch",
     "gru_weights_to_torch",
+    "layer_norm_lstm_backward",
+    "layer_norm_lstm_forward",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",

@@ -62,7 +62,18 @@ from . import _core
 from .kernels import cells, stack, threads
 from .kernels.stepper import Stepper
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "Recurrent", "convert", "revert"]
+__all__ = [
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "LayerNormLSTM",
+    "RNN",
+    "RNNCell",
+    "Recurrent",
+    "convert",
+    "revert",
+]
 
 
 _DTYPES = (torch.float32, torch.float64)  # what the core computes in
@@ -655,6 +666,43 @@ class Recurrent(_FastRecurrent, nn.Module):
         return text + "".join(f", {key}={value!r}" for key, value in self.cell_options.items())
 
 
+class LayerNormLSTM(Recurrent):
+    """The layer-normalised LSTM (Ba, Kiros & Hinton 2016, the form of haste's LayerNormLSTM) as a torch module,
+    with torch.nn.LSTM's arguments, checks and return values: ``forward(input, hx=None) -> output, (h_n, c_n)``.
+
+    Per step, with ``LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5)`` over the features (biased variance)::
+
+        z = LN(x_t W_ihᵀ) * gamma_ih + LN(h_{t-1} W_hhᵀ) * gamma_hh + bias     (4H pre-activations: i, f, g, o)
+        c_t = sigmoid(z_f) * c_{t-1} + sigmoid(z_i) * tanh(z_g)
+        h_t = sigmoid(z_o) * tanh(LN(c_t) * gamma_c + beta_c)
+
+    Parameters of layer k (suffix ``_reverse`` for the reverse direction): ``weight_ih_l{k}`` [4H, D],
+    ``weight_hh_l{k}`` [4H, H] (torch.nn.LSTM's initialisation), ``bias_l{k}`` [4H] (zeros; absent with
+    ``bias=False``), ``gamma_ih_l{k}``, ``gamma_hh_l{k}`` [4H] and ``gamma_c_l{k}`` [H] (ones), ``beta_c_l{k}`` [H]
+    (zeros). torch.nn has no such module; on the CPU it runs fastbptt's kernels (CPU float32/float64).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            "layer_norm_lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device, dtype,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().split(", ", 1)[1]  # torch.nn's form: the sizes first, no cell name
+
+
 def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional) -> None:
     """torch.nn.RNNBase's checks of its constructor's arguments: its exception types and messages."""
     if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
@@ -962,4 +1010,4 @@ torch._dynamo.config.allow_rnn = True
 
 # Whole-model checkpoints holding these modules load with torch.load's default weights_only=True, as models holding
 # torch.nn's modules do.
-torch.serialization.add_safe_globals([RNN, LSTM, GRU, Recurrent, RNNCell, LSTMCell, GRUCell])
+torch.serialization.add_safe_globals([RNN, LSTM, GRU, Recurrent, LayerNormLSTM, RNNCell, LSTMCell, GRUCell])

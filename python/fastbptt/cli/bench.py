@@ -644,6 +644,80 @@ def run_step_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
     return rows
 
 
+LAYER_NORM_SHAPES = ("S", "M", "L")
+
+
+def layer_norm_runners(torch, shape) -> dict:
+    """Training (forward + backward, loss = sum of the outputs) of one float32 layer of shape ``shape``: the plain
+    LSTM's and the layer-normalised LSTM's kernels, fastbptt.torch.LayerNormLSTM, and a torch autograd composition
+    of the layer-normalised LSTM's equations (torch.nn has no such module)."""
+    import fastbptt.torch as fbt
+
+    T, B, D, H = shape
+    p = problem("lstm", shape, np.float32)
+    ones, zeros = np.ones(4 * H, np.float32), np.zeros(H, np.float32)
+    normalised = (p["x"], p["W_x"], p["W_h"], p["b"], ones, ones, ones[:H], zeros)
+
+    def plain():
+        _, _, cache = fast.lstm_forward(p["x"], p["W_x"], p["W_h"], p["b"])
+        fast.lstm_backward(cache, p["dhs"])
+
+    def layer_norm():
+        _, _, cache = fast.layer_norm_lstm_forward(*normalised)
+        fast.layer_norm_lstm_backward(cache, p["dhs"])
+
+    module = fbt.LayerNormLSTM(D, H)
+    x = torch.from_numpy(p["x"]).requires_grad_(True)
+    F = torch.nn.functional
+
+    def composition():
+        h, c, outputs = x.new_zeros(B, H), x.new_zeros(B, H), []
+        projected = F.layer_norm(x @ module.weight_ih_l0.T, (4 * H,)) * module.gamma_ih_l0
+        for t in range(T):
+            z = projected[t] + F.layer_norm(h @ module.weight_hh_l0.T, (4 * H,)) * module.gamma_hh_l0
+            i, f, g, o = (z + module.bias_l0).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,)) * module.gamma_c_l0 + module.beta_c_l0)
+            outputs.append(h)
+        torch.stack(outputs).sum().backward()
+
+    def dropin():
+        module(x)[0].sum().backward()
+
+    return {"plain": plain, "layer_norm": layer_norm, "dropin": dropin, "composition": composition}
+
+
+def run_layer_norm_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
+    """The layer-normalised LSTM against the plain LSTM (fastbptt's kernels) and a torch composition, training,
+    float32."""
+    import torch
+
+    print_header(
+        ["threads", "shape", "lstm ms", "layer-norm lstm ms", "LN / lstm", "fb.torch LN ms", "torch composition ms",
+         "composition / LN"],
+        out,
+    )  # fmt: skip
+    rows, saved = [], (get_num_threads(), torch.get_num_threads())
+    try:
+        for threads in threads_list:
+            set_num_threads(threads)
+            torch.set_num_threads(threads)
+            for name in LAYER_NORM_SHAPES:
+                medians = medians_interleaved(layer_norm_runners(torch, SHAPES[name]), repeats)
+                row = {"kind": "layer_norm", "threads": threads, "shape": name}
+                row.update({key + "_ms": value[0] for key, value in medians.items()})
+                row["layer_norm_over_plain"] = row["layer_norm_ms"] / row["plain_ms"]
+                row["composition_over_layer_norm"] = row["composition_ms"] / row["layer_norm_ms"]
+                rows.append(row)
+                values = [row[k] for k in ("plain_ms", "layer_norm_ms", "layer_norm_over_plain", "dropin_ms")]
+                values += [row["composition_ms"], row["composition_over_layer_norm"]]
+                print_row([str(threads), name, *(fmt(v, 2) for v in values)], out)
+    finally:
+        set_num_threads(saved[0])
+        torch.set_num_threads(saved[1])
+    return rows
+
+
 def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -760,6 +834,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "module path's overhead over the kernels, and PyTorch's error inputs",
     )
     parser.add_argument(
+        "--layer-norm",
+        action="store_true",
+        help="instead: the layer-normalised LSTM vs the plain LSTM and a torch composition (training, float32, S/M/L)",
+    )
+    parser.add_argument(
         "--steps",
         action="store_true",
         help="instead: fastbptt.torch's step cells vs torch.nn's over a 100-step Python loop (float32, B = 1, 16, "
@@ -785,6 +864,8 @@ def run_from_args(args) -> int:
         rows = run_torch_comparison(threads, repeats)
     elif args.steps:
         rows = run_step_comparison(threads, repeats)
+    elif args.layer_norm:
+        rows = run_layer_norm_comparison(threads, repeats)
     else:
         rows = run_bench(cells, dtypes, shapes, threads, repeats, not args.no_reference, not args.forward_only)
     if args.json:

@@ -194,8 +194,9 @@ def lengths_array(value, T: int, B: int) -> np.ndarray | None:
 #: ndim of every array a cache holds, by field name
 CACHE_NDIM = {
     **dict.fromkeys(("x", "gates", "hs", "cs", "hn", "h_checkpoints", "c_checkpoints"), 3),
+    **dict.fromkeys(("x_hat", "h_hat", "c_hat", "inv_std"), 3),
     **dict.fromkeys(("W_x", "W_h", "W_xh", "W_hh", "W_hr", "h0", "c0"), 2),
-    **dict.fromkeys(("b", "lengths"), 1),
+    **dict.fromkeys(("b", "lengths", "gamma_ih", "gamma_hh", "gamma_c", "beta_c"), 1),
 }
 
 
@@ -321,6 +322,23 @@ def lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr=None):
     h0 = initial_state("h0", h0, dtype, B, P)
     c0 = initial_state("c0", c0, dtype, B, H)
     return x, W_x, W_h, b, h0, c0, forget_gate, W_hr
+
+
+def layer_norm_lstm_args(x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0):
+    """Validated arguments of ``layer_norm_lstm_forward``, in its order; None states become zeros."""
+    x, W_x, W_h, H = sequence_and_weights(x, "W_x", W_x, "W_h", W_h, 4, "the layer-normalised LSTM (i, f, g, o)")
+    vectors = [
+        vector(name, value, x.dtype, size, symbols)
+        for name, value, size, symbols in (
+            ("b", b, 4 * H, "[4H]"),
+            ("gamma_ih", gamma_ih, 4 * H, "[4H]"),
+            ("gamma_hh", gamma_hh, 4 * H, "[4H]"),
+            ("gamma_c", gamma_c, H, "[H]"),
+            ("beta_c", beta_c, H, "[H]"),
+        )
+    ]
+    states = [initial_state(name, value, x.dtype, x.shape[1], H) for name, value in (("h0", h0), ("c0", c0))]
+    return (x, W_x, W_h, *vectors, *states)
 
 
 def gru_args(x, W_x, W_h, b, b_hn, h0):

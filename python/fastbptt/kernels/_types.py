@@ -171,3 +171,45 @@ class GRUCache(_ComputedArraysReadOnly):
     hs: np.ndarray  #: [T, B, H], h_1 .. h_T
     lengths: np.ndarray | None = None  #: [B] int64, or None when every sequence runs all T steps
     packed: object = None  #: as for :class:`RNNCache`
+
+
+class LayerNormLSTMGrads(NamedTuple):
+    """Gradients of the loss with respect to the layer-normalised LSTM's inputs, initial states and parameters (None
+    as for :class:`RNNGrads`)."""
+
+    dx: np.ndarray | None  #: [T, B, D]
+    dh0: np.ndarray  #: [B, H]
+    dc0: np.ndarray  #: [B, H]
+    dW_x: np.ndarray | None  #: [D, 4H]
+    dW_h: np.ndarray | None  #: [H, 4H]
+    db: np.ndarray | None  #: [4H]
+    dgamma_ih: np.ndarray | None  #: [4H]
+    dgamma_hh: np.ndarray | None  #: [4H]
+    dgamma_c: np.ndarray | None  #: [H]
+    dbeta_c: np.ndarray | None  #: [H]
+
+
+@dataclass(frozen=True)
+class LayerNormLSTMCache(_ComputedArraysReadOnly):
+    """What ``layer_norm_lstm_backward`` needs from ``layer_norm_lstm_forward``; inputs held by reference, as in
+    :class:`RNNCache`."""
+
+    computed: ClassVar[tuple[str, ...]] = ("gates", "x_hat", "h_hat", "cs", "c_hat", "hs", "inv_std")
+
+    x: np.ndarray  #: [T, B, D]
+    W_x: np.ndarray  #: [D, 4H]
+    W_h: np.ndarray  #: [H, 4H]
+    gamma_ih: np.ndarray  #: [4H]
+    gamma_hh: np.ndarray  #: [4H]
+    gamma_c: np.ndarray  #: [H]
+    beta_c: np.ndarray  #: [H]
+    h0: np.ndarray  #: [B, H]
+    c0: np.ndarray  #: [B, H]
+    gates: np.ndarray  #: [T, B, 4H], activated gates i, f, g, o
+    x_hat: np.ndarray  #: [T, B, 4H], LN(x_t W_x) before gamma_ih
+    h_hat: np.ndarray  #: [T, B, 4H], LN(h_{t-1} W_h) before gamma_hh
+    cs: np.ndarray  #: [T, B, H], C_1 .. C_T
+    c_hat: np.ndarray  #: [T, B, H], LN(C_t) before gamma_c
+    hs: np.ndarray  #: [T, B, H], h_1 .. h_T
+    inv_std: np.ndarray  #: [T, B, 3], 1 / sqrt(var + 1e-5) of the three normalisations
+    lengths: np.ndarray | None = None  #: [B] int64, or None

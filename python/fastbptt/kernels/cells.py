@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _checks
 from . import init as initializers
-from ._types import GRUCache, LSTMCache, RNNCache
+from ._types import GRUCache, LayerNormLSTMCache, LSTMCache, RNNCache
 from .conversions import gru_weights_from_torch
 from .sequences import final_states
 
@@ -244,6 +244,13 @@ def _core_pack(cell: Cell, function: str, *arguments):
     from .. import _core
 
     return getattr(_core, function)(*arguments)
+
+
+def _hidden_and_cell_state_at(cache, step: int) -> tuple:
+    """(h, C) after ``step`` steps of a cache that keeps ``hs`` and ``cs`` (the LSTMs'), as new arrays."""
+    if step == 0:
+        return cache.h0.copy(), cache.c0.copy()
+    return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
 
 
 def _zero_state(x: np.ndarray, W_h: np.ndarray) -> np.ndarray:
@@ -517,9 +524,7 @@ class LSTMCell(Cell):
         return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
     def state_at(self, cache, step):
-        if step == 0:
-            return cache.h0.copy(), cache.c0.copy()
-        return cache.hs[step - 1].copy(), cache.cs[step - 1].copy()
+        return _hidden_and_cell_state_at(cache, step)
 
     def saved_shapes(self, T, B, D, H):
         return [(T, B, len(self.gate_blocks) * H), (T, B, self.output_size(H)), (T, B, H)]
@@ -659,3 +664,117 @@ class GRUCell(Cell):
         scratch = block_rows * (self.dz_columns(H) + H) + B * H  # one block's dZ and previous states; dh's direct part
         states = B * H  # default h0
         return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 1, H)
+
+
+@register
+class LayerNormLSTMCell(Cell):
+    """The layer-normalised LSTM (``fastbptt.layer_norm_lstm_forward``): gate blocks i, f, g, o, the input and
+    recurrent projections each normalised over its 4H pre-activations and scaled, the cell state normalised over H
+    before its tanh; states ``(h, C)``."""
+
+    name = "layer_norm_lstm"
+    state_parts = 2
+    torch_parameters: ClassVar[tuple[str, ...]] = (
+        "weight_ih",
+        "weight_hh",
+        "bias",
+        "gamma_ih",
+        "gamma_hh",
+        "gamma_c",
+        "beta_c",
+    )
+    torch_biases: ClassVar[tuple[str, ...]] = ("bias",)
+    torch_initial_values: ClassVar[dict[str, str]] = {
+        "bias": "zeros",
+        "gamma_ih": "ones",
+        "gamma_hh": "ones",
+        "gamma_c": "ones",
+        "beta_c": "zeros",
+    }
+    _VECTORS = ("gamma_ih", "gamma_hh", "gamma_c", "beta_c")
+
+    @property
+    def gate_blocks(self):
+        return ("i", "f", "g", "o")
+
+    def parameter_shapes(self, D, H):
+        return {
+            "W_x": (D, 4 * H),
+            "W_h": (H, 4 * H),
+            "b": (4 * H,),
+            "gamma_ih": (4 * H,),
+            "gamma_hh": (4 * H,),
+            "gamma_c": (H,),
+            "beta_c": (H,),
+        }
+
+    def init_parameters(self, rng, D, H, scheme, **init_options):
+        return {
+            "W_x": initializers.uniform(rng, (D, 4 * H), H),
+            "W_h": initializers.uniform(rng, (H, 4 * H), H),
+            "b": np.zeros(4 * H),
+            "gamma_ih": np.ones(4 * H),
+            "gamma_hh": np.ones(4 * H),
+            "gamma_c": np.ones(H),
+            "beta_c": np.zeros(H),
+        }
+
+    def forward(self, p, x, state, lengths, inference=False, packed=None):
+        h0, c0 = (None, None) if state is None else state
+        hs, c_T, cache = self.kernels.layer_norm_lstm_forward(
+            x, p["W_x"], p["W_h"], p["b"], *(p[name] for name in self._VECTORS), h0, c0, lengths=lengths,
+            inference=inference,
+        )  # fmt: skip
+        return hs, (final_states(hs, lengths), c_T), cache
+
+    def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
+        dh_T, dc_T = (None, None) if dstate is None else dstate
+        dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
+        grads = self.kernels.layer_norm_lstm_backward(
+            cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads
+        )
+        return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
+
+    def state_at(self, cache, step):
+        return _hidden_and_cell_state_at(cache, step)
+
+    def saved_shapes(self, T, B, D, H):
+        widths = (4 * H, 4 * H, 4 * H, H, H, H, 3)  # LayerNormLSTMCache.computed's arrays
+        return [(T, B, width) for width in widths]
+
+    def cache_from(self, p, x, state, lengths, saved):
+        h0, c0 = (None, None) if state is None else state
+        hs = saved[LayerNormLSTMCache.computed.index("hs")]
+        weights = (np.ascontiguousarray(p[name]) for name in ("W_x", "W_h", *self._VECTORS))
+        states = (_state_or_zeros(h0, x, hs), _state_or_zeros(c0, x, hs))
+        return LayerNormLSTMCache(x, *weights, *states, *saved, lengths)
+
+    def torch_shapes(self, D, H):
+        return {name: (shape[1], shape[0]) if len(shape) == 2 else shape for name, shape in zip(
+            self.torch_parameters, self.parameter_shapes(D, H).values()
+        )}  # fmt: skip
+
+    def from_torch(self, tensors):
+        H = tensors["weight_hh"].shape[1]
+        bias = tensors.get("bias")
+        params = {"W_x": tensors["weight_ih"].T, "W_h": tensors["weight_hh"].T}
+        params["b"] = np.zeros(4 * H, tensors["weight_hh"].dtype) if bias is None else bias
+        return {**params, **{name: tensors[name] for name in self._VECTORS}}
+
+    def to_torch_grads(self, grads, has_bias):
+        if grads is None:
+            return [None] * len(self.torch_parameters)
+        bias = grads["b"] if has_bias else None
+        return [grads["W_x"].T, grads["W_h"].T, bias, *(grads[name] for name in self._VECTORS)]
+
+    def dz_columns(self, H):
+        return 8 * H  # the gradients of h W_h and of x W_x before their normalisations
+
+    def packed_weights(self, D, H):
+        return [(D, 4 * H, 1), (H, 4 * H, 1), (4 * H, H, 1)]  # W_x, W_h per step, W_hᵀ
+
+    def training_scalars(self, T, B, D, H, block_rows, checkpoint):
+        saved = T * B * (3 * 4 * H + 3 * H + 3)  # gates, x_hat, h_hat, cs, c_hat, hs, inv_std
+        scratch = block_rows * (self.dz_columns(H) + H) + 5 * H  # one block's dZ and previous states; a row's dz, dy
+        states = 4 * B * H  # default h0, c0, dc_T and the returned copy of c_T
+        return saved + scratch + states + _gradient_scalars(T, B, D, self.parameter_shapes(D, H), 2, H)

@@ -20,6 +20,8 @@ from ._types import (
     CheckpointedLSTMCache,
     GRUCache,
     GRUGrads,
+    LayerNormLSTMCache,
+    LayerNormLSTMGrads,
     LSTMCache,
     LSTMGrads,
     OutputGrads,
@@ -384,6 +386,89 @@ def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weigh
         c.packed,
     )
     return GRUGrads(*grads)
+
+
+def layer_norm_lstm_forward(
+    x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0=None, c0=None, *, lengths=None, inference: bool = False
+) -> tuple[np.ndarray, np.ndarray, LayerNormLSTMCache | None]:
+    """Runs the layer-normalised LSTM (Ba, Kiros & Hinton 2016, haste's LayerNormLSTM) over a batch of sequences.
+
+    With ``LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5)`` over a row's features (biased variance):
+    ``z_t = LN(x_t W_x) * gamma_ih + LN(h_{t-1} W_h) * gamma_hh + b`` (all 4H pre-activations, blocks i, f, g, o),
+    ``C_t = sigmoid(z_f) * C_{t-1} + sigmoid(z_i) * tanh(z_g)``,
+    ``h_t = sigmoid(z_o) * tanh(LN(C_t) * gamma_c + beta_c)`` (over H).
+
+    Parameters
+    ----------
+    x : ndarray [T, B, D]
+    W_x : ndarray [D, 4H]
+    W_h : ndarray [H, 4H]
+    b, gamma_ih, gamma_hh : ndarray [4H]
+    gamma_c, beta_c : ndarray [H]
+    h0, c0 : ndarray [B, H], optional
+        Zeros when omitted.
+    lengths, inference :
+        As for :func:`rnn_forward`.
+
+    Returns
+    -------
+    hs : ndarray [T, B, H]
+        Read-only (backward reads it), writable with ``inference``.
+    c_T : ndarray [B, H]
+    cache : LayerNormLSTMCache or None
+    """
+    x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0 = _checks.layer_norm_lstm_args(
+        x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0
+    )
+    lengths = _checks.lengths_array(lengths, *x.shape[:2])
+    vectors = (gamma_ih, gamma_hh, gamma_c, beta_c)
+    if _checks.flag("inference", inference):
+        hs, _, c_T = _core.layer_norm_lstm_forward(x, W_x, W_h, b, *vectors, h0, c0, _core_lengths(lengths), True)
+        return hs, c_T, None
+    hs, cs, *kept = _core.layer_norm_lstm_forward(x, W_x, W_h, b, *vectors, h0, c0, _core_lengths(lengths), False)
+    gates, x_hat, h_hat, c_hat, inv_std = kept
+    cache = LayerNormLSTMCache(x, W_x, W_h, *vectors, h0, c0, gates, x_hat, h_hat, cs, c_hat, hs, inv_std, lengths)
+    return cache.hs, final_states(cs, lengths), cache
+
+
+def layer_norm_lstm_backward(
+    cache: LayerNormLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+) -> LayerNormLSTMGrads:
+    """Backpropagation through time for :func:`layer_norm_lstm_forward`.
+
+    Returns
+    -------
+    LayerNormLSTMGrads
+        ``dx, dh0, dc0, dW_x, dW_h, db, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c`` (``dhs``, ``dc_T``, ``need_dx``,
+        ``need_weight_grads`` as for :func:`lstm_backward`).
+    """
+    c = _checks.cache_of(LayerNormLSTMCache, cache)
+    dhs = _checks.upstream("dhs", dhs, c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0]), "[T, B, H]")
+    dc_T = _checks.upstream("dc_T", np.zeros_like(c.c0) if dc_T is None else dc_T, c.x.dtype, c.c0.shape, "[B, H]")
+    grads = _core.layer_norm_lstm_backward(
+        c.x,
+        c.W_x,
+        c.W_h,
+        c.gamma_ih,
+        c.gamma_hh,
+        c.gamma_c,
+        c.beta_c,
+        c.h0,
+        c.c0,
+        c.gates,
+        c.x_hat,
+        c.h_hat,
+        c.cs,
+        c.c_hat,
+        c.hs,
+        c.inv_std,
+        dhs,
+        dc_T,
+        _core_lengths(c.lengths),
+        False,
+        *_needs(need_dx, need_weight_grads),
+    )
+    return LayerNormLSTMGrads(*grads)
 
 
 def softmax_cross_entropy(

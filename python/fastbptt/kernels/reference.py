@@ -17,6 +17,8 @@ from ._types import (
     CheckpointedLSTMCache,
     GRUCache,
     GRUGrads,
+    LayerNormLSTMCache,
+    LayerNormLSTMGrads,
     LSTMCache,
     LSTMGrads,
     OutputGrads,
@@ -34,6 +36,8 @@ __all__ = [
     "gru_forward",
     "gru_weights_from_torch",
     "gru_weights_to_torch",
+    "layer_norm_lstm_backward",
+    "layer_norm_lstm_forward",
     "lstm_backward",
     "lstm_forward",
     "lstm_weights_from_torch",
@@ -277,6 +281,108 @@ def lstm_backward(
         return LSTMGrads(*_asked_for((dx, dh_from_later, dc, dW_x, dW_h, db), need_dx, need_weight_grads, states=2))
     grads = _asked_for((dx, dh_from_later, dc, dW_x, dW_h, db, dW_hr), need_dx, need_weight_grads, states=2)
     return ProjectedLSTMGrads(*grads)
+
+
+def _layer_norm(v: np.ndarray):
+    """(LN(v), 1 / sqrt(var + 1e-5)) over the last axis, biased variance (torch.nn.functional.layer_norm's)."""
+    centred = v - v.mean(axis=-1, keepdims=True)
+    inverse = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + 1e-5)
+    return centred * inverse, inverse
+
+
+def _layer_norm_backward(d: np.ndarray, v_hat: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """The gradient of LN's input from ``d``, that of its output ``v_hat``."""
+    return inverse * (d - d.mean(axis=-1, keepdims=True) - v_hat * (d * v_hat).mean(axis=-1, keepdims=True))
+
+
+def layer_norm_lstm_forward(
+    x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0=None, c0=None, *, lengths=None, inference: bool = False
+) -> tuple[np.ndarray, np.ndarray, LayerNormLSTMCache | None]:
+    """Reference of :func:`fastbptt.layer_norm_lstm_forward`, one step at a time as its equations say."""
+    x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0 = _checks.layer_norm_lstm_args(
+        x, W_x, W_h, b, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0
+    )
+    T, B, _ = x.shape
+    H = W_h.shape[0]
+    lengths = _checks.lengths_array(lengths, T, B)
+    inference = _checks.flag("inference", inference)
+    widths = (4 * H, 4 * H, 4 * H, H, H, H, 3)  # of the arrays in LayerNormLSTMCache.computed's order
+    kept = {name: np.zeros((T, B, width), x.dtype) for name, width in zip(LayerNormLSTMCache.computed, widths)}
+    h, c = h0, c0
+    for t in range(T):
+        running = _running(lengths, t, B)
+        x_hat, inv_x = _layer_norm(x[t] @ W_x)
+        h_hat, inv_h = _layer_norm(h @ W_h)
+        z = x_hat * gamma_ih + h_hat * gamma_hh + b
+        i, f, g, o = (
+            _sigmoid(z[:, :H]),
+            _sigmoid(z[:, H : 2 * H]),
+            np.tanh(z[:, 2 * H : 3 * H]),
+            _sigmoid(z[:, 3 * H :]),
+        )
+        c_new = f * c + i * g
+        c_hat, inv_c = _layer_norm(c_new)
+        h_new = o * np.tanh(c_hat * gamma_c + beta_c)
+        step = {
+            "gates": np.concatenate([i, f, g, o], axis=1),
+            "x_hat": x_hat,
+            "h_hat": h_hat,
+            "cs": c_new,
+            "c_hat": c_hat,
+            "hs": h_new,
+            "inv_std": np.concatenate([inv_x, inv_h, inv_c], axis=1),
+        }
+        for name, value in step.items():
+            kept[name][t] = np.where(running, value, 0)
+        h, c = np.where(running, h_new, h), np.where(running, c_new, c)
+    if inference:
+        return kept["hs"], c.copy(), None
+    computed = (kept[name] for name in LayerNormLSTMCache.computed)
+    cache = LayerNormLSTMCache(x, W_x, W_h, gamma_ih, gamma_hh, gamma_c, beta_c, h0, c0, *computed, lengths)
+    return cache.hs, c.copy(), cache
+
+
+def layer_norm_lstm_backward(
+    cache: LayerNormLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+) -> LayerNormLSTMGrads:
+    """Reference of :func:`fastbptt.layer_norm_lstm_backward`: the chain rule through each normalisation
+    (``dv = s (d - mean(d) - v̂ mean(d v̂))``) and the LSTM's gates, a step at a time."""
+    c = _checks.cache_of(LayerNormLSTMCache, cache)
+    dtype, (T, B, _), H = c.x.dtype, c.x.shape, c.W_h.shape[0]
+    dhs = _checks.upstream("dhs", dhs, dtype, (T, B, H), "[T, B, H]")
+    dc = np.zeros_like(c.c0) if dc_T is None else _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
+    grads = {name: np.zeros_like(getattr(c, name)) for name in ("W_x", "W_h", "gamma_ih", "gamma_hh", "gamma_c")}
+    db, dbeta_c, dx = np.zeros(4 * H, dtype), np.zeros(H, dtype), np.empty_like(c.x)
+    dh_from_later = np.zeros_like(c.h0)
+    for t in reversed(range(T)):
+        running = _running(c.lengths, t, B)
+        h_prev = c.hs[t - 1] if t > 0 else c.h0
+        c_prev = c.cs[t - 1] if t > 0 else c.c0
+        i, f, g, o = (c.gates[t, :, k * H : (k + 1) * H] for k in range(4))
+        inv_x, inv_h, inv_c = (c.inv_std[t, :, k : k + 1] for k in range(3))
+        dh = np.where(running, dhs[t] + dh_from_later, 0)
+        tanh_y = np.tanh(c.c_hat[t] * c.gamma_c + c.beta_c)
+        dy = dh * o * (1 - tanh_y * tanh_y)
+        grads["gamma_c"] += (dy * c.c_hat[t]).sum(axis=0)
+        dbeta_c += dy.sum(axis=0)
+        dc_carried = dc
+        dc = dc + _layer_norm_backward(dy * c.gamma_c, c.c_hat[t], inv_c)
+        dz = np.concatenate(
+            [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tanh_y * o * (1 - o)], axis=1
+        )
+        dz[~running[:, 0]] = 0
+        dc = np.where(running, dc * f, dc_carried)
+        grads["gamma_ih"] += (dz * c.x_hat[t]).sum(axis=0)
+        grads["gamma_hh"] += (dz * c.h_hat[t]).sum(axis=0)
+        db += dz.sum(axis=0)
+        d_recurrent = _layer_norm_backward(dz * c.gamma_hh, c.h_hat[t], inv_h) * running
+        d_input = _layer_norm_backward(dz * c.gamma_ih, c.x_hat[t], inv_x) * running
+        grads["W_x"] += c.x[t].T @ d_input
+        grads["W_h"] += h_prev.T @ d_recurrent
+        dx[t] = d_input @ c.W_x.T
+        dh_from_later = d_recurrent @ c.W_h.T
+    weights = (grads["W_x"], grads["W_h"], db, grads["gamma_ih"], grads["gamma_hh"], grads["gamma_c"], dbeta_c)
+    return LayerNormLSTMGrads(*_asked_for((dx, dh_from_later, dc, *weights), need_dx, need_weight_grads, states=2))
 
 
 def gru_forward(

@@ -448,3 +448,27 @@ class GRU(Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, *, init: str = "uniform", **options):
         super().__init__("gru", input_size, hidden_size, init=init, **options)
+
+
+class LayerNormLSTM(Recurrent):
+    """The layer-normalised LSTM layer (Ba, Kiros & Hinton 2016; :func:`fastbptt.layer_norm_lstm_forward`).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        D and H.
+    num_layers, bidirectional, seed, batch_first, dtype, backend
+        As for :class:`RNN`.
+
+    Attributes
+    ----------
+    params, grads : dict of ndarray
+        ``W_x [D,4H]``, ``W_h [H,4H]`` (``U(-1/sqrt(H), 1/sqrt(H))``), ``b [4H]`` (zeros), ``gamma_ih [4H]``,
+        ``gamma_hh [4H]``, ``gamma_c [H]`` (ones), ``beta_c [H]`` (zeros), with suffixes for further layers and
+        directions, and their accumulated gradients.
+    """
+
+    kind = "LayerNormLSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, **options):
+        super().__init__("layer_norm_lstm", input_size, hidden_size, **options)
