@@ -212,3 +212,13 @@ def test_the_torch_module_saves_loads_and_runs_without_grad():
     torch.save(module, buffer)
     buffer.seek(0)
     assert torch.equal(torch.load(buffer)(x)[0], output.detach())
+
+
+def test_hidden_gradient_norms_are_those_of_backward(rng):
+    p = problem(rng, 6, 3, 4, 5)
+    _, _, cache = run(fb, p)
+    norms = fb.diagnostics.hidden_gradient_norms(cache, p["dhs"], p["dc_T"])
+    grads = fb.layer_norm_lstm_backward(cache, p["dhs"], p["dc_T"])
+    np.testing.assert_allclose(norms.per_sequence[0], np.linalg.norm(grads.dh0, axis=1), rtol=1e-12)
+    last = np.linalg.norm(p["dhs"][-1], axis=1)  # dL/dh_T is the upstream gradient alone
+    np.testing.assert_allclose(norms.per_sequence[-1], last, rtol=1e-12)

@@ -22,7 +22,8 @@ def fresh_compiler():
 
 def model_of(kind, **options):
     torch.manual_seed(0)
-    recurrent = {"lstm": fbt.LSTM, "gru": fbt.GRU, "rnn": fbt.RNN}[kind](D, H, **options)
+    classes = {"lstm": fbt.LSTM, "gru": fbt.GRU, "rnn": fbt.RNN, "layer_norm_lstm": fbt.LayerNormLSTM}
+    recurrent = classes[kind](D, H, **options)
     directions = 2 if options.get("bidirectional") else 1
     features = options.get("proj_size") or H
     return recurrent, torch.nn.Linear(directions * features, 2, dtype=options.get("dtype"))
@@ -48,6 +49,7 @@ CASES = {
     "rnn-relu-batch-first": ("rnn", {"nonlinearity": "relu", "batch_first": True}),
     "lstm-dropout-eval": ("lstm", {"num_layers": 3, "dropout": 0.3}),
     "lstm-projection-2-bidirectional": ("lstm", {"proj_size": 3, "num_layers": 2, "bidirectional": True}),
+    "layer-norm-lstm-2-bidirectional": ("layer_norm_lstm", {"num_layers": 2, "bidirectional": True}),
 }
 
 
@@ -64,7 +66,7 @@ def test_fullgraph_compile_gives_eager_outputs_and_gradients(case, with_state):
     hx = None
     if with_state:
         h0 = 0.5 * torch.randn(layers, B, options.get("proj_size") or H, dtype=dtype)
-        hx = (h0, 0.5 * torch.randn(layers, B, H, dtype=dtype)) if kind == "lstm" else h0
+        hx = (h0, 0.5 * torch.randn(layers, B, H, dtype=dtype)) if kind.endswith("lstm") else h0
     eager = loss_and_grads(recurrent, head, x, hx, compile_it=False)
     compiled = loss_and_grads(recurrent, head, x, hx, compile_it=True)
     for a, b in zip(compiled, eager):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, cells
-from ._types import GRUCache, LSTMCache, RNNCache
+from ._types import GRUCache, LayerNormLSTMCache, LSTMCache, RNNCache
 
 #: sup |phi'| for each activation: gamma_h of the classic bound
 GAMMA_H = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
@@ -307,25 +307,32 @@ def hidden_gradient_norms(cache, dhs, dc_T=None) -> GradientNorms:
     gradient of step ``k`` plus everything from later steps), per sequence and averaged.
 
     Computed by the core's backward pass, which records the norm of dL/dh at every step as it goes (O(B*H) per
-    step beside the backward itself), from an RNN, LSTM or GRU cache of either backend; ``dc_T`` as for
-    :func:`fastbptt.lstm_backward`. With lengths, norms past a sequence's length are 0.
+    step beside the backward itself), from an RNN, LSTM (projected too), layer-normalised LSTM or GRU cache of either
+    backend; ``dc_T`` as for :func:`fastbptt.lstm_backward`. With lengths, norms past a sequence's length are 0.
     """
     from .. import _core
     from .functional import _core_lengths
 
-    cache = _checks.cache_of((RNNCache, LSTMCache, GRUCache), cache)
+    cache = _checks.cache_of((RNNCache, LSTMCache, GRUCache, LayerNormLSTMCache), cache)
     dhs = _checks.upstream("dhs", dhs, cache.hs.dtype, cache.hs.shape, "[T, B, H]")
     lengths = _core_lengths(cache.lengths)
     if isinstance(cache, RNNCache):
         c = cache
         out = _core.rnn_backward(c.x, c.W_xh, c.W_hh, c.h0, c.hs, dhs, c.activation, lengths, True)
-    elif isinstance(cache, LSTMCache):
+    elif isinstance(cache, (LSTMCache, LayerNormLSTMCache)):
         c = cache
         dc_T = np.zeros_like(c.c0) if dc_T is None else dc_T
         dc_T = _checks.upstream("dc_T", dc_T, c.hs.dtype, c.c0.shape, "[B, H]")
-        out = _core.lstm_backward(
-            c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, lengths, True, W_hr=c.W_hr
-        )
+        if isinstance(c, LSTMCache):
+            out = _core.lstm_backward(
+                c.x, c.W_x, c.W_h, c.h0, c.c0, c.gates, c.hs, c.cs, dhs, dc_T, c.forget_gate, lengths, True, W_hr=c.W_hr
+            )
+        else:
+            vectors = (c.gamma_ih, c.gamma_hh, c.gamma_c, c.beta_c)
+            kept = (c.gates, c.x_hat, c.h_hat, c.cs, c.c_hat, c.hs, c.inv_std)
+            out = _core.layer_norm_lstm_backward(
+                c.x, c.W_x, c.W_h, *vectors, c.h0, c.c0, *kept, dhs, dc_T, lengths, True
+            )
     else:
         c = cache
         out = _core.gru_backward(c.x, c.W_x, c.W_h, c.h0, c.gates, c.hn, c.hs, dhs, lengths, True)
