@@ -205,3 +205,60 @@ def test_a_cell_is_exact_against_the_numpy_stepper():
     h_np, (_, c_np), _ = fb.Stepper("lstm", params)(x.numpy(), None)
     np.testing.assert_array_equal(h.detach().numpy(), h_np)
     np.testing.assert_array_equal(c.detach().numpy(), c_np)
+
+
+def grads_of(cell, loss_of, inputs):
+    """torch.autograd.grad of ``loss_of(cell)`` with respect to ``inputs(cell)`` (a list of tensors)."""
+    return torch.autograd.grad(loss_of(cell), inputs(cell))
+
+
+@pytest.mark.parametrize("kind", list(PAIRS))
+def test_weight_gradients_added_up_at_the_end_of_each_pass_are_torch_nn_s(kind):
+    """The weights' gradients come once per backward pass from every step's rows: passes that leave the weights
+    out, that repeat, that add up, that fail halfway, or with a weight frozen and unfrozen, all give torch.nn's."""
+    ours, theirs = twins(kind, 4, 5, torch.float64)
+    xs = torch.randn(6, 2, 4, dtype=torch.float64)
+    h0 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+
+    def loss_of(cell, steps=6):
+        state = (h0, torch.zeros(2, 5, dtype=torch.float64)) if kind == "lstm" else h0
+        loss = 0.0
+        for t in range(steps):
+            state = cell(xs[t], state)
+            loss = loss + (state[0] if kind == "lstm" else state).pow(2).sum()
+        return loss
+
+    # a pass that needs no weight gradient, then one that does
+    for cell in (ours, theirs):
+        torch.autograd.grad(loss_of(cell), [h0])
+    expected = grads_of(theirs, loss_of, lambda c: list(c.parameters()))
+    for a, b in zip(grads_of(ours, loss_of, lambda c: list(c.parameters())), expected):
+        close(a, b, torch.float64)
+    # two passes adding up into .grad, one of them twice through a retained graph
+    results = []
+    for cell in (ours, theirs):
+        cell.zero_grad()
+        loss_of(cell).backward()
+        loss = loss_of(cell, steps=3)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        results.append([p.grad.clone() for p in cell.parameters()])
+    for a, b in zip(*results):
+        close(a, b, torch.float64)
+    # a pass that fails halfway leaves nothing behind for the next one
+    loss = loss_of(ours)
+    with torch.no_grad():
+        ours.weight_ih.add_(0.0)  # bumps the version: the steps refuse their backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    theirs.load_state_dict(ours.state_dict())
+    expected = grads_of(theirs, loss_of, lambda c: list(c.parameters()))
+    for a, b in zip(grads_of(ours, loss_of, lambda c: list(c.parameters())), expected):
+        close(a, b, torch.float64)
+    # a frozen weight, then unfrozen
+    for requires in (False, True):
+        for cell in (ours, theirs):
+            cell.weight_hh.requires_grad_(requires)
+        wanted = lambda c: [p for p in c.parameters() if p.requires_grad]  # noqa: E731
+        for a, b in zip(grads_of(ours, loss_of, wanted), grads_of(theirs, loss_of, wanted)):
+            close(a, b, torch.float64)

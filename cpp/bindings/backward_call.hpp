@@ -14,12 +14,17 @@ namespace fastbptt::bindings {
 template <class Scalar>
 class BackwardCall {
  public:
-  BackwardCall(const Shape& s, bool hidden_grad_norms, bool need_dx, bool need_weight_grads) {
+  /// `dz_columns` > 0: the call also returns every step's dZ [T, B, dz_columns] (BackwardOptions::dz).
+  BackwardCall(const Shape& s, bool hidden_grad_norms, bool need_dx, bool need_weight_grads, Index dz_columns = 0) {
     options.need_dx = need_dx;
     options.need_weight_gradients = need_weight_grads;
     if (hidden_grad_norms) {
       norms_ = new_array<Scalar>({s.T + 1, s.B});
       options.dh_norms = as_mutable_matrix(*norms_);
+    }
+    if (dz_columns > 0) {
+      dz_ = new_array<Scalar>({s.T, s.B, dz_columns});
+      options.dz = as_mutable_matrix(*dz_);
     }
   }
 
@@ -32,11 +37,12 @@ class BackwardCall {
     return array;
   }
 
-  /// The outputs in order, then the norms when they were asked for.
+  /// The outputs in order, then the norms and dZ when they were asked for.
   py::tuple result(std::initializer_list<py::object> outputs) const {
     py::list items;
     for (const py::object& item : outputs) items.append(item);
     if (norms_) items.append(*norms_);
+    if (dz_) items.append(*dz_);
     return py::tuple(items);
   }
 
@@ -46,7 +52,7 @@ class BackwardCall {
   static void point(MatrixView<Scalar>& view, Array<Scalar>& array) { view = as_mutable_matrix(array); }
   static void point(VectorView<Scalar>& view, Array<Scalar>& array) { view = as_mutable_vector(array); }
 
-  std::optional<Array<Scalar>> norms_;
+  std::optional<Array<Scalar>> norms_, dz_;
 };
 
 }  // namespace fastbptt::bindings

@@ -80,7 +80,8 @@ template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
-                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
+                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
+                       bool need_dz) {
   const GruArguments<Scalar> a(x, W_x, W_h, h0);
   const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
@@ -91,7 +92,7 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   gru::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads, need_dz ? GH + s.H : 0);
   gru::Gradients<Scalar> g;
   const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
   const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
@@ -135,9 +136,10 @@ void define(py::module_& m) {
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
-        py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
-        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]]) = BPTT of the GRU; see fastbptt.gru_backward. dx is "
-        "None without need_dx, and dW_x, dW_h, db, db_hn are None without need_weight_grads (not computed).");
+        py::arg("need_weight_grads") = true, py::arg("packed") = py::none(), py::arg("need_dz") = false,
+        "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]][, dz [T,B,4H]: dz_r, dz_z, d(hn), dz_n]) = BPTT of the "
+        "GRU; see fastbptt.gru_backward. dx is None without need_dx, and dW_x, dW_h, db, db_hn are None without "
+        "need_weight_grads (not computed).");
 }
 
 }  // namespace

@@ -160,11 +160,11 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
                         bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
-                        const OptionalArray<Scalar>& W_hr) {
+                        const OptionalArray<Scalar>& W_hr, bool need_dz) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
   const Index GH = lstm::gate_count(forget_gate) * s.H;
-  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads, need_dz ? GH + (W_hr ? a.P : 0) : 0);
   WeightGradientArrays<Scalar> weights;
   if (need_weight_grads) {
     weights.dW_x = new_array<Scalar>({s.D, GH});
@@ -232,8 +232,8 @@ void define(py::module_& m) {
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
         py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
-        py::arg("W_hr").noconvert() = py::none(),
-        "(dx, dh0, dc0, dW_x, dW_h, db[, dW_hr][, dh_norms [T+1,B]]) = BPTT of the LSTM; see "
+        py::arg("W_hr").noconvert() = py::none(), py::arg("need_dz") = false,
+        "(dx, dh0, dc0, dW_x, dW_h, db[, dW_hr][, dh_norms [T+1,B]][, dz [T,B,GH(+P)]]) = BPTT of the LSTM; see "
         "fastbptt.lstm_backward. dW_hr with a projection W_hr; dx is None without need_dx, and the weights' "
         "gradients are None without need_weight_grads (not computed).");
   m.def("lstm_backward_into", &lstm_backward_into<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),

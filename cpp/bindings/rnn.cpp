@@ -78,7 +78,7 @@ template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
                        const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms,
-                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed) {
+                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed, bool need_dz) {
   const RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
   const Shape& s = a.s;
   rnn::Cache<const Scalar> cache;
@@ -86,7 +86,7 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   rnn::Upstream<Scalar> upstream;
   upstream.dhs = as_matrix(dhs, "dhs", 3);
   const auto lengths_v = as_lengths(lengths);
-  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads);
+  BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads, need_dz ? s.H : 0);
   rnn::Gradients<Scalar> g;
   const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
   const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
@@ -130,9 +130,9 @@ void define(py::module_& m) {
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
         py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true, py::arg("need_weight_grads") = true,
-        py::arg("packed") = py::none(),
-        "(dx, dh0, dW_xh, dW_hh, db_h[, dh_norms [T+1,B]]) = BPTT of the RNN; see fastbptt.rnn_backward. dx is None "
-        "without need_dx, and dW_xh, dW_hh, db_h are None without need_weight_grads (not computed).");
+        py::arg("packed") = py::none(), py::arg("need_dz") = false,
+        "(dx, dh0, dW_xh, dW_hh, db_h[, dh_norms [T+1,B]][, dz [T,B,H]]) = BPTT of the RNN; see fastbptt.rnn_backward. "
+        "dx is None without need_dx, and dW_xh, dW_hh, db_h are None without need_weight_grads (not computed).");
 }
 
 }  // namespace

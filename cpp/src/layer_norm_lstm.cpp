@@ -214,8 +214,9 @@ struct BackwardCell {
       add_products<Scalar>(dgamma_c.data(), dyv, cr, H);
       add_products<Scalar>(dbeta_c.data(), dyv, nullptr, H);
     }
-    detail::for_each_packet<Scalar>(
-        H, [&](const Lanes<Scalar>& lanes) { lanes.store(dyv, ei::pmul(lanes.load(dyv), lanes.load(gamma_c.data()))); });
+    detail::for_each_packet<Scalar>(H, [&](const Lanes<Scalar>& lanes) {
+      lanes.store(dyv, ei::pmul(lanes.load(dyv), lanes.load(gamma_c.data())));  // dL/dĈ = dy gamma_c
+    });
     normalise_backward<Scalar>(dyv, cr, inverse[2], H, dyv);  // dL/dC_t through the normalisation
     detail::for_each_packet<Scalar>(H, [&](const Lanes<Scalar>& lanes) {
       const auto i = lanes.load(z);
@@ -343,8 +344,8 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
                             cache.inv_std.map(), w.gamma_ih.map(),    w.gamma_hh.map(),     w.gamma_c.map(),
                             w.beta_c.map(),      grad.dc0.map(),      grad.dx.map(),        grad.dW_x.map(),
                             grad.dW_h.map(),     grad.db.map(),       grad.dgamma_ih.map(), grad.dgamma_hh.map(),
-                            grad.dgamma_c.map(), grad.dbeta_c.map(),  s,                    options.need_weight_gradients,
-                            RowVector<Scalar>(GH), RowVector<Scalar>(H)};
+                            grad.dgamma_c.map(), grad.dbeta_c.map(),  s,
+                            options.need_weight_gradients,               RowVector<Scalar>(GH), RowVector<Scalar>(H)};
   detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                      grad.dh0.map(), options, cell);
 }

@@ -165,6 +165,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
                         MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell) {
   const Index B = s.B, dz_columns = cell.dz_columns();
+  if (!options.dz.empty()) check_shape("dz", options.dz, s.T * B, dz_columns);
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
   BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
   RowMatrix<Scalar>& dZ = scratch.dZ();
@@ -221,6 +222,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
       cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
     }
     if (options.need_dx) cell.write_dx(t0, rows, dZ.topRows(rows));
+    if (!options.dz.empty()) options.dz.map().middleRows(t0 * B, rows) = dZ.topRows(rows);
     t1 = t0;
   }
   record_row_norms<Scalar>(dh0, active, 0, dh_norms);

@@ -68,6 +68,7 @@ def rnn_backward(
     need_dx: bool = True,
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
+    need_dz: bool = False,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_forward(
     x: npt.NDArray[np.floating],
@@ -111,6 +112,7 @@ def lstm_backward(
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
     W_hr: npt.NDArray[np.floating] | None = None,
+    need_dz: bool = False,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],
@@ -202,6 +204,7 @@ def gru_backward(
     need_dx: bool = True,
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
+    need_dz: bool = False,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],

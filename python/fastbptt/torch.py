@@ -750,7 +750,62 @@ class _WeightsSeen:
         return True
 
 
-_STEPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cell module -> (_WeightsSeen, Stepper)
+_STEPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (_WeightsSeen, Stepper, deferred)
+
+# The weight gradients of a loop of steps are formed once, at the end of a backward pass, from every step's rows
+# (input, previous state, dZ): one product per weight instead of one per step, and one gradient per weight for
+# autograd to add instead of one per step. The steps hand their rows to a node that all of them take as input
+# (_WeightsNode), which autograd runs after them. torch's engine says which pass runs (its graph task) and whether
+# that node runs in it; where it does not say (a torch without these queries), each step computes its own.
+_ENGINE_QUERIES = hasattr(torch._C, "_current_graph_task_id") and hasattr(torch._C, "_will_engine_execute_node")
+
+
+class _DeferredWeightGradients:
+    """The rows a kept Stepper's steps recorded in backward passes, by graph task, and the token tensor that routes
+    the weights' gradients through _WeightsNode."""
+
+    def __init__(self, stepper: Stepper, weights: list, has_bias: bool):
+        self.stepper, self.weights, self.has_bias = stepper, weights, has_bias
+        self.rows: list = []  # (graph task, x [B, D], h_prev [B, H], dz [B, columns])
+        self.token, self.requiring = None, None
+
+    def token_for_grad(self):
+        """The token steps take as input, made in grad mode with the weights as its inputs, again when which of
+        them require grad has changed (its node's edges lead to those that did)."""
+        requiring = tuple(w is not None and w.requires_grad for w in self.weights)
+        if self.token is None or requiring != self.requiring:
+            self.token, self.requiring = _WeightsNode.apply(self, *self.weights), requiring
+        return self.token
+
+    def record(self, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> None:
+        self.rows.append((torch._C._current_graph_task_id(), x, h_prev, dz))
+
+    def take(self) -> list:
+        """The weights' gradients (torch.nn's layout) from this pass's rows; rows of other passes (an aborted one)
+        are dropped."""
+        task = torch._C._current_graph_task_id()
+        rows = [row[1:] for row in self.rows if row[0] == task]
+        self.rows = []
+        if not rows:
+            return [None] * len(self.weights)
+        x, h_prev, dz = (np.concatenate(parts) for parts in zip(*rows))
+        cell = self.stepper.cell
+        return cell.to_torch_grads(cell.weight_gradients(self.stepper.params, x, h_prev, dz), self.has_bias)
+
+
+class _WeightsNode(torch.autograd.Function):
+    """The weights' side of a loop of steps: an empty token whose gradient, once every step of the pass has run,
+    is the weights' (see _DeferredWeightGradients)."""
+
+    @staticmethod
+    def forward(ctx, deferred: _DeferredWeightGradients, *weights):
+        ctx.deferred = deferred
+        return weights[0].new_empty(0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, _):
+        return (None, *(_to_torch(grad) for grad in ctx.deferred.take()))
 
 
 def _cell_state(states: list):
@@ -762,9 +817,70 @@ def _cell_state(states: list):
     return None if arrays[0] is None and arrays[1] is None else tuple(arrays)
 
 
+def _step_forward(ctx, stepper: Stepper, x, states) -> tuple:
+    """A step's forward with the kept Stepper; its final state as tensors of their own memory (copies)."""
+    # The module checked the tensors (dtype, shapes) and made them contiguous: the checked kernels run them.
+    with threads.defaulting_to(torch.get_num_threads()):
+        _, final, ctx.cache = stepper.cell.forward_checked(
+            stepper.params, _as_numpy(x, "input")[None], _cell_state(states), False, stepper.packed
+        )
+    ctx.stepper = stepper
+    ctx.set_materialize_grads(False)
+    return tuple(torch.from_numpy(np.array(f)) for f in ((final,) if stepper.cell.state_parts == 1 else final))
+
+
+def _upstream(ctx, d_finals) -> tuple:
+    """(dhs [1, B, H], the final state's gradient as the cell takes it) from a step's output gradients."""
+    hs = ctx.cache.hs
+    d_parts = [None if d is None else np.ascontiguousarray(_as_numpy(d, "grad of output")) for d in d_finals]
+    dhs = np.zeros_like(hs) if d_parts[0] is None else d_parts[0][None]
+    return dhs, (None if len(d_parts) == 1 or d_parts[1] is None else (None, d_parts[1]))
+
+
+class _DeferredStepFunction(torch.autograd.Function):
+    """One step of a cell whose weight gradients are deferred to the end of the backward pass: its inputs are x,
+    the states and the weights' token (_WeightsNode); backward hands the step's rows to the token's node when that
+    node runs in the pass. The weights' versions at forward are kept: an in-place edit of one of them before
+    backward raises torch's error, as for torch.nn's cells."""
+
+    @staticmethod
+    def forward(ctx, stepper: Stepper, deferred: _DeferredWeightGradients, x, *tensors):
+        states, token = tensors[:-1], tensors[-1]
+        ctx.deferred, ctx.token_node, ctx.d_token = deferred, token.grad_fn, token.new_empty(0)
+        ctx.versions = [None if w is None else w._version for w in deferred.weights]
+        ctx.save_for_backward(x, *(t for t in states if t is not None))
+        return _step_forward(ctx, stepper, x, states)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *d_finals):
+        _check_saved_inputs(ctx)
+        names = ctx.stepper.cell.torch_parameters
+        for name, weight, version in zip(names, ctx.deferred.weights, ctx.versions):
+            if weight is not None and weight._version != version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: {name} is at version {weight._version}; expected version {version} instead"
+                )
+        stepper, needs = ctx.stepper, ctx.needs_input_grad[2:]  # x, the states, the token
+        dhs, dstate = _upstream(ctx, d_finals)
+        records = needs[-1] and torch._C._will_engine_execute_node(ctx.token_node)
+        with threads.defaulting_to(torch.get_num_threads()):
+            if records:
+                dx, dstate0, dz = stepper.cell.backward_rows(stepper.params, ctx.cache, dhs, dstate, needs[0])
+                ctx.deferred.record(ctx.cache.x[0], ctx.cache.h0, dz[0])
+            else:
+                dx, dstate0, _ = stepper.cell.backward_checked(stepper.params, ctx.cache, dhs, dstate, needs[0], False)
+        d_states = (dstate0,) if stepper.cell.state_parts == 1 else dstate0
+        results = [None if dx is None else dx[0], *d_states]
+        d_token = ctx.d_token if records else None
+        return (None, None, *(_to_torch(r) if need else None for r, need in zip(results, needs)), d_token)
+
+
 class _CellStepFunction(torch.autograd.Function):
-    """One step of a cell as one autograd node; forward and backward run the cell's kept Stepper. The outputs are
-    the module's own memory (copies of the step's [B, H] states), so an in-place edit of them cannot reach the
+    """One step of a cell as one autograd node, the weights among its inputs (each step forms its own weight
+    gradients; _DeferredStepFunction adds them up at the end where torch's engine allows). The outputs are the
+    module's own memory (copies of the step's [B, H] states), so an in-place edit of them cannot reach the
     gradients; the inputs and weights are saved, so that an in-place edit of one of them before backward raises
     torch's error, as torch.nn's cells do."""
 
@@ -772,16 +888,9 @@ class _CellStepFunction(torch.autograd.Function):
     def forward(ctx, stepper: Stepper, has_bias: bool, x, *tensors):
         parts = stepper.cell.state_parts
         states, weights = tensors[:parts], tensors[parts:]
-        # The module checked the tensors (dtype, shapes) and made them contiguous: the checked kernels run them.
-        with threads.defaulting_to(torch.get_num_threads()):
-            _, final, ctx.cache = stepper.cell.forward_checked(
-                stepper.params, _as_numpy(x, "input")[None], _cell_state(states), False, stepper.packed
-            )
-        ctx.stepper, ctx.has_bias = stepper, has_bias
+        ctx.has_bias = has_bias
         ctx.save_for_backward(x, *(t for t in (*states, *weights) if t is not None))
-        ctx.set_materialize_grads(False)
-        finals = (final,) if parts == 1 else final
-        return tuple(torch.from_numpy(np.array(f)) for f in finals)
+        return _step_forward(ctx, stepper, x, states)
 
     @staticmethod
     @once_differentiable
@@ -790,10 +899,7 @@ class _CellStepFunction(torch.autograd.Function):
         stepper = ctx.stepper
         parts = stepper.cell.state_parts
         needs = ctx.needs_input_grad[2:]  # x, the states, the weights
-        hs = ctx.cache.hs
-        d_parts = [None if d is None else np.ascontiguousarray(_as_numpy(d, "grad of output")) for d in d_finals]
-        dhs = np.zeros_like(hs) if d_parts[0] is None else d_parts[0][None]
-        dstate = None if parts == 1 or d_parts[1] is None else (None, d_parts[1])
+        dhs, dstate = _upstream(ctx, d_finals)
         with threads.defaulting_to(torch.get_num_threads()):
             dx, dstate0, grads = stepper.cell.backward_checked(
                 stepper.params, ctx.cache, dhs, dstate, needs[0], any(needs[1 + parts :])
@@ -818,18 +924,19 @@ class _FastCell:
         own = self._parameters
         return [own[name] if name in own else getattr(self, name) for name in _CELL_WEIGHTS]
 
-    def _stepper(self, cell: cells.Cell, weights: list, dtype) -> Stepper | None:
-        """The Stepper of the current weights: the one kept while they are unchanged, else a new one (kept); None
-        when the weights are not CPU tensors of ``dtype``."""
+    def _stepper(self, cell: cells.Cell, weights: list, dtype) -> tuple:
+        """(Stepper, _DeferredWeightGradients or None) of the current weights: those kept while the weights are
+        unchanged, else new ones (kept); (None, None) when the weights are not CPU tensors of ``dtype``."""
         kept = _STEPPERS.get(self)
         if kept is not None and kept[0].same(weights) and kept[1].dtype == _NUMPY_DTYPES[dtype]:
-            return kept[1]
+            return kept[1:]
         if any(w is not None and (not w.is_cpu or w.dtype != dtype) for w in weights):
-            return None
+            return None, None
         arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
         stepper = Stepper(cell, cell.from_torch(arrays))
-        _STEPPERS[self] = (_WeightsSeen(weights), stepper)
-        return stepper
+        deferred = _DeferredWeightGradients(stepper, weights, self.bias) if _ENGINE_QUERIES else None
+        _STEPPERS[self] = (_WeightsSeen(weights), stepper, deferred)
+        return stepper, deferred
 
     def _runs_here(self, input, states: list) -> bool:
         """Whether fastbptt can run a call with ``input`` and ``states`` (the weights are checked with the
@@ -860,14 +967,16 @@ class _FastCell:
         if not self._runs_here(input, states):
             return super().forward(input, hx)
         weights = self._weights()
-        stepper = self._stepper(cell, weights, input.dtype)
+        stepper, deferred = self._stepper(cell, weights, input.dtype)
         if stepper is None:
             return super().forward(input, hx)
         batched = input.dim() == 2
         x = (input if batched else input.unsqueeze(0)).contiguous()
         states = [None if s is None else (s if batched else s.unsqueeze(0)).contiguous() for s in states]
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
-        if wants_grad:
+        if wants_grad and deferred is not None and any(w is not None and w.requires_grad for w in weights):
+            finals = _DeferredStepFunction.apply(stepper, deferred, x, *states, deferred.token_for_grad())
+        elif wants_grad:
             finals = _CellStepFunction.apply(stepper, self.bias, x, *states, *weights)
         else:  # nothing kept for a backward
             with threads.defaulting_to(torch.get_num_threads()):

@@ -140,6 +140,11 @@ struct BackwardOptions {
   /// and column sums are skipped, and their views may be empty; they are not written, with accumulate neither.
   /// The initial-state gradients and the recursion through time are computed either way.
   bool need_weight_gradients = true;
+  /// [T*B, dZ columns] out, optional (empty: not written): every step's dZ, the gradient of its pre-activations in
+  /// the cell's layout (the columns its backward_block_steps counts), for weight gradients formed elsewhere from
+  /// these rows, the inputs and the previous states (a caller that defers them over many one-step calls). Rows of
+  /// sequences past their length are zero.
+  MatrixView<Scalar> dz;
 };
 
 /// Sizes of one call: T time steps, B sequences in the batch, D input features, H hidden units.

@@ -159,6 +159,17 @@ class Cell:
         the cache's dtype and shapes), for a cache of :meth:`forward_checked`."""
         return self.backward(p, cache, dhs, dstate, need_dx, need_weight_grads)
 
+    def backward_rows(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool):
+        """``(dx, dstate0, dZ [T, B, dz columns])``: :meth:`backward_checked` without the weight gradients, with the
+        pre-activations' gradients from which :meth:`weight_gradients` forms them (a caller that adds up many
+        one-step calls' rows first). The fast backend's RNN, LSTM (without projection) and GRU have it."""
+        raise NotImplementedError(f"{self.name}: no backward_rows on the {self.backend} backend")
+
+    def weight_gradients(self, p: dict, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> dict:
+        """The parameters' gradients by base name from rows of inputs ``x [N, D]``, the states before them
+        ``h_prev [N, H]`` and their ``dz [N, dz columns]`` (:meth:`backward_rows`' rows, of any steps)."""
+        raise NotImplementedError(f"{self.name}: no weight_gradients")
+
     def pack(self, p: dict):
         """``p``'s weights packed once for the forwards and backwards of many calls (the ``packed`` of
         :meth:`forward`), or None where the backend packs nothing (the reference)."""
@@ -376,6 +387,15 @@ class RNNCell(Cell):
         grads = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
         return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
+    def backward_rows(self, p, cache, dhs, dh_T, need_dx):
+        if self.backend != "fast":
+            return super().backward_rows(p, cache, dhs, dh_T, need_dx)
+        grads, dz = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, False, True)
+        return grads.dx, grads.dh0, dz
+
+    def weight_gradients(self, p, x, h_prev, dz):
+        return {"W_xh": x.T @ dz, "W_hh": h_prev.T @ dz, "b_h": dz.sum(axis=0)}
+
     def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
         grads = self.kernels.rnn_backward(cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads)
@@ -517,6 +537,19 @@ class LSTMCell(Cell):
         grads = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, need_weight_grads)
         return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
+    def backward_rows(self, p, cache, dhs, dstate, need_dx):
+        if self.backend != "fast" or self.projects:
+            return super().backward_rows(p, cache, dhs, dstate, need_dx)
+        dh_T, dc_T = (None, None) if dstate is None else dstate
+        dc_T = np.zeros_like(cache.c0) if dc_T is None else dc_T
+        grads, dz = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, False, True)
+        return grads.dx, (grads.dh0, grads.dc0), dz
+
+    def weight_gradients(self, p, x, h_prev, dz):
+        if self.projects:
+            return super().weight_gradients(p, x, h_prev, dz)
+        return {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
+
     def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
@@ -623,6 +656,22 @@ class GRUCell(Cell):
             return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads)
         grads = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
         return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
+
+    def backward_rows(self, p, cache, dhs, dh_T, need_dx):
+        if self.backend != "fast":
+            return super().backward_rows(p, cache, dhs, dh_T, need_dx)
+        grads, dz = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, False, True)
+        return grads.dx, grads.dh0, dz
+
+    def weight_gradients(self, p, x, h_prev, dz):
+        H = dz.shape[1] // 4  # a row of dZ: dz_r, dz_z, d(hn) (the recurrent product's), dz_n (the input's)
+        input_side = np.concatenate([dz[:, : 2 * H], dz[:, 3 * H :]], axis=1)
+        return {
+            "W_x": x.T @ input_side,
+            "W_h": h_prev.T @ dz[:, : 3 * H],
+            "b": input_side.sum(axis=0),
+            "b_hn": dz[:, 2 * H : 3 * H].sum(axis=0),
+        }
 
     def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)

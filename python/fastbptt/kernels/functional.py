@@ -117,9 +117,10 @@ def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grad
     return rnn_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
 
 
-def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> RNNGrads:
+def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False):
     """:func:`rnn_backward` of arguments checked already (a cache of :func:`rnn_forward`, dhs C-contiguous of its
-    dtype and shape)."""
+    dtype and shape); with ``need_dz``, ``(grads, dz)``: every step's dZ ``[T, B, dz columns]`` besides (the
+    pre-activations' gradients, from which a caller forms the weight gradients itself, ``Cell.weight_gradients``)."""
     grads = _core.rnn_backward(
         c.x,
         c.W_xh,
@@ -133,8 +134,9 @@ def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
+        need_dz,
     )
-    return RNNGrads(*grads)
+    return (RNNGrads(*grads[:-1]), grads[-1]) if need_dz else RNNGrads(*grads)
 
 
 def _needs(need_dx, need_weight_grads) -> tuple[bool, bool]:
@@ -267,10 +269,10 @@ def lstm_backward(
 
 
 def lstm_backward_checked(
-    c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool
-) -> LSTMGrads:
+    c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False
+):
     """:func:`lstm_backward` of arguments checked already (a cache of :func:`lstm_forward` without checkpoints;
-    dhs and dc_T C-contiguous of its dtype and shapes)."""
+    dhs and dc_T C-contiguous of its dtype and shapes); ``need_dz`` as for :func:`rnn_backward_checked`."""
     grads = _core.lstm_backward(
         c.x,
         c.W_x,
@@ -289,8 +291,10 @@ def lstm_backward_checked(
         need_weight_grads,
         c.packed,
         c.W_hr,
+        need_dz,
     )
-    return LSTMGrads(*grads) if c.W_hr is None else ProjectedLSTMGrads(*grads)
+    kind = LSTMGrads if c.W_hr is None else ProjectedLSTMGrads
+    return (kind(*grads[:-1]), grads[-1]) if need_dz else kind(*grads)
 
 
 def gru_forward(
@@ -367,9 +371,9 @@ def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grad
     return gru_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
 
 
-def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> GRUGrads:
+def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False):
     """:func:`gru_backward` of arguments checked already (a cache of :func:`gru_forward`, dhs C-contiguous of its
-    dtype and shape)."""
+    dtype and shape); ``need_dz`` as for :func:`rnn_backward_checked` (a row of dZ: dz_r, dz_z, d(hn), dz_n)."""
     grads = _core.gru_backward(
         c.x,
         c.W_x,
@@ -384,8 +388,9 @@ def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
+        need_dz,
     )
-    return GRUGrads(*grads)
+    return (GRUGrads(*grads[:-1]), grads[-1]) if need_dz else GRUGrads(*grads)
 
 
 def layer_norm_lstm_forward(
