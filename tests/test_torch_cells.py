@@ -262,3 +262,42 @@ def test_weight_gradients_added_up_at_the_end_of_each_pass_are_torch_nn_s(kind):
         wanted = lambda c: [p for p in c.parameters() if p.requires_grad]  # noqa: E731
         for a, b in zip(grads_of(ours, loss_of, wanted), grads_of(theirs, loss_of, wanted)):
             close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn-tanh"])
+def test_a_reentrant_checkpoint_and_accumulated_batches_give_torch_nn_s_gradients(kind):
+    """A checkpoint's recomputation runs a backward pass inside another one; each pass forms its weight gradients
+    from its own steps."""
+    from torch.utils.checkpoint import checkpoint
+
+    ours, theirs = twins(kind, 4, 5, torch.float64)
+    xs = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    for cell in (ours, theirs):
+        for batch in range(2):  # two batches add up into .grad: the kept weights' token serves both
+
+            def first_half(h, x, cell=cell):
+                state = (h, torch.zeros_like(h)) if kind == "lstm" else h
+                for t in range(3):
+                    state = cell(x[t], state)
+                return state[0] if kind == "lstm" else state
+
+            h = checkpoint(first_half, torch.zeros(3, 5, dtype=torch.float64, requires_grad=True), xs[batch, :3],
+                           use_reentrant=True)  # fmt: skip
+            state = (h, torch.zeros_like(h)) if kind == "lstm" else h
+            for t in range(3, 6):
+                state = cell(xs[batch, t], state)
+            (state[0] if kind == "lstm" else state).sin().sum().backward()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        close(a.grad, b.grad, torch.float64)
+
+
+def test_a_gradient_of_a_gradient_is_refused_by_name():
+    """create_graph=True (a gradient to differentiate again) raises where the gradient would be silently wrong."""
+    cell, _ = twins("gru", 3, 4, torch.float64)
+    sequence = fbt.GRU(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    for output in (cell(x), sequence(x[None])[0]):
+        with pytest.raises(RuntimeError, match="fastbptt.torch computes first-order gradients only"):
+            torch.autograd.grad(output.square().sum(), [x], create_graph=True)
+        (first_order,) = torch.autograd.grad(output.square().sum(), [x])
+        assert first_order.shape == x.shape

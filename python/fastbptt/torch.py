@@ -48,15 +48,16 @@ call is one autograd Function, which costs less per call than the operators' dis
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers
+import threading
 import warnings
 import weakref
 
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from . import _core
 from .kernels import cells, stack, threads
@@ -126,6 +127,22 @@ def _suffix(layer: int, direction: int) -> str:
 def _stacked(parts: list) -> np.ndarray:
     """``np.stack(parts)``, a new array [cells, B, H]; for one cell without np.stack's cost."""
     return parts[0][None].copy() if len(parts) == 1 else np.stack(parts)
+
+
+def _first_order(backward):
+    """A backward that computes first-order gradients only: under ``create_graph=True`` (a gradient of a gradient)
+    it raises RuntimeError naming fastbptt, rather than giving a gradient whose own gradient would be missing."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():  # the engine enables it for create_graph=True
+            raise RuntimeError(
+                "fastbptt.torch computes first-order gradients only: differentiating them again "
+                "(create_graph=True, double backward) is not supported; use torch.nn's modules for that"
+            )
+        return backward(ctx, *grads)
+
+    return wrapper
 
 
 class _Stack:
@@ -221,7 +238,7 @@ class _StackFunction(torch.autograd.Function):
         return results
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, d_output, *d_finals):
         _check_saved_inputs(ctx)
         run = ctx.run
@@ -766,7 +783,11 @@ class _DeferredWeightGradients:
 
     def __init__(self, stepper: Stepper, weights: list, has_bias: bool):
         self.stepper, self.weights, self.has_bias = stepper, weights, has_bias
-        self.rows: list = []  # (graph task, x [B, D], h_prev [B, H], dz [B, columns])
+        # Rows by graph task: passes can nest (a reentrant checkpoint's recomputation runs its own backward inside
+        # another's) or run on other threads, and each forms its gradients from its own rows. A pass that fails
+        # leaves its rows here until the weights change and this object goes with its Stepper.
+        self.rows: dict = {}  # graph task -> [(x [B, D], h_prev [B, H], dz [B, columns]), ...]
+        self.lock = threading.Lock()
         self.token, self.requiring = None, None
 
     def token_for_grad(self):
@@ -778,14 +799,13 @@ class _DeferredWeightGradients:
         return self.token
 
     def record(self, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> None:
-        self.rows.append((torch._C._current_graph_task_id(), x, h_prev, dz))
+        with self.lock:
+            self.rows.setdefault(torch._C._current_graph_task_id(), []).append((x, h_prev, dz))
 
     def take(self) -> list:
-        """The weights' gradients (torch.nn's layout) from this pass's rows; rows of other passes (an aborted one)
-        are dropped."""
-        task = torch._C._current_graph_task_id()
-        rows = [row[1:] for row in self.rows if row[0] == task]
-        self.rows = []
+        """The weights' gradients (torch.nn's layout) from the rows of the running pass, which it removes."""
+        with self.lock:
+            rows = self.rows.pop(torch._C._current_graph_task_id(), [])
         if not rows:
             return [None] * len(self.weights)
         x, h_prev, dz = (np.concatenate(parts) for parts in zip(*rows))
@@ -803,7 +823,7 @@ class _WeightsNode(torch.autograd.Function):
         return weights[0].new_empty(0)
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, _):
         return (None, *(_to_torch(grad) for grad in ctx.deferred.take()))
 
@@ -852,7 +872,7 @@ class _DeferredStepFunction(torch.autograd.Function):
         return _step_forward(ctx, stepper, x, states)
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, *d_finals):
         _check_saved_inputs(ctx)
         names = ctx.stepper.cell.torch_parameters
@@ -893,7 +913,7 @@ class _CellStepFunction(torch.autograd.Function):
         return _step_forward(ctx, stepper, x, states)
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, *d_finals):
         _check_saved_inputs(ctx)
         stepper = ctx.stepper
