@@ -214,8 +214,9 @@ class SequenceModel:
                 x = one_hot
             else:
                 x = embedding[token : token + 1]
-            h, state, _ = stepper(x, state, inference=True)
-            last = self._probabilities(h)[0]
+            # The model's own arrays, of the layer's dtype and shapes: the stepper's cell runs them unchecked.
+            hs, state, _ = stepper.cell.forward_checked(stepper.params, x[None], state, True, stepper.packed)
+            last = self._probabilities(hs[0])[0]
         return generated
 
     def _config(self) -> dict:
