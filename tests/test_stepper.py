@@ -168,3 +168,10 @@ def test_packed_weights_of_another_cell_size_or_dtype_are_refused(rng):
     with pytest.raises(ValueError, match="packed"):  # three packed matrices in other sizes than the LSTM's two
         fb.lstm_forward(x, params["W_x"], params["W_h"], params["b"], *state, packed=gru.pack(gru_params))
     assert isinstance(spec.pack(params), _core.PackedFloat64)
+    # the same stacked depth split otherwise: a projecting LSTM's [W_x (10 rows); W_h (6 rows)] for a call of 8 + 8
+    projecting = cells.cell_class("lstm")("fast", proj_size=6)
+    other = {k: v for k, v in projecting.init_parameters(rng, 10, 8, "uniform").items()}
+    plain = cells.cell_class("lstm")("fast").init_parameters(rng, 8, 8, "uniform")
+    x8 = rng.standard_normal((2, 2, 8))
+    with pytest.raises(ValueError, match=r"packed: made from weights of other sizes \(packed 10 \+ 6"):
+        fb.lstm_forward(x8, plain["W_x"], plain["W_h"], plain["b"], packed=projecting.pack(other))

@@ -42,7 +42,6 @@ void check_cache(const Shape& s, const Cache<Element>& cache) {
 template <class Scalar, detail::Keep keep>
 struct ForwardCell {
   static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
-  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x;
   detail::VectorMap<const Scalar> b, b_hn;
   detail::MatrixMap<Scalar> gates, hn, hs;
@@ -98,7 +97,6 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = true;
-  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x, W_x, h0, gates, hn, hs;
   detail::MatrixMap<Scalar> dx, dW_x, dW_h;
   detail::VectorMap<Scalar> db, db_hn;
@@ -176,10 +174,10 @@ struct StepWeights {
   const detail::PackedWeights<Scalar>& W_h;
 
   StepWeights(const Shape& s, const Weights<Scalar>& w, const Packed<Scalar>& kept)
-      : W_x(detail::kept_or_packed(kept, 0, s.D, gate_count * s.H, gate_count, own_W_x, [&] {
+      : W_x(detail::kept_or_packed(kept, 0, s.D, gate_count * s.H, gate_count, s.D, own_W_x, [&] {
           return detail::PackedWeights<Scalar>(w.W_x.map(), detail::Orientation::as_given, gate_count);
         })),
-        W_h(detail::kept_or_packed(kept, 1, s.H, gate_count * s.H, gate_count, own_W_h, [&] {
+        W_h(detail::kept_or_packed(kept, 1, s.H, gate_count * s.H, gate_count, s.H, own_W_h, [&] {
           return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::as_given, gate_count);
         })) {}
 };
@@ -258,7 +256,7 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
                             RowMatrix<Scalar>(B, H)};
   std::optional<detail::PackedWeights<Scalar>> own;
   const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(
-      kept, 2, GH, H, 1, own,
+      kept, 2, GH, H, 1, GH, own,
       [&] { return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed); });
   detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                      grad.dh0.map(), options, cell);

@@ -98,7 +98,6 @@ void check_cache(const Shape& s, const Cache<Element>& cache) {
 template <class Scalar, detail::Keep keep>
 struct ForwardCell {
   static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
-  static constexpr bool projects = false;
   static constexpr bool whole_rows = true;
   detail::MatrixMap<const Scalar> x, c0;
   detail::VectorMap<const Scalar> b, gamma_ih, gamma_hh, gamma_c, beta_c;
@@ -169,7 +168,6 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = false;
-  static constexpr bool projects = false;
   static constexpr bool whole_rows = true;
   detail::MatrixMap<const Scalar> x, W_x, c0, gates, x_hat, h_hat, cs, c_hat, inv_std;
   detail::VectorMap<const Scalar> gamma_ih, gamma_hh, gamma_c, beta_c;
@@ -336,6 +334,7 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
     detail::check_shape("dgamma_c", grad.dgamma_c, 1, H);
     detail::check_shape("dbeta_c", grad.dbeta_c, 1, H);
   }
+  detail::check_dz(s, options, 2 * GH);
   const detail::ActiveRows active(s, lengths);
   grad.dc0.map() = up.dc_T.map();  // carries dL/dC_t backwards, as in lstm::backward
   const detail::PackedWeights<Scalar> W_h_transposed(w.W_h.map(), detail::Orientation::transposed);

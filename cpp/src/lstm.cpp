@@ -189,8 +189,9 @@ struct BackwardCell {
       dW_x.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_gates;
       dW_h.noalias() += h_prev.transpose() * dz_gates;
       detail::add_column_sums<Scalar>(dz_gates, db);
-      // m_t = o_t * tanh C_t again, as forward computed it (rows past a sequence's end: zero gates and C, so zero)
-      outputs.resize(rows, s.H);
+      // m_t = o_t * tanh C_t again, as forward computed it (rows past a sequence's end: zero gates and C, so zero);
+      // the matrix grows to the largest block it meets: at most twice a call
+      if (outputs.rows() < rows) outputs.resize(rows, s.H);
       for (Index row = 0; row < rows; ++row) {
         const Scalar* o = gates.row(t0 * s.B + row).data() + col.o;
         const Scalar* c = cs.row(t0 * s.B + row).data();
@@ -199,7 +200,7 @@ struct BackwardCell {
           lanes.store(m, ei::pmul(lanes.load(o), detail::tanh<Scalar>(lanes.load(c))));
         });
       }
-      dW_hr.noalias() += outputs.transpose() * dz_block.rightCols(z.P);
+      dW_hr.noalias() += outputs.topRows(rows).transpose() * dz_block.rightCols(z.P);
     } else {
       dW_x.noalias() += x.middleRows(t0 * s.B, rows).transpose() * dz_block;
       dW_h.noalias() += h_prev.transpose() * dz_block;
@@ -226,12 +227,12 @@ void run_forward(const Shape& s, const Sizes& z, bool forget_gate, const Inputs<
   // rows a call covers, so chunked runs equal one run bit for bit (Eigen's general product picks its code path by
   // a row's position).
   std::optional<detail::PackedWeights<Scalar>> own_W, own_W_hr;
-  const detail::PackedWeights<Scalar>& packed_W = detail::kept_or_packed(kept, 0, s.D + z.P, z.GH, G, own_W, [&] {
+  const detail::PackedWeights<Scalar>& packed_W = detail::kept_or_packed(kept, 0, s.D + z.P, z.GH, G, s.D, own_W, [&] {
     return detail::PackedWeights<Scalar>(w.W_x.map(), w.W_h.map(), G);
   });
   const GateColumns col(forget_gate, s.H);
   if (z.projection) {
-    const detail::PackedWeights<Scalar>& packed_W_hr = detail::kept_or_packed(kept, 2, s.H, z.P, 1, own_W_hr, [&] {
+    const detail::PackedWeights<Scalar>& packed_W_hr = detail::kept_or_packed(kept, 2, s.H, z.P, 1, s.H, own_W_hr, [&] {
       return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::as_given);
     });
     RowMatrix<Scalar> outputs(s.B, s.H);
@@ -321,12 +322,13 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
     detail::check_shape("db", grad.db, 1, z.GH);
     if (z.projection) detail::check_shape("dW_hr", grad.dW_hr, H, z.P);
   }
+  detail::check_dz(s, options, z.GH + (z.projection ? z.P : 0));
   const detail::ActiveRows active(s, lengths);
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
   grad.dc0.map() = up.dc_T.map();
   std::optional<detail::PackedWeights<Scalar>> own_W_h, own_W_hr;
-  const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(kept, 1, z.GH, z.P, 1, own_W_h, [&] {
+  const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(kept, 1, z.GH, z.P, 1, z.GH, own_W_h, [&] {
     return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed);
   });
   const GateColumns col(forget_gate, H);
@@ -335,7 +337,7 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
                                        grad.dh0.map(), options, cell);
   };
   if (z.projection) {
-    const detail::PackedWeights<Scalar>& W_hr_transposed = detail::kept_or_packed(kept, 3, z.P, H, 1, own_W_hr, [&] {
+    const detail::PackedWeights<Scalar>& W_hr_transposed = detail::kept_or_packed(kept, 3, z.P, H, 1, z.P, own_W_hr, [&] {
       return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::transposed);
     });
     BackwardCell<Scalar, true> cell{forget_gate,     in.x.map(),     w.W_x.map(),      in.c0.map(),

@@ -104,6 +104,8 @@ class PackedWeights {
 
   Index depth() const { return K_; }
   Index cols() const { return N_; }
+  /// The rows of W_top for stacked weights [W_top; W_bottom] (their rows' first part), depth() otherwise.
+  Index split() const { return split_; }
   /// Columns per group (an LSTM's H) and panels per group: the hidden units of a group come in that many packets.
   Index group_width() const { return group_width_; }
   Index group_panels() const { return group_panels_; }

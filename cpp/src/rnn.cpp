@@ -26,7 +26,6 @@ void check_forward_inputs(const Shape& s, const Inputs<Scalar>& in, const Weight
 /// The plain RNN's step: z_t = [x_t, h_{t-1}] [W_xh; W_hh] is one product, written into hs and activated in place.
 template <class Scalar, class Phi>
 struct ForwardCell {
-  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x;
   detail::VectorMap<const Scalar> b_h;
   detail::MatrixMap<Scalar> hs;
@@ -53,7 +52,6 @@ struct ForwardCell {
 template <class Scalar, class Phi>
 struct BackwardCell {
   static constexpr bool direct_term = false;
-  static constexpr bool projects = false;
   detail::MatrixMap<const Scalar> x, W_xh, hs;
   detail::MatrixMap<Scalar> dx, dW_xh, dW_hh;
   detail::VectorMap<Scalar> db_h;
@@ -97,7 +95,8 @@ void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in
   // bit (Eigen's general product picks its code path by a row's position).
   std::optional<detail::PackedWeights<Scalar>> own;
   const detail::PackedWeights<Scalar>& packed_W = detail::kept_or_packed(
-      kept, 0, s.D + s.H, s.H, 1, own, [&] { return detail::PackedWeights<Scalar>(w.W_xh.map(), w.W_hh.map(), 1); });
+      kept, 0, s.D + s.H, s.H, 1, s.D, own,
+      [&] { return detail::PackedWeights<Scalar>(w.W_xh.map(), w.W_hh.map(), 1); });
   detail::with_activation(activation, [&](auto phi) {
     ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), hs, packed_W, s, active};
     detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell);
@@ -152,7 +151,7 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
   const detail::ActiveRows active(s, lengths);
   std::optional<detail::PackedWeights<Scalar>> own;
   const detail::PackedWeights<Scalar>& W_hh_transposed = detail::kept_or_packed(
-      kept, 1, s.H, s.H, 1, own,
+      kept, 1, s.H, s.H, 1, s.H, own,
       [&] { return detail::PackedWeights<Scalar>(w.W_hh.map(), detail::Orientation::transposed); });
   detail::with_activation(activation, [&](auto phi) {
     BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),

@@ -2,7 +2,8 @@
 //
 // Within a step a thread computes the recurrent product's columns of its own units in every gate block
 // (PackedWeights::multiply_units) and then applies the gates to those units; the threads wait for each other once
-// per step, where the next step needs every unit of the state. A parallel product followed by a one-thread gate
+// per step, where the next step needs every unit of the state (twice for a projected state: the projection needs
+// every unit's output first). A parallel product followed by a one-thread gate
 // pass would start and stop the threads at every step and leave one of them idle during the gate pass.
 // Every element is computed by the same code whatever the slice, so results do not depend on the team's size.
 #pragma once

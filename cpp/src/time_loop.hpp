@@ -2,7 +2,8 @@
 //
 // A cell is a policy object with the few things in which cells differ: the product a step runs, the pointwise pass
 // of one batch row over the calling thread's units, and the whole-sequence products of a block of steps. The
-// drivers own the rest, alike for every cell: the team of threads and its one wait per step (step_team.hpp), the
+// drivers own the rest, alike for every cell: the team of threads and its wait per step (step_team.hpp; two for a
+// cell whose state is a projection), the
 // rows that run each step (active_rows.hpp), the dL/dh buffers of two steps, the blocks of steps that keep
 // checkpointed BPTT exact (time_blocks.hpp), the zeroing of the gradients unless they accumulate, and the per-step
 // gradient norms.
@@ -76,21 +77,37 @@ void check_backward(const Shape& s, const UpstreamView& dhs, const Gradients& gr
 }
 
 /// The packed matrix `part` of a call: the one `kept` holds (checked against the sizes K x N in `groups` column
-/// groups that the call's weights give), or, when `kept` is empty, the one `pack()` makes, held in `own` for the
-/// call.
+/// groups, of which the first `split` rows multiply a row's first part, that the call's weights give), or, when
+/// `kept` is empty, the one `pack()` makes, held in `own` for the call.
 template <class Scalar, class Pack>
 const PackedWeights<Scalar>& kept_or_packed(const Packed<Scalar>& kept, std::size_t part, Index K, Index N,
-                                            Index groups, std::optional<PackedWeights<Scalar>>& own, Pack&& pack) {
+                                            Index groups, Index split, std::optional<PackedWeights<Scalar>>& own,
+                                            Pack&& pack) {
   if (kept.empty()) return own.emplace(pack());
   if (part >= kept.parts().size()) throw std::invalid_argument("packed: not packed by this cell's pack");
   const PackedWeights<Scalar>& w = kept.parts()[part];
-  if (w.depth() != K || w.cols() != N || w.group_width() * groups != N) {
-    throw std::invalid_argument("packed: made from weights of other sizes (packed " + std::to_string(w.depth()) +
-                                " x " + std::to_string(w.cols()) + ", the call's " + std::to_string(K) + " x " +
+  if (w.depth() != K || w.cols() != N || w.group_width() * groups != N || w.split() != split) {
+    throw std::invalid_argument("packed: made from weights of other sizes (packed " + std::to_string(w.split()) +
+                                " + " + std::to_string(w.depth() - w.split()) + " x " + std::to_string(w.cols()) +
+                                ", the call's " + std::to_string(split) + " + " + std::to_string(K - split) + " x " +
                                 std::to_string(N) + " in " + std::to_string(groups) + " groups)");
   }
   return w;
 }
+
+/// Throws std::invalid_argument unless options.dz (when given) is [T*B, dz_columns]. A backward that writes an
+/// output before its time loop checks it first.
+template <class Scalar>
+void check_dz(const Shape& s, const BackwardOptions<Scalar>& options, Index dz_columns) {
+  if (!options.dz.empty()) check_shape("dz", options.dz, s.T * s.B, dz_columns);
+}
+
+/// Whether a cell's state is a projection of its units' outputs (`static constexpr bool projects = true`: the
+/// project and before_pointwise hooks below); cells without the member do not project.
+template <class Cell, class = void>
+struct projects_state : std::false_type {};
+template <class Cell>
+struct projects_state<Cell, std::void_t<decltype(Cell::projects)>> : std::bool_constant<Cell::projects> {};
 
 /// What a forward keeps: what backward reads (training), or only the state the next step needs (inference, where
 /// memory beyond the outputs does not grow with T). A cell's forward policy takes it as a template argument, so
@@ -121,7 +138,7 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
         const Index r = active.row(k);
         cell.step_pointwise(t, r, own, h_prev_t.row(r).data());
       }
-      if constexpr (Cell::projects) {
+      if constexpr (projects_state<Cell>::value) {
         team_barrier();  // the projection multiplies the outputs of all units
         cell.project(t, own);
       }
@@ -165,7 +182,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
                         MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell) {
   const Index B = s.B, dz_columns = cell.dz_columns();
-  if (!options.dz.empty()) check_shape("dz", options.dz, s.T * B, dz_columns);
+  check_dz(s, options, dz_columns);
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
   BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
   RowMatrix<Scalar>& dZ = scratch.dZ();
@@ -180,15 +197,15 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
     const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
     if (!active.all()) dZ.setZero();  // finished sequences add nothing to the block's products
     const PackedWeights<Scalar>* team_weights = &W_h_transposed;
-    if constexpr (Cell::projects) team_weights = &cell.unit_weights();
+    if constexpr (projects_state<Cell>::value) team_weights = &cell.unit_weights();
     run_team(*team_weights, B, [&](const UnitSlice& own) {
-      const UnitSlice state = Cell::projects ? share_of(W_h_transposed, own) : own;  // columns of dL/dh_{t-1}
+      const UnitSlice state = projects_state<Cell>::value ? share_of(W_h_transposed, own) : own;  // columns of dL/dh_{t-1}
       const Index state_units = state.u1 - state.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
         const Index running = active.count(t);
         const RowMatrix<Scalar>& dh_t = dh_steps[t % 2];
-        if constexpr (Cell::projects) cell.before_pointwise(t, own, dh_t);
+        if constexpr (projects_state<Cell>::value) cell.before_pointwise(t, own, dh_t);
         for (Index k = 0; k < running; ++k) {
           const Index r = active.row(k);
           cell.step_pointwise(t, r, own, dh_t.row(r).data(), dz_t.row(r).data());
@@ -197,8 +214,8 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
           record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
         }
-        // dL/dh_{t-1} = dhs_{t-1} (+ the direct term) + dz_t W_hᵀ, for this thread's units (dL/dh_0 has no upstream
-        // term)
+        // dL/dh_{t-1} = dhs_{t-1} (+ the direct term) + dz_t W_hᵀ, for the member's share of the state's columns
+        // (dL/dh_0 has no upstream term)
         auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
         if (t > 0) {
           dh_prev.middleCols(state.u0, state_units) =
@@ -214,7 +231,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         }
         W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), state.panels, strided_rows(dh_prev),
                                       t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
-        if constexpr (Cell::projects) team_barrier();  // the next step projects all of dL/dh_{t-1} back
+        if constexpr (projects_state<Cell>::value) team_barrier();  // the next step projects all of dL/dh_{t-1} back
       }
     }, needs_whole_rows<Cell>::value);
     if (options.need_weight_gradients) {

@@ -788,7 +788,7 @@ class _DeferredWeightGradients:
         # leaves its rows here until the weights change and this object goes with its Stepper.
         self.rows: dict = {}  # graph task -> [(x [B, D], h_prev [B, H], dz [B, columns]), ...]
         self.lock = threading.Lock()
-        self.token, self.requiring = None, None
+        self.token, self.requiring, self.token_gradient = None, None, None
 
     def token_for_grad(self):
         """The token steps take as input, made in grad mode with the weights as its inputs, again when which of
@@ -796,6 +796,7 @@ class _DeferredWeightGradients:
         requiring = tuple(w is not None and w.requires_grad for w in self.weights)
         if self.token is None or requiring != self.requiring:
             self.token, self.requiring = _WeightsNode.apply(self, *self.weights), requiring
+            self.token_gradient = self.token.new_empty(0)  # what a step's backward hands it: nothing but the edge
         return self.token
 
     def record(self, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> None:
@@ -866,7 +867,7 @@ class _DeferredStepFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, stepper: Stepper, deferred: _DeferredWeightGradients, x, *tensors):
         states, token = tensors[:-1], tensors[-1]
-        ctx.deferred, ctx.token_node, ctx.d_token = deferred, token.grad_fn, token.new_empty(0)
+        ctx.deferred, ctx.token_node = deferred, token.grad_fn
         ctx.versions = [None if w is None else w._version for w in deferred.weights]
         ctx.save_for_backward(x, *(t for t in states if t is not None))
         return _step_forward(ctx, stepper, x, states)
@@ -893,7 +894,7 @@ class _DeferredStepFunction(torch.autograd.Function):
                 dx, dstate0, _ = stepper.cell.backward_checked(stepper.params, ctx.cache, dhs, dstate, needs[0], False)
         d_states = (dstate0,) if stepper.cell.state_parts == 1 else dstate0
         results = [None if dx is None else dx[0], *d_states]
-        d_token = ctx.d_token if records else None
+        d_token = ctx.deferred.token_gradient if records else None
         return (None, None, *(_to_torch(r) if need else None for r, need in zip(results, needs)), d_token)
 
 

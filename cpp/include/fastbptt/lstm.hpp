@@ -85,7 +85,7 @@ struct Gradients {
 /// shape        in   T, B, D, H (all >= 1)
 /// forget_gate  in   selects the cell; G = gate_count(forget_gate)
 /// inputs       in   x, h0, c0 (see Inputs)
-/// weights      in   W_x, W_h, b (see Weights)
+/// weights      in   W_x, W_h, b, W_hr (see Weights)
 /// cache        out  gates, hs, cs (see Cache)
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hs
 ///                   and cs are zero after that, and its final states are row (lengths[b]-1)*B + b

@@ -136,7 +136,8 @@ struct BackwardOptions {
   /// Compute dx. false (the input needs no gradient): the products dZ W_xᵀ are skipped, and the gradients' dx may
   /// be empty; it is not written.
   bool need_dx = true;
-  /// Compute the weight gradients (dW_x, dW_h, db, and the GRU's db_hn). false (frozen weights): their products
+  /// Compute the weight gradients (dW_x, dW_h, db, and a cell's others: the GRU's db_hn, a projection's dW_hr,
+  /// the layer-normalised LSTM's gammas and beta). false (frozen weights): their products
   /// and column sums are skipped, and their views may be empty; they are not written, with accumulate neither.
   /// The initial-state gradients and the recursion through time are computed either way.
   bool need_weight_gradients = true;

@@ -112,7 +112,8 @@ class RNNCache(_ComputedArraysReadOnly):
 
 @dataclass(frozen=True)
 class LSTMCache(_ComputedArraysReadOnly):
-    """What ``lstm_backward`` needs from ``lstm_forward``; inputs are held by reference, as in :class:`RNNCache`."""
+    """What ``lstm_backward`` needs from ``lstm_forward``; inputs are held by reference, as in :class:`RNNCache`.
+    With a projection ``W_hr [H, P]``, ``W_h`` is ``[P, G*H]`` and ``h0``, ``hs`` have P features."""
 
     computed: ClassVar[tuple[str, ...]] = ("gates", "hs", "cs")
 

@@ -245,7 +245,7 @@ def lstm_backward(
     cache : LSTMCache or CheckpointedLSTMCache
         From :func:`lstm_forward`.
     dhs : ndarray [T, B, H]
-        dL/dh_t for every step (with lengths, as for :func:`rnn_backward`).
+        dL/dh_t for every step (with lengths, as for :func:`rnn_backward`); ``[T, B, P]`` with a projection.
     dc_T : ndarray [B, H], optional
         dL/dC_T on each sequence's final cell state (when it is carried on and used); zeros when omitted.
     need_dx, need_weight_grads : bool
@@ -253,8 +253,9 @@ def lstm_backward(
 
     Returns
     -------
-    LSTMGrads
-        ``dx [T,B,D], dh0 [B,H], dc0 [B,H], dW_x [D,G*H], dW_h [H,G*H], db [G*H]``.
+    LSTMGrads or ProjectedLSTMGrads
+        ``dx [T,B,D], dh0 [B,H], dc0 [B,H], dW_x [D,G*H], dW_h [H,G*H], db [G*H]``; with a projection
+        ``ProjectedLSTMGrads``: ``dh0 [B,P]``, ``dW_h [P,G*H]`` and ``dW_hr [H,P]`` last.
     """
     c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
     dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])  # [T, B, P]: W_h is [P, G*H]

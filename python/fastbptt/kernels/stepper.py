@@ -18,7 +18,8 @@ class Stepper:
     """A cell with its weights packed once, run one step (or a few) per call, forward and backward.
 
     ``Stepper(cell, params, ...)`` copies ``params`` (the cell's parameters by base name, kernel layout: for the
-    LSTM ``W_x [D, G*H]``, ``W_h [H, G*H]``, ``b [G*H]``) into read-only arrays of one dtype and packs them. Later
+    LSTM ``W_x [D, G*H]``, ``W_h [H, G*H]`` (``[P, G*H]`` with a projection), ``b [G*H]``) into read-only arrays of
+    one dtype and packs them. Later
     edits of the arrays given do not reach it: make a new Stepper for new weights (one per optimiser step, say).
     A forward has the bits of the cell's sequence kernel over the same steps: steps run one after another, the
     state carried, give the bits of one call over all of them. Backward through them step by step adds up the
@@ -70,7 +71,7 @@ class Stepper:
         arrays = {name: np.array(params[name], dtype=self.dtype, order="C", copy=True) for name in names}
         W_h = arrays[names[1]]
         if W_h.ndim != 2:
-            raise ValueError(f"{names[1]}: expected a matrix [H, ...], got shape {W_h.shape}")
+            raise ValueError(f"{names[1]}: expected a matrix [state features, gate blocks * H], got shape {W_h.shape}")
         first_weights = arrays[names[0]]
         if first_weights.ndim != 2:
             raise ValueError(f"{names[0]}: expected a matrix [D, ...], got shape {first_weights.shape}")
@@ -93,7 +94,8 @@ class Stepper:
         """Runs the cell over ``x``: one step ``[B, D]`` or a few ``[T, B, D]`` (time-major), from ``state`` (None:
         zeros; an array ``[B, H]``, or a pair ``(h, C)`` for the LSTM, a part None for zeros).
 
-        Returns ``(h, final state, cache)``: ``h [B, H]`` for one step (``hs [T, B, H]`` for several), the state
+        Returns ``(h, final state, cache)``: ``h [B, H]`` for one step (``hs [T, B, H]`` for several; P features
+        for a projected LSTM), the state
         after the last step, and what :meth:`backward` needs (None with ``inference``, which keeps nothing for a
         backward). ``h`` is read-only unless ``inference``: backward reads it.
         """

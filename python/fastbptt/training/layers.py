@@ -22,7 +22,7 @@ from ..kernels.stack import StackCache
 from ..kernels.stepper import Stepper
 from .saving import load_arrays, save_arrays
 
-__all__ = ["GRU", "LSTM", "RNN", "Recurrent"]
+__all__ = ["GRU", "LSTM", "RNN", "LayerNormLSTM", "Recurrent"]
 
 
 class Recurrent:
@@ -217,7 +217,8 @@ class Recurrent:
             )
 
     def cell_cache(self, layer: int = 0, direction: int = 0):
-        """The kernel cache (``RNNCache``, ``LSTMCache`` or ``GRUCache``) of one layer and direction from the last
+        """The kernel cache (``RNNCache``, ``LSTMCache``, ``GRUCache`` or ``LayerNormLSTMCache``) of one layer and
+        direction from the last
         forward, e.g. for :mod:`fastbptt.diagnostics`. The reverse direction's cache is in reversed time."""
         cache = self._require_cache()
         self._check_cell_index("cell_cache", layer, direction)
