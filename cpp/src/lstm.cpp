@@ -328,18 +328,20 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
   // keeps dc_T there, untouched, until the loop reaches its last step.
   grad.dc0.map() = up.dc_T.map();
   std::optional<detail::PackedWeights<Scalar>> own_W_h, own_W_hr;
-  const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(kept, 1, z.GH, z.P, 1, z.GH, own_W_h, [&] {
-    return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed);
-  });
+  const detail::PackedWeights<Scalar>& W_h_transposed =
+      detail::kept_or_packed(kept, 1, z.GH, z.P, 1, z.GH, own_W_h, [&] {
+        return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed);
+      });
   const GateColumns col(forget_gate, H);
   const auto run = [&](auto& cell) {
     detail::backward_time_loop<Scalar>(z.state, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
                                        grad.dh0.map(), options, cell);
   };
   if (z.projection) {
-    const detail::PackedWeights<Scalar>& W_hr_transposed = detail::kept_or_packed(kept, 3, z.P, H, 1, z.P, own_W_hr, [&] {
-      return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::transposed);
-    });
+    const detail::PackedWeights<Scalar>& W_hr_transposed =
+        detail::kept_or_packed(kept, 3, z.P, H, 1, z.P, own_W_hr, [&] {
+          return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::transposed);
+        });
     BackwardCell<Scalar, true> cell{forget_gate,     in.x.map(),     w.W_x.map(),      in.c0.map(),
                                     cache.gates.map(), cache.cs.map(), grad.dc0.map(),  grad.dx.map(),
                                     grad.dW_x.map(), grad.dW_h.map(), grad.dW_hr.map(), grad.db.map(),

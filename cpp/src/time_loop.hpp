@@ -199,7 +199,8 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
     const PackedWeights<Scalar>* team_weights = &W_h_transposed;
     if constexpr (projects_state<Cell>::value) team_weights = &cell.unit_weights();
     run_team(*team_weights, B, [&](const UnitSlice& own) {
-      const UnitSlice state = projects_state<Cell>::value ? share_of(W_h_transposed, own) : own;  // columns of dL/dh_{t-1}
+      // the member's share of dL/dh_{t-1}'s columns: its units' unless the state is a projection of them
+      const UnitSlice state = projects_state<Cell>::value ? share_of(W_h_transposed, own) : own;
       const Index state_units = state.u1 - state.u0;
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
