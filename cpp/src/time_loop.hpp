@@ -230,8 +230,12 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
             cell.add_direct_term(r, own, dh_prev.row(r).data());
           }
         }
-        W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), state.panels, strided_rows(dh_prev),
-                                      t > 0 || Cell::direct_term ? Store::add : Store::overwrite);
+        const Store store = t > 0 || Cell::direct_term ? Store::add : Store::overwrite;
+        if constexpr (needs_whole_rows<Cell>::value) {  // a team of one: the product may still use the threads
+          W_h_transposed.multiply(step_rows<Scalar>(dz_t, t, active), strided_rows(dh_prev), store);
+        } else {
+          W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), state.panels, strided_rows(dh_prev), store);
+        }
         if constexpr (projects_state<Cell>::value) team_barrier();  // the next step projects all of dL/dh_{t-1} back
       }
     }, needs_whole_rows<Cell>::value);
