@@ -175,3 +175,53 @@ def test_packed_weights_of_another_cell_size_or_dtype_are_refused(rng):
     x8 = rng.standard_normal((2, 2, 8))
     with pytest.raises(ValueError, match=r"packed: made from weights of other sizes \(packed 10 \+ 6"):
         fb.lstm_forward(x8, plain["W_x"], plain["W_h"], plain["b"], packed=projecting.pack(other))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "options"), CELLS, ids=IDS)
+def test_step_kernels_give_the_sequence_bits_and_weight_gradients_from_their_rows(rng, name, options, dtype):
+    T, B, D, H = 6, 3, 4, 7
+    spec, params, x, state = problem(rng, name, options, T, B, D, H, dtype)
+    hs, final, _ = spec.forward(params, x, state, None)
+    stepper = fb.Stepper(name, params, **options)
+    kernels = spec.step_kernels(stepper.params, stepper.packed)
+    carried, records = final_parts(state), []
+    for t in range(T):
+        finals, record = kernels.forward(x[t : t + 1], *carried)
+        np.testing.assert_array_equal(finals[0], hs[t])
+        carried = tuple(part.copy() for part in finals)
+        records.append(record)
+    for got, expected in zip(carried, final_parts(final)):
+        np.testing.assert_array_equal(got, expected)
+
+    reference = cells.cell_class(name)("reference", **options)
+    params64 = {k: v.astype(np.float64) for k, v in params.items()}
+    state64 = tuple(s.astype(np.float64) for s in final_parts(state))
+    _, _, cache = reference.forward(params64, x.astype(np.float64), state64[0] if len(state64) == 1 else state64, None)
+    dhs = rng.standard_normal(hs.shape)
+    dx_ref, dstate_ref, grads_ref = reference.backward(params64, cache, dhs, None)
+    d_state, dxs, rows = [None] * len(carried), [None] * T, []
+    for t in reversed(range(T)):
+        d_final = list(d_state)
+        d_final[0] = dhs[t].astype(dtype) if d_final[0] is None else d_final[0] + dhs[t].astype(dtype)
+        dx, d_state, step_rows = kernels.backward(records[t], d_final, True)
+        dxs[t] = dx[0]
+        rows.append(step_rows)
+    assert_close(np.stack(dxs), dx_ref, dtype, "grads", "dx")
+    for got, expected in zip(d_state, final_parts(dstate_ref)):
+        assert_close(got, expected, dtype, "grads", "dstate0")
+    grads = spec.weight_gradients(params, *(np.concatenate(parts) for parts in zip(*rows)))
+    assert set(grads) == set(grads_ref)
+    for key in grads_ref:
+        assert_close(grads[key], grads_ref[key], dtype, "grads", key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cores_transposed_product_is_numpys(rng, dtype):
+    a, b = rng.standard_normal((37, 5)).astype(dtype), rng.standard_normal((37, 9)).astype(dtype)
+    product = _core.transposed_product(a, b)
+    assert product.shape == (5, 9) and product.dtype == dtype
+    assert_close(product, a.astype(np.float64).T @ b.astype(np.float64), dtype, "grads", "aᵀb")
+    np.testing.assert_array_equal(_core.transposed_product(a[:0], b[:0]), np.zeros((5, 9), dtype))
+    with pytest.raises(ValueError, match="same number of rows"):
+        _core.transposed_product(a, b[:-1])

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "arrays.hpp"
 #include "fastbptt/build_info.hpp"
 #include "fastbptt/threads.hpp"
 #include "fastbptt/types.hpp"
@@ -31,6 +32,23 @@ void bind_packed(py::module_& m, const char* name) {
                              "was made from (a copy: later edits of those weights do not reach it).");
 }
 
+/// aᵀ b of a [N, K] and b [N, M], a new array [K, M], with the threads of the call: the weight gradients of rows
+/// gathered from many calls (fastbptt.torch's step cells), which NumPy's product would run on its own BLAS threads.
+template <class Scalar>
+Array<Scalar> transposed_product(const Array<Scalar>& a, const Array<Scalar>& b) {
+  const auto left = as_matrix(a, "a", 2);
+  const auto right = as_matrix(b, "b", 2);
+  if (left.rows() != right.rows()) {
+    throw py::value_error("a, b: expected the same number of rows, got " + std::to_string(left.rows()) + " and " +
+                          std::to_string(right.rows()));
+  }
+  Array<Scalar> product({left.cols(), right.cols()});
+  auto result = as_mutable_matrix(product);
+  py::gil_scoped_release release;
+  result.noalias() = left.transpose() * right;
+  return product;
+}
+
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
@@ -54,6 +72,10 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
         "Scalars the core allocates to pack a [rows, columns] weight matrix in `groups` column groups.");
   m.def("get_num_threads", &fastbptt::get_num_threads, "Threads the next call will use.");
   m.def("call_threads", &fastbptt::call_threads, "Threads a call made from the calling thread uses.");
+  m.def("transposed_product", &fastbptt::bindings::transposed_product<float>, py::arg("a").noconvert(),
+        py::arg("b").noconvert());
+  m.def("transposed_product", &fastbptt::bindings::transposed_product<double>, py::arg("a").noconvert(),
+        py::arg("b").noconvert(), "aᵀ b of C-contiguous a [N, K] and b [N, M] of one dtype, with the call's threads.");
   fastbptt::bindings::bind_packed<float>(m, "PackedFloat32");
   fastbptt::bindings::bind_packed<double>(m, "PackedFloat64");
   fastbptt::bindings::bind_rnn(m);

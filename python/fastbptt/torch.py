@@ -767,7 +767,28 @@ class _WeightsSeen:
         return True
 
 
-_STEPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (_WeightsSeen, Stepper, deferred)
+class _KeptStep:
+    """What a cell module keeps while its weights are unchanged: the Stepper (the weights copied and packed), its
+    step kernels, the sizes of the state's parts and, where torch's engine allows, the deferred weight gradients."""
+
+    __slots__ = ("seen", "stepper", "kernels", "sizes", "has_bias", "deferred")
+
+    def __init__(self, cell: cells.Cell, weights: list, has_bias: bool):
+        arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
+        self.seen, self.stepper = _WeightsSeen(weights), Stepper(cell, cell.from_torch(arrays))
+        self.kernels = cell.step_kernels(self.stepper.params, self.stepper.packed)
+        self.sizes, self.has_bias = cell.state_sizes(self.stepper.hidden_size), has_bias  # of the state's parts
+        self.deferred = _DeferredWeightGradients(self, weights) if _ENGINE_QUERIES else None
+
+    def weight_gradients(self, rows: tuple) -> list:
+        """The weights' gradients (torch.nn's layout) from rows (x, h_prev, dz) of one or many steps."""
+        cell = self.stepper.cell
+        with threads.defaulting_to(torch.get_num_threads()):
+            grads = cell.weight_gradients(self.stepper.params, *rows)
+        return cell.to_torch_grads(grads, self.has_bias)
+
+
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _KeptStep
 
 # The weight gradients of a loop of steps are formed once, at the end of a backward pass, from every step's rows
 # (input, previous state, dZ): one product per weight instead of one per step, and one gradient per weight for
@@ -778,14 +799,14 @@ _ENGINE_QUERIES = hasattr(torch._C, "_current_graph_task_id") and hasattr(torch.
 
 
 class _DeferredWeightGradients:
-    """The rows a kept Stepper's steps recorded in backward passes, by graph task, and the token tensor that routes
+    """The rows a kept step's calls recorded in backward passes, by graph task, and the token tensor that routes
     the weights' gradients through _WeightsNode."""
 
-    def __init__(self, stepper: Stepper, weights: list, has_bias: bool):
-        self.stepper, self.weights, self.has_bias = stepper, weights, has_bias
+    def __init__(self, kept: _KeptStep, weights: list):
+        self.kept, self.weights = kept, weights
         # Rows by graph task: passes can nest (a reentrant checkpoint's recomputation runs its own backward inside
         # another's) or run on other threads, and each forms its gradients from its own rows. A pass that fails
-        # leaves its rows here until the weights change and this object goes with its Stepper.
+        # leaves its rows here until the weights change and this object goes with its _KeptStep.
         self.rows: dict = {}  # graph task -> [(x [B, D], h_prev [B, H], dz [B, columns]), ...]
         self.lock = threading.Lock()
         self.token, self.requiring, self.token_gradient = None, None, None
@@ -793,15 +814,15 @@ class _DeferredWeightGradients:
     def token_for_grad(self):
         """The token steps take as input, made in grad mode with the weights as its inputs, again when which of
         them require grad has changed (its node's edges lead to those that did)."""
-        requiring = tuple(w is not None and w.requires_grad for w in self.weights)
+        requiring = tuple([w is not None and w.requires_grad for w in self.weights])
         if self.token is None or requiring != self.requiring:
             self.token, self.requiring = _WeightsNode.apply(self, *self.weights), requiring
             self.token_gradient = self.token.new_empty(0)  # what a step's backward hands it: nothing but the edge
         return self.token
 
-    def record(self, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> None:
+    def record(self, rows: tuple) -> None:
         with self.lock:
-            self.rows.setdefault(torch._C._current_graph_task_id(), []).append((x, h_prev, dz))
+            self.rows.setdefault(torch._C._current_graph_task_id(), []).append(rows)
 
     def take(self) -> list:
         """The weights' gradients (torch.nn's layout) from the rows of the running pass, which it removes."""
@@ -809,9 +830,7 @@ class _DeferredWeightGradients:
             rows = self.rows.pop(torch._C._current_graph_task_id(), [])
         if not rows:
             return [None] * len(self.weights)
-        x, h_prev, dz = (np.concatenate(parts) for parts in zip(*rows))
-        cell = self.stepper.cell
-        return cell.to_torch_grads(cell.weight_gradients(self.stepper.params, x, h_prev, dz), self.has_bias)
+        return self.kept.weight_gradients(tuple(np.concatenate(parts) for parts in zip(*rows)))
 
 
 class _WeightsNode(torch.autograd.Function):
@@ -830,32 +849,34 @@ class _WeightsNode(torch.autograd.Function):
 
 
 def _cell_state(states: list):
-    """A cell's state as the kernels take it from its (checked, contiguous) tensors: h [B, H], a pair (h, C) (a
-    part None for zeros), or None for zeros."""
+    """A cell's state as the checked kernels take it from its (checked, contiguous) tensors: h [B, H], a pair
+    (h, C) (a part None for zeros), or None for zeros."""
     arrays = [None if s is None else s.numpy(force=True) for s in states]
     if len(arrays) == 1:
         return arrays[0]
     return None if arrays[0] is None and arrays[1] is None else tuple(arrays)
 
 
-def _step_forward(ctx, stepper: Stepper, x, states) -> tuple:
-    """A step's forward with the kept Stepper; its final state as tensors of their own memory (copies)."""
-    # The module checked the tensors (dtype, shapes) and made them contiguous: the checked kernels run them.
+def _step_forward(ctx, kept: _KeptStep, x, states) -> tuple:
+    """A step's forward with the kept step kernels (the module checked the tensors and made them contiguous); its
+    final state as tensors of their own memory: copies, since backward reads the kernels' arrays."""
+    batch, dtype = x.shape[0], kept.stepper.dtype
+    arrays = [np.zeros((batch, n), dtype) if s is None else s.numpy(force=True) for s, n in zip(states, kept.sizes)]
     with threads.defaulting_to(torch.get_num_threads()):
-        _, final, ctx.cache = stepper.cell.forward_checked(
-            stepper.params, _as_numpy(x, "input")[None], _cell_state(states), False, stepper.packed
-        )
-    ctx.stepper = stepper
+        finals, ctx.record = kept.kernels.forward(x.numpy(force=True)[None], *arrays)
+    ctx.kept = kept
     ctx.set_materialize_grads(False)
-    return tuple(torch.from_numpy(np.array(f)) for f in ((final,) if stepper.cell.state_parts == 1 else final))
+    return tuple([torch.from_numpy(part.copy()) for part in finals])
 
 
-def _upstream(ctx, d_finals) -> tuple:
-    """(dhs [1, B, H], the final state's gradient as the cell takes it) from a step's output gradients."""
-    hs = ctx.cache.hs
-    d_parts = [None if d is None else np.ascontiguousarray(_as_numpy(d, "grad of output")) for d in d_finals]
-    dhs = np.zeros_like(hs) if d_parts[0] is None else d_parts[0][None]
-    return dhs, (None if len(d_parts) == 1 or d_parts[1] is None else (None, d_parts[1]))
+def _step_backward(ctx, d_finals, need_dx: bool) -> tuple:
+    """(dx [B, D] or None, the gradients of the step's first state, the step's rows for the weight gradients).
+    Autograd gives the output gradients the outputs' dtype and device; an expanded one (of a sum) is made
+    contiguous."""
+    d_arrays = [None if d is None else d.contiguous().numpy(force=True) for d in d_finals]
+    with threads.defaulting_to(torch.get_num_threads()):
+        dx, d_states, rows = ctx.kept.kernels.backward(ctx.record, d_arrays, need_dx)
+    return (None if dx is None else dx[0]), d_states, rows
 
 
 class _DeferredStepFunction(torch.autograd.Function):
@@ -865,37 +886,33 @@ class _DeferredStepFunction(torch.autograd.Function):
     backward raises torch's error, as for torch.nn's cells."""
 
     @staticmethod
-    def forward(ctx, stepper: Stepper, deferred: _DeferredWeightGradients, x, *tensors):
+    def forward(ctx, kept: _KeptStep, x, *tensors):
         states, token = tensors[:-1], tensors[-1]
-        ctx.deferred, ctx.token_node = deferred, token.grad_fn
-        ctx.versions = [None if w is None else w._version for w in deferred.weights]
-        ctx.save_for_backward(x, *(t for t in states if t is not None))
-        return _step_forward(ctx, stepper, x, states)
+        ctx.token_node = token.grad_fn
+        ctx.versions = [None if w is None else w._version for w in kept.deferred.weights]
+        ctx.save_for_backward(x, *[t for t in states if t is not None])
+        return _step_forward(ctx, kept, x, states)
 
     @staticmethod
     @_first_order
     def backward(ctx, *d_finals):
         _check_saved_inputs(ctx)
-        names = ctx.stepper.cell.torch_parameters
-        for name, weight, version in zip(names, ctx.deferred.weights, ctx.versions):
-            if weight is not None and weight._version != version:
-                raise RuntimeError(
-                    "one of the variables needed for gradient computation has been modified by an inplace "
-                    f"operation: {name} is at version {weight._version}; expected version {version} instead"
-                )
-        stepper, needs = ctx.stepper, ctx.needs_input_grad[2:]  # x, the states, the token
-        dhs, dstate = _upstream(ctx, d_finals)
+        kept = ctx.kept
+        deferred = kept.deferred
+        if [None if w is None else w._version for w in deferred.weights] != ctx.versions:
+            for name, weight, version in zip(kept.stepper.cell.torch_parameters, deferred.weights, ctx.versions):
+                if weight is not None and weight._version != version:
+                    raise RuntimeError(
+                        "one of the variables needed for gradient computation has been modified by an inplace "
+                        f"operation: {name} is at version {weight._version}; expected version {version} instead"
+                    )
+        needs = ctx.needs_input_grad[1:]  # x, the states, the token
+        dx, d_states, rows = _step_backward(ctx, d_finals, needs[0])
         records = needs[-1] and torch._C._will_engine_execute_node(ctx.token_node)
-        with threads.defaulting_to(torch.get_num_threads()):
-            if records:
-                dx, dstate0, dz = stepper.cell.backward_rows(stepper.params, ctx.cache, dhs, dstate, needs[0])
-                ctx.deferred.record(ctx.cache.x[0], ctx.cache.h0, dz[0])
-            else:
-                dx, dstate0, _ = stepper.cell.backward_checked(stepper.params, ctx.cache, dhs, dstate, needs[0], False)
-        d_states = (dstate0,) if stepper.cell.state_parts == 1 else dstate0
-        results = [None if dx is None else dx[0], *d_states]
-        d_token = ctx.deferred.token_gradient if records else None
-        return (None, None, *(_to_torch(r) if need else None for r, need in zip(results, needs)), d_token)
+        if records:
+            deferred.record(rows)
+        d_token = deferred.token_gradient if records else None
+        return (None, *[_to_torch(r) if need else None for r, need in zip((dx, *d_states), needs)], d_token)
 
 
 class _CellStepFunction(torch.autograd.Function):
@@ -906,30 +923,23 @@ class _CellStepFunction(torch.autograd.Function):
     torch's error, as torch.nn's cells do."""
 
     @staticmethod
-    def forward(ctx, stepper: Stepper, has_bias: bool, x, *tensors):
-        parts = stepper.cell.state_parts
-        states, weights = tensors[:parts], tensors[parts:]
-        ctx.has_bias = has_bias
-        ctx.save_for_backward(x, *(t for t in (*states, *weights) if t is not None))
-        return _step_forward(ctx, stepper, x, states)
+    def forward(ctx, kept: _KeptStep, x, *tensors):
+        parts = len(kept.sizes)
+        states = tensors[:parts]
+        ctx.save_for_backward(x, *[t for t in tensors if t is not None])
+        return _step_forward(ctx, kept, x, states)
 
     @staticmethod
     @_first_order
     def backward(ctx, *d_finals):
         _check_saved_inputs(ctx)
-        stepper = ctx.stepper
-        parts = stepper.cell.state_parts
-        needs = ctx.needs_input_grad[2:]  # x, the states, the weights
-        dhs, dstate = _upstream(ctx, d_finals)
-        with threads.defaulting_to(torch.get_num_threads()):
-            dx, dstate0, grads = stepper.cell.backward_checked(
-                stepper.params, ctx.cache, dhs, dstate, needs[0], any(needs[1 + parts :])
-            )
-        dx = None if dx is None else dx[0]
-        d_states = (dstate0,) if parts == 1 else dstate0
-        d_weights = stepper.cell.to_torch_grads(grads, ctx.has_bias)
-        results = [dx, *d_states, *d_weights]
-        return (None, None, *(_to_torch(r) if need else None for r, need in zip(results, needs)))
+        kept = ctx.kept
+        parts = len(kept.sizes)
+        needs = ctx.needs_input_grad[1:]  # x, the states, the weights
+        dx, d_states, rows = _step_backward(ctx, d_finals, needs[0])
+        d_weights = kept.weight_gradients(rows) if any(needs[1 + parts :]) else [None] * (len(needs) - 1 - parts)
+        results = (dx, *d_states, *d_weights)
+        return (None, *[_to_torch(r) if need else None for r, need in zip(results, needs)])
 
 
 class _FastCell:
@@ -945,19 +955,16 @@ class _FastCell:
         own = self._parameters
         return [own[name] if name in own else getattr(self, name) for name in _CELL_WEIGHTS]
 
-    def _stepper(self, cell: cells.Cell, weights: list, dtype) -> tuple:
-        """(Stepper, _DeferredWeightGradients or None) of the current weights: those kept while the weights are
-        unchanged, else new ones (kept); (None, None) when the weights are not CPU tensors of ``dtype``."""
-        kept = _STEPPERS.get(self)
-        if kept is not None and kept[0].same(weights) and kept[1].dtype == _NUMPY_DTYPES[dtype]:
-            return kept[1:]
+    def _kept(self, cell: cells.Cell, weights: list, dtype) -> _KeptStep | None:
+        """The _KeptStep of the current weights: the one kept while the weights are unchanged, else a new one
+        (kept); None when the weights are not CPU tensors of ``dtype``."""
+        kept = _KEPT.get(self)
+        if kept is not None and kept.seen.same(weights) and kept.stepper.dtype == _NUMPY_DTYPES[dtype]:
+            return kept
         if any(w is not None and (not w.is_cpu or w.dtype != dtype) for w in weights):
-            return None, None
-        arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
-        stepper = Stepper(cell, cell.from_torch(arrays))
-        deferred = _DeferredWeightGradients(stepper, weights, self.bias) if _ENGINE_QUERIES else None
-        _STEPPERS[self] = (_WeightsSeen(weights), stepper, deferred)
-        return stepper, deferred
+            return None
+        kept = _KEPT[self] = _KeptStep(cell, weights, self.bias)
+        return kept
 
     def _runs_here(self, input, states: list) -> bool:
         """Whether fastbptt can run a call with ``input`` and ``states`` (the weights are checked with the
@@ -988,21 +995,25 @@ class _FastCell:
         if not self._runs_here(input, states):
             return super().forward(input, hx)
         weights = self._weights()
-        stepper, deferred = self._stepper(cell, weights, input.dtype)
-        if stepper is None:
+        kept = self._kept(cell, weights, input.dtype)
+        if kept is None:
             return super().forward(input, hx)
         batched = input.dim() == 2
         x = (input if batched else input.unsqueeze(0)).contiguous()
         states = [None if s is None else (s if batched else s.unsqueeze(0)).contiguous() for s in states]
-        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
-        if wants_grad and deferred is not None and any(w is not None and w.requires_grad for w in weights):
-            finals = _DeferredStepFunction.apply(stepper, deferred, x, *states, deferred.token_for_grad())
+        weights_want_grad = any([w is not None and w.requires_grad for w in weights])
+        wants_grad = torch.is_grad_enabled() and (
+            weights_want_grad or x.requires_grad or any([s is not None and s.requires_grad for s in states])
+        )
+        if wants_grad and kept.deferred is not None and weights_want_grad:
+            finals = _DeferredStepFunction.apply(kept, x, *states, kept.deferred.token_for_grad())
         elif wants_grad:
-            finals = _CellStepFunction.apply(stepper, self.bias, x, *states, *weights)
+            finals = _CellStepFunction.apply(kept, x, *states, *weights)
         else:  # nothing kept for a backward
+            stepper = kept.stepper
             with threads.defaulting_to(torch.get_num_threads()):
-                _, final, _ = stepper.cell.forward_checked(
-                    stepper.params, _as_numpy(x, "input")[None], _cell_state(states), True, stepper.packed
+                _, final, _ = cell.forward_checked(
+                    stepper.params, x.numpy(force=True)[None], _cell_state(states), True, stepper.packed
                 )
             finals = [torch.from_numpy(f) for f in ((final,) if parts == 1 else final)]
         if not batched:

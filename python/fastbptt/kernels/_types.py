@@ -14,10 +14,8 @@ def read_only(array: np.ndarray) -> np.ndarray:
     NumPy lets a view's WRITEABLE flag be set back to True only while its base is writeable, so an edit through
     the view is refused, and so is ``view.flags.writeable = True``.
     """
-    array.flags.writeable = False
-    view = array.view()
-    view.flags.writeable = False
-    return view
+    array.setflags(write=False)
+    return array.view()  # a view of a read-only array is read-only
 
 
 class _ComputedArraysReadOnly:

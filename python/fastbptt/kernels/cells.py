@@ -14,7 +14,8 @@ for a cell of one state part (h) and a pair ``(h, C)`` for two; None means zeros
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,19 @@ def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np
     else:
         dhs[lengths - 1, np.arange(hs.shape[1])] += dh_T
     return dhs
+
+
+class StepKernels(NamedTuple):
+    """One step of a cell, its weights bound (:meth:`Cell.step_kernels`). The arrays are C-contiguous of the
+    weights' dtype, as the compiled kernels take them unchecked."""
+
+    #: ``forward(x [1, B, D], *state) -> (final state parts, record)``: every state part an array ``[B, size]``
+    #: (zeros for none); the final parts are views of the record's memory, which backward reads.
+    forward: Callable
+    #: ``backward(record, d_final, need_dx) -> (dx [1, B, D] or None, d_state parts, (x [B, D], h_prev [B, P],
+    #: dz [B, dz columns]))``: ``d_final`` holds the final parts' gradients (a part None: zeros), ``d_state`` the
+    #: gradients of the state the step started from, and the last the step's rows for :meth:`Cell.weight_gradients`.
+    backward: Callable
 
 
 class Cell:
@@ -159,15 +173,17 @@ class Cell:
         the cache's dtype and shapes), for a cache of :meth:`forward_checked`."""
         return self.backward(p, cache, dhs, dstate, need_dx, need_weight_grads)
 
-    def backward_rows(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool):
-        """``(dx, dstate0, dZ [T, B, dz columns])``: :meth:`backward_checked` without the weight gradients, with the
-        pre-activations' gradients from which :meth:`weight_gradients` forms them (a caller that adds up many
-        one-step calls' rows first). The fast backend's RNN, LSTM (without projection) and GRU have it."""
-        raise NotImplementedError(f"{self.name}: no backward_rows on the {self.backend} backend")
+    def step_kernels(self, p: dict, packed) -> StepKernels:
+        """One step's forward and backward bound to ``p`` and ``packed`` (:meth:`pack`'s), for a caller that runs
+        many one-step calls and must pay little per call (the step cells of fastbptt.torch): no checks, no cache
+        object, and a backward without the weight gradients that gives the rows :meth:`weight_gradients` forms
+        them from, so that a loop of steps forms them once. The fast backend's RNN, LSTM (without projection) and
+        GRU have them; see :class:`StepKernels` for what they take and give."""
+        raise NotImplementedError(f"{self.name}: no step_kernels on the {self.backend} backend")
 
     def weight_gradients(self, p: dict, x: np.ndarray, h_prev: np.ndarray, dz: np.ndarray) -> dict:
         """The parameters' gradients by base name from rows of inputs ``x [N, D]``, the states before them
-        ``h_prev [N, H]`` and their ``dz [N, dz columns]`` (:meth:`backward_rows`' rows, of any steps)."""
+        ``h_prev [N, H]`` and their ``dz [N, dz columns]`` (:meth:`step_kernels`' rows, of any steps)."""
         raise NotImplementedError(f"{self.name}: no weight_gradients")
 
     def pack(self, p: dict):
@@ -255,6 +271,14 @@ def _core_pack(cell: Cell, function: str, *arguments):
     from .. import _core
 
     return getattr(_core, function)(*arguments)
+
+
+def _transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """aᵀ b for :meth:`Cell.weight_gradients` (rows of the fast backend): the compiled core's product, which runs
+    on fastbptt's threads, where NumPy's would run on its BLAS's own."""
+    from .. import _core
+
+    return _core.transposed_product(np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 
 def _hidden_and_cell_state_at(cache, step: int) -> tuple:
@@ -387,14 +411,31 @@ class RNNCell(Cell):
         grads = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
         return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
-    def backward_rows(self, p, cache, dhs, dh_T, need_dx):
+    def step_kernels(self, p, packed):
         if self.backend != "fast":
-            return super().backward_rows(p, cache, dhs, dh_T, need_dx)
-        grads, dz = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, False, True)
-        return grads.dx, grads.dh0, dz
+            return super().step_kernels(p, packed)
+        from .. import _core
+
+        W_xh, W_hh, b_h, activation = p["W_xh"], p["W_hh"], p["b_h"], self.options["activation"]
+        no_lengths = self.kernels.NO_LENGTHS
+
+        def forward(x, h0):
+            hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, no_lengths, packed)
+            return (hs[0],), (x, h0, hs)
+
+        def backward(record, d_final, need_dx):
+            x, h0, hs = record
+            dh = d_final[0]
+            dhs = np.zeros_like(hs) if dh is None else dh[None]
+            grads = _core.rnn_backward(
+                x, W_xh, W_hh, h0, hs, dhs, activation, no_lengths, False, need_dx, False, packed, True
+            )
+            return grads[0], (grads[1],), (x[0], h0, grads[-1][0])
+
+        return StepKernels(forward, backward)
 
     def weight_gradients(self, p, x, h_prev, dz):
-        return {"W_xh": x.T @ dz, "W_hh": h_prev.T @ dz, "b_h": dz.sum(axis=0)}
+        return {"W_xh": _transposed_product(x, dz), "W_hh": _transposed_product(h_prev, dz), "b_h": dz.sum(axis=0)}
 
     def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
@@ -521,9 +562,10 @@ class LSTMCell(Cell):
         if self.backend != "fast":
             return super().forward_checked(p, x, state, inference, packed)
         h0, c0 = (None, None) if state is None else state
-        P, H = self.state_sizes(p["W_h"].shape[1] // len(self.gate_blocks))
-        h0 = np.zeros((x.shape[1], P), x.dtype) if h0 is None else h0
-        c0 = np.zeros((x.shape[1], H), x.dtype) if c0 is None else c0
+        if h0 is None or c0 is None:
+            P, H = self.state_sizes(p["W_h"].shape[1] // len(self.gate_blocks))
+            h0 = np.zeros((x.shape[1], P), x.dtype) if h0 is None else h0
+            c0 = np.zeros((x.shape[1], H), x.dtype) if c0 is None else c0
         hs, c_T, cache = self.kernels.lstm_forward_checked(
             x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], None, inference, packed, p.get("W_hr")
         )
@@ -537,18 +579,51 @@ class LSTMCell(Cell):
         grads = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, need_weight_grads)
         return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
-    def backward_rows(self, p, cache, dhs, dstate, need_dx):
+    def step_kernels(self, p, packed):
         if self.backend != "fast" or self.projects:
-            return super().backward_rows(p, cache, dhs, dstate, need_dx)
-        dh_T, dc_T = (None, None) if dstate is None else dstate
-        dc_T = np.zeros_like(cache.c0) if dc_T is None else dc_T
-        grads, dz = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, False, True)
-        return grads.dx, (grads.dh0, grads.dc0), dz
+            return super().step_kernels(p, packed)
+        from .. import _core
+
+        W_x, W_h, b, forget_gate = p["W_x"], p["W_h"], p["b"], self.options["forget_gate"]
+        no_lengths = self.kernels.NO_LENGTHS
+
+        def forward(x, h0, c0):
+            hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, no_lengths, packed)
+            return (hs[0], cs[0]), (x, h0, c0, gates, hs, cs)
+
+        def backward(record, d_final, need_dx):
+            x, h0, c0, gates, hs, cs = record
+            dh, dc = d_final
+            dhs = np.zeros_like(hs) if dh is None else dh[None]
+            dc = np.zeros_like(c0) if dc is None else dc
+            grads = _core.lstm_backward(
+                x,
+                W_x,
+                W_h,
+                h0,
+                c0,
+                gates,
+                hs,
+                cs,
+                dhs,
+                dc,
+                forget_gate,
+                no_lengths,
+                False,
+                need_dx,
+                False,
+                packed,
+                None,
+                True,
+            )
+            return grads[0], (grads[1], grads[2]), (x[0], h0, grads[-1][0])
+
+        return StepKernels(forward, backward)
 
     def weight_gradients(self, p, x, h_prev, dz):
         if self.projects:
             return super().weight_gradients(p, x, h_prev, dz)
-        return {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
+        return {"W_x": _transposed_product(x, dz), "W_h": _transposed_product(h_prev, dz), "b": dz.sum(axis=0)}
 
     def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
         dh_T, dc_T = (None, None) if dstate is None else dstate
@@ -657,18 +732,35 @@ class GRUCell(Cell):
         grads = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
         return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
 
-    def backward_rows(self, p, cache, dhs, dh_T, need_dx):
+    def step_kernels(self, p, packed):
         if self.backend != "fast":
-            return super().backward_rows(p, cache, dhs, dh_T, need_dx)
-        grads, dz = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, False, True)
-        return grads.dx, grads.dh0, dz
+            return super().step_kernels(p, packed)
+        from .. import _core
+
+        W_x, W_h, b, b_hn = p["W_x"], p["W_h"], p["b"], p["b_hn"]
+        no_lengths = self.kernels.NO_LENGTHS
+
+        def forward(x, h0):
+            hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, no_lengths, packed)
+            return (hs[0],), (x, h0, gates, hn, hs)
+
+        def backward(record, d_final, need_dx):
+            x, h0, gates, hn, hs = record
+            dh = d_final[0]
+            dhs = np.zeros_like(hs) if dh is None else dh[None]
+            grads = _core.gru_backward(
+                x, W_x, W_h, h0, gates, hn, hs, dhs, no_lengths, False, need_dx, False, packed, True
+            )
+            return grads[0], (grads[1],), (x[0], h0, grads[-1][0])
+
+        return StepKernels(forward, backward)
 
     def weight_gradients(self, p, x, h_prev, dz):
         H = dz.shape[1] // 4  # a row of dZ: dz_r, dz_z, d(hn) (the recurrent product's), dz_n (the input's)
         input_side = np.concatenate([dz[:, : 2 * H], dz[:, 3 * H :]], axis=1)
         return {
-            "W_x": x.T @ input_side,
-            "W_h": h_prev.T @ dz[:, : 3 * H],
+            "W_x": _transposed_product(x, input_side),
+            "W_h": _transposed_product(h_prev, dz[:, : 3 * H]),
             "b": input_side.sum(axis=0),
             "b_hn": dz[:, 2 * H : 3 * H].sum(axis=0),
         }

@@ -117,10 +117,9 @@ def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grad
     return rnn_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
 
 
-def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False):
+def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> RNNGrads:
     """:func:`rnn_backward` of arguments checked already (a cache of :func:`rnn_forward`, dhs C-contiguous of its
-    dtype and shape); with ``need_dz``, ``(grads, dz)``: every step's dZ ``[T, B, dz columns]`` besides (the
-    pre-activations' gradients, from which a caller forms the weight gradients itself, ``Cell.weight_gradients``)."""
+    dtype and shape)."""
     grads = _core.rnn_backward(
         c.x,
         c.W_xh,
@@ -134,9 +133,8 @@ def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
-        need_dz,
     )
-    return (RNNGrads(*grads[:-1]), grads[-1]) if need_dz else RNNGrads(*grads)
+    return RNNGrads(*grads)
 
 
 def _needs(need_dx, need_weight_grads) -> tuple[bool, bool]:
@@ -228,7 +226,7 @@ def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference
         return hs, c_T, None
     hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr)
     cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, packed, W_hr)
-    return cache.hs, final_states(cs, lengths), cache
+    return cache.hs, (cs[-1].copy() if lengths is None else final_states(cs, lengths)), cache
 
 
 def _lstm_core_forward(x, W_x, W_h, b, h0, c0, forget_gate):
@@ -269,11 +267,9 @@ def lstm_backward(
     return lstm_backward_checked(c, dhs, dc_T, *needs)
 
 
-def lstm_backward_checked(
-    c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False
-):
+def lstm_backward_checked(c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool):
     """:func:`lstm_backward` of arguments checked already (a cache of :func:`lstm_forward` without checkpoints;
-    dhs and dc_T C-contiguous of its dtype and shapes); ``need_dz`` as for :func:`rnn_backward_checked`."""
+    dhs and dc_T C-contiguous of its dtype and shapes)."""
     grads = _core.lstm_backward(
         c.x,
         c.W_x,
@@ -292,10 +288,8 @@ def lstm_backward_checked(
         need_weight_grads,
         c.packed,
         c.W_hr,
-        need_dz,
     )
-    kind = LSTMGrads if c.W_hr is None else ProjectedLSTMGrads
-    return (kind(*grads[:-1]), grads[-1]) if need_dz else kind(*grads)
+    return (LSTMGrads if c.W_hr is None else ProjectedLSTMGrads)(*grads)
 
 
 def gru_forward(
@@ -372,9 +366,9 @@ def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grad
     return gru_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
 
 
-def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, need_dz: bool = False):
+def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> GRUGrads:
     """:func:`gru_backward` of arguments checked already (a cache of :func:`gru_forward`, dhs C-contiguous of its
-    dtype and shape); ``need_dz`` as for :func:`rnn_backward_checked` (a row of dZ: dz_r, dz_z, d(hn), dz_n)."""
+    dtype and shape)."""
     grads = _core.gru_backward(
         c.x,
         c.W_x,
@@ -389,9 +383,8 @@ def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
-        need_dz,
     )
-    return (GRUGrads(*grads[:-1]), grads[-1]) if need_dz else GRUGrads(*grads)
+    return GRUGrads(*grads)
 
 
 def layer_norm_lstm_forward(

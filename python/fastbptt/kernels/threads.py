@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 
 from .. import _core
@@ -40,19 +37,26 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-@contextlib.contextmanager
-def defaulting_to(n: int) -> Iterator[None]:
-    """Kernel calls inside the block use ``n`` threads, unless :func:`set_num_threads` chose a count, which wins.
+class defaulting_to:
+    """Kernel calls inside the block (``with defaulting_to(n):``) use ``n`` threads, unless :func:`set_num_threads`
+    chose a count, which wins.
 
     On exit the count is the default again (or whatever set_num_threads chose inside the block). The count is the
-    process's, not the calling thread's: Python threads that run kernels at once share it.
+    process's, not the calling thread's: Python threads that run kernels at once share it. A class rather than a
+    generator-based context manager: the step cells of fastbptt.torch enter it at every step.
     """
-    if _chosen_by_user or not _HAS_OPENMP:  # without OpenMP every call runs on one thread anyway
-        yield
-        return
-    _core.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if not _chosen_by_user:
+
+    __slots__ = ("_n", "_sets")
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __enter__(self) -> None:
+        # without OpenMP every call runs on one thread anyway
+        self._sets = _HAS_OPENMP and not _chosen_by_user
+        if self._sets:
+            _core.set_num_threads(self._n)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._sets and not _chosen_by_user:
             _core.reset_num_threads()
