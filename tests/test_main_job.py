@@ -59,6 +59,20 @@ def test_bench_smoke():
         assert f"| {cell} | float32 | 1 | S |" in out.getvalue()
 
 
+def test_bench_of_the_step_cells_smoke():
+    """The --steps comparison runs (its torch rows where torch is installed) and reports every row."""
+    from fastbptt.cli.bench import STEP_CELLS, STEP_SHAPES, run_step_comparison
+
+    out = io.StringIO()
+    rows = run_step_comparison([1], repeats=1, out=out)
+    samples = [row for row in rows if row["kind"] == "sample"]
+    assert [row["cell"] for row in samples] == list(STEP_CELLS) and all(row["ratio"] > 0 for row in samples)
+    steps = [row for row in rows if row["kind"] == "step"]
+    if "Step cells: not run" not in out.getvalue():
+        assert len(steps) == len(STEP_CELLS) * len(STEP_SHAPES)
+        assert all(row["fastbptt_ms"] > 0 and row["floor_ms"] > 0 for row in steps)
+
+
 def test_bench_header_names_the_cpus_vector_extension():
     from fastbptt.cli.bench import cpu_description
 

@@ -559,6 +559,35 @@ def step_loop_runner(torch, cell_module, B: int, H: int):
     return run
 
 
+def empty_step_cell(torch, state_parts: int):
+    """A step cell that computes nothing: each call one torch.autograd.Function node whose forward returns fresh
+    tensors of the state's shape and whose backward returns zeros. Its loop costs what any step cell written as a
+    Python autograd.Function pays per step besides its arithmetic (fastbptt.torch's included): torch.nn's time over
+    it bounds the ratio such a cell can reach."""
+
+    class EmptyStep(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, anchor, x, *states):
+            return tuple(torch.empty_like(x) for _ in states)
+
+        @staticmethod
+        def backward(ctx, *d_finals):
+            zeros = torch.zeros_like(d_finals[0])  # of x's shape too (D = H)
+            return (torch.zeros(1), zeros, *([zeros] * len(d_finals)))
+
+    class EmptyCell(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # as a cell's weights: the outputs require grad
+
+        def forward(self, x, state=None):
+            states = [x.new_zeros(x.shape)] * state_parts if state is None else (state if state_parts > 1 else [state])
+            finals = EmptyStep.apply(self.anchor, x, *states)
+            return finals if state_parts > 1 else finals[0]
+
+    return EmptyCell()
+
+
 def sample_per_token_call(model, length: int, prime, seed) -> np.ndarray:
     """What ``SequenceModel.sample`` did before it kept a Stepper: the same draws, each token run through
     ``model.predict`` (the layer's sequence kernels, the weights packed at every call)."""
@@ -589,7 +618,13 @@ def run_step_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
         torch = None
     if torch is not None:
         print(f"Step cells, {STEP_COUNT}-step Python loop, forward + backward, float32 (D = H)\n", file=out)
-        print_header(["cell", "threads", "B", "H", "torch.nn ms", "fastbptt.torch ms", "torch / fastbptt"], out)
+        print(
+            "(floor: a step cell that computes nothing, one Python autograd node per step; torch / floor bounds what"
+            " any such cell can reach)\n",
+            file=out,
+        )
+        headers = ["cell", "threads", "B", "H", "torch.nn ms", "fastbptt.torch ms", "floor ms", "torch / fastbptt"]
+        print_header([*headers, "torch / floor"], out)
         torch_threads = torch.get_num_threads()
         pairs = {"lstm": (fbt.LSTMCell, torch.nn.LSTMCell), "gru": (fbt.GRUCell, torch.nn.GRUCell)}
         pairs["rnn"] = (fbt.RNNCell, torch.nn.RNNCell)
@@ -606,15 +641,17 @@ def run_step_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
                         ours.load_state_dict(theirs.state_dict())
                         runs = {"torch": step_loop_runner(torch, theirs, B, H)}
                         runs["fastbptt"] = step_loop_runner(torch, ours, B, H)
-                        medians = medians_interleaved(runs, repeats)
+                        empty = empty_step_cell(torch, 2 if cell == "lstm" else 1)
+                        runs["floor"] = step_loop_runner(torch, empty, B, H)
+                        medians = {name: median for name, (median, _) in medians_interleaved(runs, repeats).items()}
                         row = {"kind": "step", "cell": cell, "threads": threads, "B": B, "H": H}
-                        row["torch_ms"], row["fastbptt_ms"] = medians["torch"][0], medians["fastbptt"][0]
+                        row["torch_ms"], row["fastbptt_ms"], row["floor_ms"] = (medians[k] for k in runs)
                         row["ratio"] = row["torch_ms"] / row["fastbptt_ms"]
+                        row["floor_ratio"] = row["torch_ms"] / row["floor_ms"]
                         rows.append(row)
-                        values = [str(v) for v in (cell, threads, B, H)]
-                        print_row(
-                            [*values, fmt(row["torch_ms"], 2), fmt(row["fastbptt_ms"], 2), fmt(row["ratio"], 2)], out
-                        )
+                        columns = ("torch_ms", "fastbptt_ms", "floor_ms", "ratio", "floor_ratio")
+                        times = [fmt(row[k], 2) for k in columns]
+                        print_row([*(str(v) for v in (cell, threads, B, H)), *times], out)
         finally:
             torch.set_num_threads(torch_threads)
     print(f"\nSequenceModel.sample of {SAMPLE_TOKENS} tokens, H = {SAMPLE_HIDDEN}, float32\n", file=out)
