@@ -137,3 +137,65 @@ def test_bidirectional_layer_runs_its_directions_side_by_side(cell, rng, restore
     thread_counts.clear()
     cell(D, H, num_layers=2, bidirectional=True, dtype=np.float32, backend="reference").forward(x)
     assert thread_counts == []
+
+
+@needs_openmp
+@pytest.mark.parametrize("inference", [False, True], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", [fb.RNN, fb.LSTM, fb.GRU])
+def test_stacked_layers_run_as_a_wavefront_with_the_bits_of_one_thread(
+    cell, dtype, inference, rng, restore_threads, monkeypatch
+):
+    """At 2 threads the layers of a one-direction stack run side by side, one thread each, each step handed to the
+    layer above as it is written (three layers: the third waits on the second, which waits on the first); the
+    outputs and final states have the one-thread bits, and a backward after it the one-thread gradients."""
+    T, B, D, H, layers = 23, 5, 7, 9, 3
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    lengths = np.array([23, 4, 17, 1, 22])
+    doutputs = rng.standard_normal((T, B, H)).astype(dtype)
+    thread_counts = []
+    real = _core.run_concurrently
+
+    def spy(tasks):
+        return real([lambda task=task: (thread_counts.append(_core.call_threads()), task())[1] for task in tasks])
+
+    monkeypatch.setattr(_core, "run_concurrently", spy)
+
+    def run():
+        layer = cell(D, H, num_layers=layers, seed=5, dtype=dtype)
+        outputs, final = layer.forward(x, lengths=lengths, inference=inference)
+        results = [outputs, *(final if isinstance(final, tuple) else [final])]
+        if not inference:
+            dx, _ = layer.backward(doutputs)
+            results += [dx, *layer.grads.values()]
+        return results
+
+    fb.set_num_threads(1)
+    single = run()
+    assert thread_counts == []
+    fb.set_num_threads(2)
+    side_by_side = run()
+    assert thread_counts == [1] * layers
+    forward_parts = 3 if cell is fb.LSTM else 2
+    for got, expected in zip(side_by_side[:forward_parts], single[:forward_parts]):
+        assert got.tobytes() == expected.tobytes()
+    for got, expected in zip(side_by_side[forward_parts:], single[forward_parts:]):
+        np.testing.assert_allclose(got, expected, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-6)
+
+
+@needs_openmp
+def test_a_failing_layer_of_a_wavefront_releases_the_layers_above(rng, restore_threads):
+    """A layer that fails (here its weights have the wrong shape) publishes every step, so the layers above it end
+    instead of waiting for ever; its error is raised once they have."""
+    from fastbptt.kernels import cells, stack
+
+    spec = cells.cell_class("lstm")("fast")
+    T, B, D, H = 6, 2, 3, 4
+    params = [spec.init_parameters(rng, D if k == 0 else H, H, "uniform") for k in range(3)]
+    params[0] = {**params[0], "W_h": np.zeros((H + 1, 4 * H))}
+    fb.set_num_threads(2)
+    with pytest.raises(ValueError, match="W_h"):
+        stack.forward(
+            spec.forward, params, rng.standard_normal((T, B, D)), [None] * 3, None,
+            num_layers=3, num_directions=1, concurrent=True, widths=[H] * 3,
+        )  # fmt: skip

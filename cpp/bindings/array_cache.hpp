@@ -9,10 +9,14 @@
 // array shares the block) and, like them, start uninitialised: every kernel writes all of its outputs.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "arrays.hpp"
 
@@ -85,5 +89,21 @@ Array<Scalar> new_array(const std::vector<py::ssize_t>& shape) {
   });
   return Array<Scalar>(shape, static_cast<Scalar*>(lease->data), owner);
 }
+
+/// A forward's hs: the array its caller made (in a wavefront of layers, the next layer's x, which that layer reads
+/// as this call writes it), checked to be writable and of `shape`; or a new one when none was given.
+template <class Scalar>
+Array<Scalar> given_or_new(const std::optional<Array<Scalar>>& given, const std::vector<py::ssize_t>& shape) {
+  if (!given) return new_array<Scalar>(shape);
+  const bool same_shape = given->ndim() == static_cast<py::ssize_t>(shape.size()) &&
+                          std::equal(shape.begin(), shape.end(), given->shape());
+  if (!same_shape || !given->writeable()) throw py::value_error("hs_out: expected a writable array of hs's shape");
+  return *given;
+}
+
+/// The keyword arguments with which a forward binding takes part in a wavefront of layers: its hs (see
+/// given_or_new) and the handoffs of x's steps and of hs's (fastbptt.StepHandoff or None).
+#define FASTBPTT_WAVEFRONT_ARGS \
+  py::arg("hs_out").noconvert() = py::none(), py::arg("input_ready") = py::none(), py::arg("output_ready") = py::none()
 
 }  // namespace fastbptt::bindings

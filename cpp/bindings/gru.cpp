@@ -41,10 +41,12 @@ struct GruForwardArguments : GruArguments<Scalar> {
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                      const LengthsArray& lengths, const Packed<Scalar>* packed) {
+                      const LengthsArray& lengths, const Packed<Scalar>* packed,
+                      const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
+                      StepHandoff* output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   const Shape& s = a.s;
-  auto hs = new_array<Scalar>({s.T, s.B, s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, s.H});
   auto hn = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, gru::gate_count * s.H});
   gru::Cache<Scalar> cache;
@@ -53,7 +55,8 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    gru::forward<Scalar>(s, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
+    gru::forward<Scalar>(s, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed),
+                         Handoffs{input_ready, output_ready});
   }
   return py::make_tuple(hs, gates, hn);
 }
@@ -62,16 +65,19 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
 template <class Scalar>
 py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                 const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                                const LengthsArray& lengths, const Packed<Scalar>* packed) {
+                                const LengthsArray& lengths, const Packed<Scalar>* packed,
+                                const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
+                                StepHandoff* output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
-  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   gru::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    gru::forward_inference<Scalar>(a.s, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed));
+    gru::forward_inference<Scalar>(a.s, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed),
+                                   Handoffs{input_ready, output_ready});
   }
   return py::make_tuple(hs, h_T);
 }
@@ -125,12 +131,12 @@ void define(py::module_& m) {
   m.def("gru_forward", &gru_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("b_hn").noconvert(),
         py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
+        py::arg("packed") = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "(hs, gates, hn) = GRU forward over x [T,B,D]; see fastbptt.gru_forward.");
   m.def("gru_forward_inference", &gru_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(),
         py::arg("b_hn").noconvert(), py::arg("h0").noconvert(), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
+        py::arg("packed") = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "(hs, h_T) = GRU forward over x [T,B,D] keeping no cache for backward; gru_forward's bits.");
   m.def("gru_backward", &gru_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("gates").noconvert(),

@@ -62,10 +62,11 @@ template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
                        const LengthsArray& lengths, const Packed<Scalar>* packed,
-                       const OptionalArray<Scalar>& W_hr) {
+                       const OptionalArray<Scalar>& W_hr, const OptionalArray<Scalar>& hs_out,
+                       const StepHandoff* input_ready, StepHandoff* output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
   const Shape& s = a.s;
-  auto hs = new_array<Scalar>({s.T, s.B, a.P});
+  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, a.P});
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
   lstm::Cache<Scalar> cache;
@@ -74,7 +75,8 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   cache.cs = as_mutable_matrix(cs);
   {
     py::gil_scoped_release release;
-    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
+    lstm::forward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed),
+                          Handoffs{input_ready, output_ready});
   }
   return py::make_tuple(hs, cs, gates);
 }
@@ -84,9 +86,10 @@ template <class Scalar>
 py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                  const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
                                  bool forget_gate, const LengthsArray& lengths, const Packed<Scalar>* packed,
-                                 const OptionalArray<Scalar>& W_hr) {
+                                 const OptionalArray<Scalar>& W_hr, const OptionalArray<Scalar>& hs_out,
+                                 const StepHandoff* input_ready, StepHandoff* output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
-  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.P});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.P});
   auto h_T = new_array<Scalar>({a.s.B, a.P});
   auto c_T = new_array<Scalar>({a.s.B, a.s.H});
   lstm::Outputs<Scalar> outputs;
@@ -96,7 +99,7 @@ py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_
   {
     py::gil_scoped_release release;
     lstm::forward_inference<Scalar>(a.s, forget_gate, a.inputs, a.weights, outputs, a.lengths,
-                                    kept_or_none(packed));
+                                    kept_or_none(packed), Handoffs{input_ready, output_ready});
   }
   return py::make_tuple(hs, h_T, c_T);
 }
@@ -219,12 +222,12 @@ void define(py::module_& m) {
   m.def("lstm_forward", &lstm_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),
         py::arg("forget_gate"), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(),
+        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "(hs, cs, gates) = LSTM forward over x [T,B,D]; see fastbptt.lstm_forward. W_hr: the projection or None.");
   m.def("lstm_forward_inference", &lstm_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_x").noconvert(), py::arg("W_h").noconvert(), py::arg("b").noconvert(), py::arg("h0").noconvert(),
         py::arg("c0").noconvert(), py::arg("forget_gate"), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(),
+        py::arg("packed") = py::none(), py::arg("W_hr").noconvert() = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "(hs, h_T, c_T) = LSTM forward over x [T,B,D] keeping no cache for backward; lstm_forward's bits.");
   m.def("lstm_backward", &lstm_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_x").noconvert(),
         py::arg("W_h").noconvert(), py::arg("h0").noconvert(), py::arg("c0").noconvert(),

@@ -75,7 +75,15 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
   m.def("transposed_product", &fastbptt::bindings::transposed_product<float>, py::arg("a").noconvert(),
         py::arg("b").noconvert());
   m.def("transposed_product", &fastbptt::bindings::transposed_product<double>, py::arg("a").noconvert(),
-        py::arg("b").noconvert(), "aᵀ b of C-contiguous a [N, K] and b [N, M] of one dtype, with the call's threads.");
+        py::arg("b").noconvert(), "aᵀ b of C-contiguous a [N, K] and b [N, M] of one dtype, on the call's threads.");
+  py::class_<fastbptt::StepHandoff>(
+      m, "StepHandoff",
+      "Steps handed from one forward call to another running at the same time (a wavefront of stacked layers): "
+      "given as output_ready= to the call that writes a layer's hs and as input_ready= to the call that reads it.")
+      .def(py::init<>())
+      .def("published", &fastbptt::StepHandoff::published, "The steps published so far.")
+      .def("abandon", &fastbptt::StepHandoff::abandon,
+           "Publishes every step, so that the reading call does not wait for ever after the writing one failed.");
   fastbptt::bindings::bind_packed<float>(m, "PackedFloat32");
   fastbptt::bindings::bind_packed<double>(m, "PackedFloat64");
   fastbptt::bindings::bind_rnn(m);

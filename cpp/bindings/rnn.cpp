@@ -44,14 +44,17 @@ struct RnnForwardArguments : RnnArguments<Scalar> {
 template <class Scalar>
 Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                           const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                          const LengthsArray& lengths, const Packed<Scalar>* packed) {
+                          const LengthsArray& lengths, const Packed<Scalar>* packed,
+                          const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
+                          StepHandoff* output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
-  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
   rnn::Cache<Scalar> cache;
   cache.hs = as_mutable_matrix(hs);
   {
     py::gil_scoped_release release;
-    rnn::forward<Scalar>(a.s, a.phi, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed));
+    rnn::forward<Scalar>(a.s, a.phi, a.inputs, a.weights, cache, a.lengths, kept_or_none(packed),
+                         Handoffs{input_ready, output_ready});
   }
   return hs;
 }
@@ -60,16 +63,19 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
 template <class Scalar>
 py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                                 const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                                const LengthsArray& lengths, const Packed<Scalar>* packed) {
+                                const LengthsArray& lengths, const Packed<Scalar>* packed,
+                                const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
+                                StepHandoff* output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
-  auto hs = new_array<Scalar>({a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   rnn::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
   outputs.h_T = as_mutable_matrix(h_T);
   {
     py::gil_scoped_release release;
-    rnn::forward_inference<Scalar>(a.s, a.phi, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed));
+    rnn::forward_inference<Scalar>(a.s, a.phi, a.inputs, a.weights, outputs, a.lengths, kept_or_none(packed),
+                                   Handoffs{input_ready, output_ready});
   }
   return py::make_tuple(hs, h_T);
 }
@@ -118,13 +124,12 @@ void define(py::module_& m) {
         "[W_xh; W_hh] and W_hhᵀ packed for the RNN's products, kept across calls (packed= of the RNN's kernels).");
   m.def("rnn_forward", &rnn_forward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(), py::arg("h0").noconvert(), py::arg("activation"),
-        py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
+        py::arg("lengths").noconvert(), py::arg("packed") = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "hs [T,B,H] = RNN forward over x [T,B,D]; see fastbptt.rnn_forward. packed: rnn_pack's, or None.");
   m.def("rnn_forward_inference", &rnn_forward_inference<Scalar>, py::arg("x").noconvert(),
         py::arg("W_xh").noconvert(), py::arg("W_hh").noconvert(), py::arg("b_h").noconvert(),
         py::arg("h0").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
-        py::arg("packed") = py::none(),
+        py::arg("packed") = py::none(), FASTBPTT_WAVEFRONT_ARGS,
         "(hs, h_T) = RNN forward over x [T,B,D] for inference; rnn_forward's bits.");
   m.def("rnn_backward", &rnn_backward<Scalar>, py::arg("x").noconvert(), py::arg("W_xh").noconvert(),
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),

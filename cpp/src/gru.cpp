@@ -37,8 +37,9 @@ void check_cache(const Shape& s, const Cache<Element>& cache) {
 /// projected inputs in the gate rows. For training (Keep::training_cache) the projections of all steps are in
 /// `gates` beforehand, and the pass writes the activated gates over them and h_{t-1} W_hn + b_hn into `hn`.
 /// Forward-only (Keep::current_state) `gates` holds one step's B rows, which the step's product x_t W_x fills for
-/// the thread's units, and nothing else is kept. Either way each element of a projection is the same sum in the
-/// same order (PackedWeights), so both forwards give the same bits.
+/// the thread's units, and nothing else is kept. A training forward whose inputs arrive step by step (a wavefront of
+/// layers) projects each step's in its step product too. Either way each element of a projection is the same sum in
+/// the same order (PackedWeights), so all forwards give the same bits.
 template <class Scalar, detail::Keep keep>
 struct ForwardCell {
   static constexpr bool keeps_cache = keep == detail::Keep::training_cache;
@@ -50,6 +51,7 @@ struct ForwardCell {
   const Shape& s;
   const detail::ActiveRows& active;
   RowMatrix<Scalar> recurrent;  // [B, 3H]
+  bool projects_each_step;      // x_t W_x in the step product (always forward-only), not all steps' beforehand
 
   const detail::PackedWeights<Scalar>& step_weights() const { return packed_W_h; }
 
@@ -57,9 +59,9 @@ struct ForwardCell {
   Index kept_row(Index t, Index r) const { return keeps_cache ? t * s.B + r : r; }
 
   void step_product(Index t, const detail::UnitSlice& own, const detail::StateRows<Scalar>& h_prev_t) {
-    if constexpr (!keeps_cache) {
+    if (projects_each_step) {
       packed_W_x.multiply_units(detail::step_rows<Scalar>(x.middleRows(t * s.B, s.B), t, active), own.panels,
-                                detail::strided_rows(gates), detail::Store::overwrite);
+                                detail::strided_rows(gates.middleRows(kept_row(t, 0), s.B)), detail::Store::overwrite);
     }
     packed_W_h.multiply_units(detail::step_rows<Scalar>(h_prev_t, t, active), own.panels,
                               detail::strided_rows(recurrent), detail::Store::overwrite);
@@ -198,7 +200,7 @@ Packed<Scalar> pack(const Weights<Scalar>& w) {
 
 template <class Scalar>
 void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<Scalar>& cache,
-             ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+             ConstLengthsRef lengths, const Packed<Scalar>& kept, const Handoffs& handoffs) {
   check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
   check_cache(s, cache);
@@ -209,16 +211,17 @@ void forward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w,
     cache.hs.map().setZero();
   }
   const StepWeights<Scalar> packed(s, w, kept);
-  detail::project_inputs<Scalar>(packed.W_x, in.x.map(), cache.gates.map(), s, active);
+  const bool inputs_arrive = handoffs.input != nullptr;  // step by step: each step projects its own
+  if (!inputs_arrive) detail::project_inputs<Scalar>(packed.W_x, in.x.map(), cache.gates.map(), s, active);
   ForwardCell<Scalar, detail::Keep::training_cache> cell{
       in.x.map(), w.b.map(), w.b_hn.map(), cache.gates.map(), cache.hn.map(), cache.hs.map(), packed.W_x,
-      packed.W_h, s,         active,       RowMatrix<Scalar>(B, GH)};
-  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell);
+      packed.W_h, s,         active,       RowMatrix<Scalar>(B, GH), inputs_arrive};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), cache.hs.map(), cell, handoffs);
 }
 
 template <class Scalar>
 void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Outputs<Scalar>& out,
-                       ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+                       ConstLengthsRef lengths, const Packed<Scalar>& kept, const Handoffs& handoffs) {
   check_forward_inputs(s, in, w);
   const Index H = s.H, B = s.B, GH = gate_count * H;
   detail::check_shape("hs", out.hs, s.T * B, H);
@@ -230,8 +233,8 @@ void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<S
   const detail::MatrixMap<Scalar> not_kept = MatrixView<Scalar>().map();  // hn
   ForwardCell<Scalar, detail::Keep::current_state> cell{
       in.x.map(), w.b.map(), w.b_hn.map(), MatrixView<Scalar>(step_gates).map(), not_kept,
-      out.hs.map(), packed.W_x, packed.W_h, s, active, RowMatrix<Scalar>(B, GH)};
-  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell);
+      out.hs.map(), packed.W_x, packed.W_h, s, active, RowMatrix<Scalar>(B, GH), true};
+  detail::forward_time_loop<Scalar>(s, active, in.h0.map(), out.hs.map(), cell, handoffs);
   detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
@@ -264,9 +267,10 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                     \
-                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&, const Handoffs&);  \
   template void forward_inference<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,           \
-                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);       \
+                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&,        \
+                                          const Handoffs&);                                                      \
   template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \

@@ -221,7 +221,7 @@ struct BackwardCell {
 template <class Scalar, detail::Keep keep>
 void run_forward(const Shape& s, const Sizes& z, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
                  detail::MatrixMap<Scalar> gates, detail::MatrixMap<Scalar> hs, detail::MatrixMap<Scalar> cs,
-                 const detail::ActiveRows& active, const Packed<Scalar>& kept) {
+                 const detail::ActiveRows& active, const Packed<Scalar>& kept, const Handoffs& handoffs) {
   const Index G = gate_count(forget_gate);
   // The weights are packed once per call (or kept across calls). The packed product rounds a row the same whatever
   // rows a call covers, so chunked runs equal one run bit for bit (Eigen's general product picks its code path by
@@ -239,12 +239,12 @@ void run_forward(const Shape& s, const Sizes& z, bool forget_gate, const Inputs<
     ForwardCell<Scalar, keep, true> cell{forget_gate, in.x.map(), in.c0.map(), w.b.map(),
                                          gates, hs, cs, MatrixView<Scalar>(outputs).map(),
                                          packed_W, &packed_W_hr, s, active, col};
-    detail::forward_time_loop<Scalar>(z.state, active, in.h0.map(), hs, cell);
+    detail::forward_time_loop<Scalar>(z.state, active, in.h0.map(), hs, cell, handoffs);
   } else {
     ForwardCell<Scalar, keep, false> cell{forget_gate, in.x.map(), in.c0.map(), w.b.map(),
                                           gates, hs, cs, MatrixView<Scalar>().map(),
                                           packed_W, nullptr, s, active, col};
-    detail::forward_time_loop<Scalar>(z.state, active, in.h0.map(), hs, cell);
+    detail::forward_time_loop<Scalar>(z.state, active, in.h0.map(), hs, cell, handoffs);
   }
 }
 
@@ -274,7 +274,8 @@ Packed<Scalar> pack(bool forget_gate, const Weights<Scalar>& w) {
 
 template <class Scalar>
 void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept,
+             const Handoffs& handoffs) {
   const Sizes z = check_inputs(s, forget_gate, in, w);
   detail::check_shape("b", w.b, 1, z.GH);
   check_cache(s, z, cache);
@@ -285,12 +286,13 @@ void forward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const W
     cache.cs.map().setZero();
   }
   run_forward<Scalar, detail::Keep::training_cache>(s, z, forget_gate, in, w, cache.gates.map(), cache.hs.map(),
-                                                    cache.cs.map(), active, kept);
+                                                    cache.cs.map(), active, kept, handoffs);
 }
 
 template <class Scalar>
 void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept,
+                       const Handoffs& handoffs) {
   const Sizes z = check_inputs(s, forget_gate, in, w);
   detail::check_shape("b", w.b, 1, z.GH);
   detail::check_shape("hs", out.hs, s.T * s.B, z.P);
@@ -302,7 +304,7 @@ void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& i
   out.c_T.map() = in.c0.map();
   RowMatrix<Scalar> step_gates(s.B, z.GH);
   run_forward<Scalar, detail::Keep::current_state>(s, z, forget_gate, in, w, MatrixView<Scalar>(step_gates).map(),
-                                                   out.hs.map(), out.c_T.map(), active, kept);
+                                                   out.hs.map(), out.c_T.map(), active, kept, handoffs);
   detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
@@ -360,9 +362,10 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,               \
-                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&, const Handoffs&);  \
   template void forward_inference<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,     \
-                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);       \
+                                          const Outputs<Scalar>&, ConstLengthsRef, const Packed<Scalar>&,        \
+                                          const Handoffs&);                                                      \
   template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \

@@ -89,7 +89,8 @@ struct BackwardCell {
 /// The time loop of both forwards: hs, which the RNN's step writes in place, is all it keeps either way.
 template <class Scalar>
 void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active, const Packed<Scalar>& kept) {
+                 detail::MatrixMap<Scalar> hs, const detail::ActiveRows& active, const Packed<Scalar>& kept,
+                 const Handoffs& handoffs) {
   if (!active.all()) hs.setZero();  // the outputs of finished sequences
   // The packed product rounds a row the same whatever rows a call covers, so chunked runs equal one run bit for
   // bit (Eigen's general product picks its code path by a row's position).
@@ -99,7 +100,7 @@ void run_forward(const Shape& s, Activation activation, const Inputs<Scalar>& in
       [&] { return detail::PackedWeights<Scalar>(w.W_xh.map(), w.W_hh.map(), 1); });
   detail::with_activation(activation, [&](auto phi) {
     ForwardCell<Scalar, decltype(phi)> cell{in.x.map(), w.b_h.map(), hs, packed_W, s, active};
-    detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell);
+    detail::forward_time_loop<Scalar>(s, active, in.h0.map(), hs, cell, handoffs);
   });
 }
 
@@ -118,20 +119,22 @@ Packed<Scalar> pack(const Weights<Scalar>& w) {
 
 template <class Scalar>
 void forward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+             const Cache<Scalar>& cache, ConstLengthsRef lengths, const Packed<Scalar>& kept,
+             const Handoffs& handoffs) {
   check_forward_inputs(s, in, w);
   detail::check_shape("hs", cache.hs, s.T * s.B, s.H);
-  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths), kept);
+  run_forward(s, activation, in, w, cache.hs.map(), detail::ActiveRows(s, lengths), kept, handoffs);
 }
 
 template <class Scalar>
 void forward_inference(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
-                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept) {
+                       const Outputs<Scalar>& out, ConstLengthsRef lengths, const Packed<Scalar>& kept,
+                       const Handoffs& handoffs) {
   check_forward_inputs(s, in, w);
   detail::check_shape("hs", out.hs, s.T * s.B, s.H);
   detail::check_shape("h_T", out.h_T, s.B, s.H);
   const detail::ActiveRows active(s, lengths);
-  run_forward(s, activation, in, w, out.hs.map(), active, kept);
+  run_forward(s, activation, in, w, out.hs.map(), active, kept, handoffs);
   detail::copy_final_states<Scalar>(out.hs.map(), active, out.h_T.map());
 }
 
@@ -163,10 +166,10 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
   template void forward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,         \
-                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&);                   \
+                                const Cache<Scalar>&, ConstLengthsRef, const Packed<Scalar>&, const Handoffs&);  \
   template void forward_inference<Scalar>(const Shape&, Activation, const Inputs<Scalar>&,                       \
                                           const Weights<Scalar>&, const Outputs<Scalar>&, ConstLengthsRef,       \
-                                          const Packed<Scalar>&);                                                \
+                                          const Packed<Scalar>&, const Handoffs&);                               \
   template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
                                  ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \

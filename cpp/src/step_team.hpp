@@ -66,10 +66,15 @@ void run_team(const PackedWeights<Scalar>& W, Index rows, Body&& body, bool whol
   body(slice_of(W, 0, 1));
 }
 
-/// Waits until every member of the team has arrived (nothing to wait for with one thread).
-inline void team_barrier() {
+/// Waits until every member of `own`'s team has arrived. A team of one waits for nothing: its body may run inside
+/// an enclosing parallel region (a task of run_concurrently), whose other threads a barrier here would wait for.
+inline void team_barrier(const UnitSlice& own) {
 #if defined(_OPENMP)
+  if (own.members > 1) {
 #pragma omp barrier
+  }
+#else
+  static_cast<void>(own);
 #endif
 }
 

@@ -126,11 +126,14 @@ enum class Keep { training_cache, current_state };
 ///   void project(Index t, const UnitSlice&)                  (when projects) that product for step t, after all
 ///                                                            units' outputs are in: the member's share of its columns
 /// A projecting cell's state (what `hs` holds, what the next step multiplies) may be narrower than its units.
+/// With handoffs (a wavefront of layers), step t waits for step t of x and publishes hs's steps as they are
+/// written; the arithmetic, and so the bits, are the same.
 template <class Scalar, class Cell>
 void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> hs,
-                       Cell& cell) {
+                       Cell& cell, const Handoffs& handoffs = Handoffs()) {
   const auto steps = [&](const UnitSlice& own) {
     for (Index t = 0; t < s.T; ++t) {
+      if (handoffs.input != nullptr) handoffs.input->wait_for(t + 1);
       const StateRows<Scalar> h_prev_t = previous_state<Scalar>(h0, hs, t, s.B);
       const Index running = active.count(t);
       cell.step_product(t, own, h_prev_t);
@@ -139,10 +142,11 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
         cell.step_pointwise(t, r, own, h_prev_t.row(r).data());
       }
       if constexpr (projects_state<Cell>::value) {
-        team_barrier();  // the projection multiplies the outputs of all units
+        team_barrier(own);  // the projection multiplies the outputs of all units
         cell.project(t, own);
       }
-      team_barrier();  // step t+1 multiplies all of h_t
+      team_barrier(own);  // step t+1 multiplies all of h_t
+      if (handoffs.output != nullptr && own.member == 0) handoffs.output->publish(t + 1);
     }
   };
   run_team(cell.step_weights(), s.B, steps, needs_whole_rows<Cell>::value);
@@ -211,7 +215,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
           const Index r = active.row(k);
           cell.step_pointwise(t, r, own, dh_t.row(r).data(), dz_t.row(r).data());
         }
-        team_barrier();  // dL/dh_{t-1} needs every column of dz_t
+        team_barrier(own);  // dL/dh_{t-1} needs every column of dz_t
         if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
           record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
         }
@@ -236,7 +240,8 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         } else {
           W_h_transposed.multiply_units(step_rows<Scalar>(dz_t, t, active), state.panels, strided_rows(dh_prev), store);
         }
-        if constexpr (projects_state<Cell>::value) team_barrier();  // the next step projects all of dL/dh_{t-1} back
+        // the next step projects all of dL/dh_{t-1} back
+        if constexpr (projects_state<Cell>::value) team_barrier(own);
       }
     }, needs_whole_rows<Cell>::value);
     if (options.need_weight_gradients) {

@@ -3,10 +3,18 @@
 
 #include <algorithm>
 #include <sstream>
+#include <thread>
 
 #include "packed_product.hpp"
 
 namespace fastbptt {
+
+void StepHandoff::wait_for(Index steps) const noexcept {
+  // A step of the layer below lasts microseconds: spin that long before giving the core away.
+  for (int spins = 0; steps_.load(std::memory_order_acquire) < steps; ++spins) {
+    if (spins >= 4096) std::this_thread::yield();
+  }
+}
 
 Activation parse_activation(const std::string& name) {
   if (name == "tanh") return Activation::tanh;

@@ -11,6 +11,10 @@ _T = TypeVar("_T")
 class PackedFloat32: ...
 class PackedFloat64: ...
 
+class StepHandoff:
+    def published(self) -> int: ...
+    def abandon(self) -> None: ...
+
 _Packed = PackedFloat32 | PackedFloat64
 
 __version__: str
@@ -45,6 +49,9 @@ def rnn_forward(
     activation: str,
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> npt.NDArray[np.floating]: ...
 def rnn_forward_inference(
     x: npt.NDArray[np.floating],
@@ -55,6 +62,9 @@ def rnn_forward_inference(
     activation: str,
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def rnn_backward(
     x: npt.NDArray[np.floating],
@@ -82,6 +92,9 @@ def lstm_forward(
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
     W_hr: npt.NDArray[np.floating] | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_forward_inference(
     x: npt.NDArray[np.floating],
@@ -94,6 +107,9 @@ def lstm_forward_inference(
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
     W_hr: npt.NDArray[np.floating] | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def lstm_backward(
     x: npt.NDArray[np.floating],
@@ -180,6 +196,9 @@ def gru_forward(
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_forward_inference(
     x: npt.NDArray[np.floating],
@@ -190,6 +209,9 @@ def gru_forward_inference(
     h0: npt.NDArray[np.floating],
     lengths: npt.NDArray[np.int64],
     packed: _Packed | None = None,
+    hs_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
 def gru_backward(
     x: npt.NDArray[np.floating],

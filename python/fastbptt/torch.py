@@ -148,14 +148,23 @@ def _first_order(backward):
 class _Stack:
     """What one call of a module runs: the cell, the stack's shape, the lengths and the dropout masks (NumPy)."""
 
-    def __init__(self, cell: cells.Cell, num_layers: int, num_directions: int, has_bias: bool, lengths, masks):
+    def __init__(
+        self, cell: cells.Cell, num_layers: int, num_directions: int, has_bias: bool, lengths, masks, hidden_size=None
+    ):
         self.cell, self.num_layers, self.num_directions, self.has_bias = cell, num_layers, num_directions, has_bias
-        self.lengths, self.masks = lengths, masks
+        self.lengths, self.masks, self.hidden_size = lengths, masks, hidden_size
         self.cells = self.num_layers * self.num_directions
         self.state_parts = self.cell.state_parts
 
     def options(self) -> dict:
         return {"num_layers": self.num_layers, "num_directions": self.num_directions, "concurrent": True}
+
+    def widths(self) -> list | None:
+        """Each layer's output features, for a forward whose layers may run as a wavefront (stack.forward); None
+        where the cell cannot or the hidden size was not given (a backward's _Stack)."""
+        if self.hidden_size is None or not self.cell.runs_in_wavefront:
+            return None
+        return [self.cell.output_size(self.hidden_size)] * self.num_layers
 
     def params(self, flat_params) -> list:
         """Each cell's kernel parameters from its torch tensors (views where the layout allows)."""
@@ -190,6 +199,7 @@ def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
             run.lengths,
             masks=run.masks,
             inference=inference,
+            widths=run.widths(),
             **run.options(),
         )
     final_parts = [_stacked([f if run.state_parts == 1 else f[i] for f in finals]) for i in range(run.state_parts)]
@@ -302,7 +312,13 @@ def _stack_forward(
     spec = _cell_from_key(cell)
     lengths_array = None if lengths is None else lengths.numpy()
     run = _Stack(
-        spec, num_layers, 2 if bidirectional else 1, has_bias, lengths_array, [m.numpy() for m in masks] or None
+        spec,
+        num_layers,
+        2 if bidirectional else 1,
+        has_bias,
+        lengths_array,
+        [m.numpy() for m in masks] or None,
+        hidden_size,
     )
     full = _weights_with_biases(spec, weights, has_bias)
     (output, *finals), _, cache = _run_forward(run, x, _states_or_none(states, spec.state_parts), full, inference)
@@ -538,7 +554,7 @@ class _FastRecurrent:
             )
         else:
             arrays = None if masks is None else [mask.numpy() for mask in masks]
-            run = _Stack(cell, self.num_layers, self.num_directions, self.bias, lengths, arrays)
+            run = _Stack(cell, self.num_layers, self.num_directions, self.bias, lengths, arrays, self.hidden_size)
             if wants_grad:
                 output, *final_states = _StackFunction.apply(run, x, *states, *weights)
             else:  # no gradient can be asked for: the forward-only kernels, which keep nothing for a backward

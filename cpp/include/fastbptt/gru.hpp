@@ -78,22 +78,25 @@ struct Gradients {
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hn
 ///                   and hs are zero after that, and its final state is row (lengths[b]-1)*B + b
 /// packed       in   optional: `pack(weights)` made before, kept across calls (see Packed)
+/// handoffs     in   optional: a wavefront of layers (see Handoffs): step t waits for step t of x (and projects
+///                   its own inputs, as forward_inference does), and hs's steps are published as they are
+///                   written; the same bits
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
-             const Packed<Scalar>& packed = Packed<Scalar>());
+             const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// Runs the GRU as `forward` does, for inference: each step projects its own inputs x_t W_x (instead of all steps'
 /// at once) and nothing but the state is kept. hs and h_T have the bits of `forward`'s hs and final states (each
 /// element of a projection is the same sum in the same order); memory beyond the outputs is two [B, 3H] matrices
 /// and the packed weights, whatever T is.
-/// shape, inputs, weights, lengths, packed   in   as for `forward`
+/// shape, inputs, weights, lengths, packed, handoffs   in   as for `forward`
 /// outputs      out  hs, h_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
                        const Outputs<Scalar>& outputs, ConstLengthsRef lengths = IndexVector(),
-                       const Packed<Scalar>& packed = Packed<Scalar>());
+                       const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);

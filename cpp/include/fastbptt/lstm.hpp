@@ -90,21 +90,24 @@ struct Gradients {
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of gates, hs
 ///                   and cs are zero after that, and its final states are row (lengths[b]-1)*B + b
 /// packed       in   optional: `pack(forget_gate, weights)` made before, kept across calls (see Packed)
+/// handoffs     in   optional: a wavefront of layers (see Handoffs): step t waits for step t of x, and hs's steps
+///                   are published as they are written; the same bits
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
-             const Packed<Scalar>& packed = Packed<Scalar>());
+             const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// Runs the LSTM over all T steps as `forward` does, and keeps only the current state: for inference, when no
 /// gradient is wanted. hs, h_T and c_T have the bits of `forward`'s hs and final states (the same arithmetic per
 /// element); memory beyond the outputs is one step's gates [B, G*H] and the packed weights, whatever T is.
-/// shape, forget_gate, inputs, weights, lengths, packed   in   as for `forward`
+/// shape, forget_gate, inputs, weights, lengths, packed, handoffs   in   as for `forward`
 /// outputs      out  hs, h_T, c_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs,
                        const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
-                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>());
+                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>(),
+                       const Handoffs& handoffs = Handoffs());
 
 /// Backpropagation through time for `forward`, from upstream gradients on every h_t and on the final C_T.
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):

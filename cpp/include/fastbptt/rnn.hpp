@@ -71,20 +71,23 @@ struct Gradients {
 /// lengths [B]  in   optional (see ConstLengthsRef): sequence b stops after lengths[b] steps; its rows of hs are
 ///                   zero after that and its final state is row (lengths[b]-1)*B + b
 /// packed       in   optional: `pack(weights)` made before, kept across calls (see Packed)
+/// handoffs     in   optional: a wavefront of layers (see Handoffs): step t waits for step t of x, and hs's steps
+///                   are published as they are written; the same bits
 /// Throws std::invalid_argument naming the argument when a shape disagrees with `shape`.
 template <class Scalar>
 void forward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
              const Cache<Scalar>& cache, ConstLengthsRef lengths = IndexVector(),
-             const Packed<Scalar>& packed = Packed<Scalar>());
+             const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// Runs the RNN as `forward` does, for inference: hs has `forward`'s bits, and h_T holds each sequence's final
 /// state. The RNN's forward keeps nothing but hs anyway; memory beyond the outputs is the packed weights.
-/// shape, activation, inputs, weights, lengths, packed   in   as for `forward`
+/// shape, activation, inputs, weights, lengths, packed, handoffs   in   as for `forward`
 /// outputs      out  hs, h_T (see Outputs)
 template <class Scalar>
 void forward_inference(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs,
                        const Weights<Scalar>& weights, const Outputs<Scalar>& outputs,
-                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>());
+                       ConstLengthsRef lengths = IndexVector(), const Packed<Scalar>& packed = Packed<Scalar>(),
+                       const Handoffs& handoffs = Handoffs());
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ

@@ -3,6 +3,8 @@
 
 #include <Eigen/Core>
 
+#include <atomic>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -182,6 +184,31 @@ class Packed {
 
  private:
   std::shared_ptr<const Parts> parts_;
+};
+
+/// Steps handed from one time loop to another that runs at the same time on another thread: the layers of a stack
+/// as a wavefront, layer l+1 computing step t while layer l computes step t+1. The producer publishes how many of
+/// its steps are written; the consumer waits before a step reads them.
+class StepHandoff {
+ public:
+  /// Steps 0 .. steps-1 are written: a thread that waits for them sees what they wrote.
+  void publish(Index steps) noexcept { steps_.store(steps, std::memory_order_release); }
+  /// Returns once `steps` steps are published (spinning briefly, then yielding the core).
+  void wait_for(Index steps) const noexcept;
+  /// Publishes every step, so that no consumer waits for ever after the producer failed (what it wrote is then
+  /// undefined, and so is what the consumer computes from it).
+  void abandon() noexcept { publish(std::numeric_limits<Index>::max()); }
+  Index published() const noexcept { return steps_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<Index> steps_{0};
+};
+
+/// The handoffs of one forward call in a wavefront; none (the default): the call reads all of x from the start and
+/// publishes nothing.
+struct Handoffs {
+  const StepHandoff* input = nullptr;  ///< the steps of x, written by another call (the layer below) as this one runs
+  StepHandoff* output = nullptr;       ///< the steps of hs, published as this call writes them (for the layer above)
 };
 
 /// Element-wise nonlinearity phi of the plain RNN.

@@ -8,7 +8,8 @@ GFLOP/s and the fraction of the machine's matrix-product rate measured in the sa
 2048 x 2048 product).
 FLOPs are counted as 3 * T * 2 * B * (D + H) * G * H (G = 1 for the RNN, 3 for the GRU, 4 for the LSTM) per
 layer and direction (layer k > 0 has D = directions * H); a third of that for the forward pass alone. "lstm-2bi" is
-a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM); "lstm-proj" an
+a two-layer bidirectional LSTM (the fastbptt.LSTM layer, torch.nn.LSTM and fastbptt.torch.LSTM), "lstm-2" and
+"gru-2" two-layer one-direction stacks (their layers run as a wavefront at two threads); "lstm-proj" an
 LSTM whose output is projected to H / 2 features (``W_hr``, torch.nn.LSTM's ``proj_size``), counted as
 3 * T * 2 * B * ((D + P) * 4H + H * P).
 """
@@ -37,9 +38,15 @@ SHAPES = {  # T, B, D, H
     "XL": (50, 128, 512, 512),
     "LONG": (1000, 8, 64, 64),
 }
-GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lstm-2bi": 4, "lstm-proj": 4}
-STACKS = {"lstm-2bi": (2, True)}  # cell -> (num_layers, bidirectional); the others are one layer, one direction
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "lstm-2bi": 4, "lstm-2": 4, "gru-2": 3, "lstm-proj": 4}
+# cell -> (num_layers, bidirectional); the others are one layer, one direction
+STACKS = {"lstm-2bi": (2, True), "lstm-2": (2, False), "gru-2": (2, False)}
 PROJECTED = {"lstm-proj"}  # an LSTM whose output is projected to P = H / 2 features (torch.nn.LSTM's proj_size)
+
+
+def base_cell(cell: str) -> str:
+    """The registered cell a benchmark cell runs ("lstm" for "lstm-2bi")."""
+    return cell.split("-")[0]
 
 
 def features(cell: str, H: int) -> int:
@@ -152,11 +159,11 @@ def numpy_runner(module, cell: str, p, backward: bool = True):
     """forward (+ backward) of ``module`` (fastbptt or its reference) on problem ``p``; a stacked cell runs the
     layer class (its own initial weights) on the module's backend."""
     if cell in STACKS:
-        from ..training.layers import LSTM
+        from ..training.layers import GRU, LSTM
 
         layers, bidirectional = STACKS[cell]
         T, B, D = p["x"].shape
-        layer = LSTM(
+        layer = {"lstm": LSTM, "gru": GRU}[base_cell(cell)](
             D,
             p["W_h"].shape[0],
             num_layers=layers,
@@ -248,7 +255,7 @@ def check_agreement(torch) -> None:
 
 def module_classes(torch, fbt, cell: str):
     """(fastbptt.torch class, torch.nn class) of a cell."""
-    name = {"rnn": "RNN", "gru": "GRU"}.get(cell, "LSTM")
+    name = {"rnn": "RNN", "gru": "GRU"}.get(base_cell(cell), "LSTM")
     return getattr(fbt, name), getattr(torch.nn, name)
 
 
@@ -454,7 +461,7 @@ def measure(cell, dtype, name, threads, repeats, with_reference, torch, fbt, mat
     return row
 
 
-TORCH_CELLS = ("lstm", "gru")
+TORCH_CELLS = ("lstm", "gru", "lstm-2", "gru-2")
 TORCH_SHAPES = ("S", "M", "L", "LONG")
 
 
@@ -867,7 +874,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch",
         action="store_true",
-        help="instead: fastbptt.torch vs torch.nn (LSTM and GRU, float32, S/M/L/LONG), training and no_grad, the "
+        help="instead: fastbptt.torch vs torch.nn (LSTM and GRU, one layer and two, float32, S/M/L/LONG), training "
+        "and no_grad, the "
         "module path's overhead over the kernels, and PyTorch's error inputs",
     )
     parser.add_argument(

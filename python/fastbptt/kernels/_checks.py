@@ -247,6 +247,18 @@ def packed(packed, dtype: np.dtype):
     return packed
 
 
+def checked_wavefront(wavefront, given, x):
+    """``wavefront`` (None or a :class:`fastbptt.kernels.stack.Wavefront`) of a forward whose ``x`` was ``given``
+    and, checked, is ``x``: a layer that reads its input as the layer below writes it must read that very array,
+    which the checks must not have copied (converted to another dtype or layout)."""
+    if wavefront is not None and wavefront.input_ready is not None and x is not given:
+        raise ValueError(
+            "wavefront: x is written as this call reads it, so it must be a C-contiguous array of the weights' "
+            "dtype (it was converted)"
+        )
+    return wavefront
+
+
 def checkpoint_alone(**others) -> None:
     """Refuses, naming it, the first of ``others`` (arguments by name) that is not None: a checkpointed forward
     takes none of them."""

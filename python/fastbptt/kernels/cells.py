@@ -156,11 +156,27 @@ class Cell:
         return {}
 
     # -- running ----------------------------------------------------------------------------------------------
-    def forward(self, p: dict, x: np.ndarray, state, lengths: np.ndarray | None, inference: bool = False, packed=None):
+    def forward(
+        self,
+        p: dict,
+        x: np.ndarray,
+        state,
+        lengths: np.ndarray | None,
+        inference: bool = False,
+        packed=None,
+        wavefront=None,
+    ):
         """``(hs [T,B,H], final state, cache)`` of one layer and direction over time-major ``x``; with ``inference``
         nothing is kept for a backward and the cache is None. ``packed``: :meth:`pack`'s result for ``p`` (kept by
-        the caller across calls, and by the cache for backward), or None."""
+        the caller across calls, and by the cache for backward), or None. ``wavefront``: the stack driver's, where
+        :attr:`runs_in_wavefront` (see :class:`fastbptt.kernels.stack.Wavefront`), or None."""
         raise NotImplementedError
+
+    @property
+    def runs_in_wavefront(self) -> bool:
+        """Whether :meth:`forward` takes ``wavefront=``: its steps can wait for those of an input written as it
+        runs and publish those of its output (the fast backend's RNN, LSTM and GRU)."""
+        return False
 
     def forward_checked(self, p: dict, x: np.ndarray, state, inference: bool, packed):
         """:meth:`forward` (all T steps, no lengths) of arguments the caller has checked: ``p``'s arrays and ``x``
@@ -379,7 +395,7 @@ class RNNCell(Cell):
             }
         return {"W_xh": rng.normal(0.0, 1e-3, (D, H)), "W_hh": initializers.identity(H), "b_h": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths, inference=False, packed=None):
+    def forward(self, p, x, h0, lengths, inference=False, packed=None, wavefront=None):
         hs, cache = self.kernels.rnn_forward(
             x,
             p["W_xh"],
@@ -390,8 +406,13 @@ class RNNCell(Cell):
             lengths=lengths,
             inference=inference,
             packed=packed,
+            wavefront=wavefront,
         )
         return hs, final_states(hs, lengths), cache
+
+    @property
+    def runs_in_wavefront(self):
+        return self.backend == "fast"
 
     def pack(self, p):
         return _core_pack(self, "rnn_pack", p["W_xh"], p["W_hh"])
@@ -538,7 +559,7 @@ class LSTMCell(Cell):
             params["W_hr"] = initializers.uniform(rng, (H, P), H)
         return params
 
-    def forward(self, p, x, state, lengths, inference=False, packed=None):
+    def forward(self, p, x, state, lengths, inference=False, packed=None, wavefront=None):
         h0, c0 = (None, None) if state is None else state
         hs, c_T, cache = self.kernels.lstm_forward(
             x,
@@ -552,8 +573,13 @@ class LSTMCell(Cell):
             inference=inference,
             packed=packed,
             W_hr=p.get("W_hr"),
+            wavefront=wavefront,
         )
         return hs, (final_states(hs, lengths), c_T), cache
+
+    @property
+    def runs_in_wavefront(self):
+        return self.backend == "fast"
 
     def pack(self, p):
         return _core_pack(self, "lstm_pack", p["W_x"], p["W_h"], self.options["forget_gate"], p.get("W_hr"))
@@ -708,11 +734,24 @@ class GRUCell(Cell):
         W_h = np.hstack([initializers.orthogonal(rng, H) for _ in range(3)])
         return {"W_x": W_x, "W_h": W_h, "b": np.zeros(3 * H), "b_hn": np.zeros(H)}
 
-    def forward(self, p, x, h0, lengths, inference=False, packed=None):
+    def forward(self, p, x, h0, lengths, inference=False, packed=None, wavefront=None):
         hs, cache = self.kernels.gru_forward(
-            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths=lengths, inference=inference, packed=packed
+            x,
+            p["W_x"],
+            p["W_h"],
+            p["b"],
+            p["b_hn"],
+            h0,
+            lengths=lengths,
+            inference=inference,
+            packed=packed,
+            wavefront=wavefront,
         )
         return hs, final_states(hs, lengths), cache
+
+    @property
+    def runs_in_wavefront(self):
+        return self.backend == "fast"
 
     def pack(self, p):
         return _core_pack(self, "gru_pack", p["W_x"], p["W_h"])

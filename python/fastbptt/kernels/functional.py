@@ -38,8 +38,25 @@ def _core_lengths(lengths: np.ndarray | None) -> np.ndarray:
     return NO_LENGTHS if lengths is None else lengths
 
 
+def _wavefront_arguments(wavefront) -> dict:
+    """The core's keyword arguments of a forward call in a wavefront of layers (none without one)."""
+    if wavefront is None:
+        return {}
+    return {"hs_out": wavefront.hs, "input_ready": wavefront.input_ready, "output_ready": wavefront.output_ready}
+
+
 def rnn_forward(
-    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False, packed=None
+    x,
+    W_xh,
+    W_hh,
+    b_h,
+    h0=None,
+    *,
+    activation: str = "tanh",
+    lengths=None,
+    inference: bool = False,
+    packed=None,
+    wavefront=None,
 ) -> tuple[np.ndarray, RNNCache | None]:
     """Runs the plain RNN ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)`` over a batch of sequences.
 
@@ -65,6 +82,10 @@ def rnn_forward(
         The weights packed once for many calls, by the cell's ``pack`` (:class:`fastbptt.Stepper` keeps them): the
         call and its backward skip packing ``W_xh, W_hh``, with the same bits. They must be the weights given here
         (only their shapes are checked). None: packed in the call.
+    wavefront : fastbptt.kernels.stack.Wavefront, optional
+        The stack driver's: this call is one layer of a wavefront (its steps wait for those of ``x``, written by
+        the layer below as it runs, and publish those of ``hs``, written into the array the wavefront holds). The
+        same bits. None: none.
 
     Returns
     -------
@@ -74,21 +95,35 @@ def rnn_forward(
     cache : RNNCache or None
         What :func:`rnn_backward` needs (None with ``inference``).
     """
+    given = x
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     packed = _checks.packed(packed, x.dtype)
     return rnn_forward_checked(
-        x, W_xh, W_hh, b_h, h0, activation, lengths, _checks.flag("inference", inference), packed
+        x,
+        W_xh,
+        W_hh,
+        b_h,
+        h0,
+        activation,
+        lengths,
+        _checks.flag("inference", inference),
+        packed,
+        _checks.checked_wavefront(wavefront, given, x),
     )
 
 
-def rnn_forward_checked(x, W_xh, W_hh, b_h, h0, activation, lengths, inference, packed):
+def rnn_forward_checked(x, W_xh, W_hh, b_h, h0, activation, lengths, inference, packed, wavefront=None):
     """:func:`rnn_forward` of arguments checked already (as :func:`fastbptt.kernels._checks.rnn_args` returns them,
     lengths an int64 array or None, packed of x's dtype or None): the callers that check their own, cheaper."""
     if inference:
-        hs, _ = _core.rnn_forward_inference(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed)
+        hs, _ = _core.rnn_forward_inference(
+            x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed, **_wavefront_arguments(wavefront)
+        )
         return hs, None
-    hs = _core.rnn_forward(x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed)
+    hs = _core.rnn_forward(
+        x, W_xh, W_hh, b_h, h0, activation, _core_lengths(lengths), packed, **_wavefront_arguments(wavefront)
+    )
     cache = RNNCache(x, W_xh, W_hh, h0, hs, activation, lengths, packed)
     return cache.hs, cache
 
@@ -155,6 +190,7 @@ def lstm_forward(
     inference=False,
     packed=None,
     W_hr=None,
+    wavefront=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Runs the LSTM over a batch of sequences.
 
@@ -190,6 +226,8 @@ def lstm_forward(
         A projection of the output (torch.nn.LSTM's ``proj_size``, Sak et al. 2014): ``h_t = (o_t * tanh C_t) W_hr``
         is the state the next step multiplies (``W_h`` is then ``[P, G*H]``, ``h0`` ``[B, P]``) and the output
         (``hs [T, B, P]``); the cell state stays ``[B, H]``. Not with ``checkpoint``.
+    wavefront : fastbptt.kernels.stack.Wavefront, optional
+        As for :func:`rnn_forward`. Not with ``checkpoint``.
 
     Returns
     -------
@@ -201,30 +239,34 @@ def lstm_forward(
     cache : LSTMCache, CheckpointedLSTMCache or None
         What :func:`lstm_backward` needs (None with ``inference``).
     """
+    given = x
     x, W_x, W_h, b, h0, c0, forget_gate, W_hr = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     packed = _checks.packed(packed, x.dtype)
     inference = _checks.inference_flag(inference, checkpoint)
+    wavefront = _checks.checked_wavefront(wavefront, given, x)
     if checkpoint is not None:
-        _checks.checkpoint_alone(lengths=lengths, packed=packed, W_hr=W_hr)
+        _checks.checkpoint_alone(lengths=lengths, packed=packed, W_hr=W_hr, wavefront=wavefront)
         segment = _checkpoint.segment_steps(checkpoint, x.shape[0], x.shape[1], W_h.shape[1])
         hs, c_T, h_points, c_points = _checkpoint.lstm_forward(
             _lstm_core_forward, x, W_x, W_h, b, h0, c0, forget_gate, segment
         )
         return hs, c_T, CheckpointedLSTMCache(x, W_x, W_h, b, h_points, c_points, segment, forget_gate)
-    return lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr)
+    return lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr, wavefront)
 
 
-def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr=None):
+def lstm_forward_checked(x, W_x, W_h, b, h0, c0, forget_gate, lengths, inference, packed, W_hr=None, wavefront=None):
     """:func:`lstm_forward` without checkpoints, of arguments checked already (as
     :func:`fastbptt.kernels._checks.lstm_args` returns them, lengths an int64 array or None, packed of x's dtype or
     None): the callers that check their own, cheaper."""
     if inference:
         hs, _, c_T = _core.lstm_forward_inference(
-            x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr
+            x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr, **_wavefront_arguments(wavefront)
         )
         return hs, c_T, None
-    hs, cs, gates = _core.lstm_forward(x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr)
+    hs, cs, gates = _core.lstm_forward(
+        x, W_x, W_h, b, h0, c0, forget_gate, _core_lengths(lengths), packed, W_hr, **_wavefront_arguments(wavefront)
+    )
     cache = LSTMCache(x, W_x, W_h, h0, c0, gates, hs, cs, forget_gate, lengths, packed, W_hr)
     return cache.hs, (cs[-1].copy() if lengths is None else final_states(cs, lengths)), cache
 
@@ -293,7 +335,7 @@ def lstm_backward_checked(c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_
 
 
 def gru_forward(
-    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None, wavefront=None
 ) -> tuple[np.ndarray, GRUCache | None]:
     """Runs the GRU (PyTorch's cell) over a batch of sequences.
 
@@ -318,6 +360,8 @@ def gru_forward(
         As for :func:`rnn_forward`.
     packed : optional
         As for :func:`rnn_forward` (``W_x, W_h`` packed).
+    wavefront : fastbptt.kernels.stack.Wavefront, optional
+        As for :func:`rnn_forward`.
 
     Returns
     -------
@@ -327,19 +371,27 @@ def gru_forward(
     cache : GRUCache or None
         What :func:`gru_backward` needs (None with ``inference``).
     """
+    given = x
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     lengths = _checks.lengths_array(lengths, *x.shape[:2])
     packed = _checks.packed(packed, x.dtype)
-    return gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, _checks.flag("inference", inference), packed)
+    inference = _checks.flag("inference", inference)
+    return gru_forward_checked(
+        x, W_x, W_h, b, b_hn, h0, lengths, inference, packed, _checks.checked_wavefront(wavefront, given, x)
+    )
 
 
-def gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, inference, packed):
+def gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, inference, packed, wavefront=None):
     """:func:`gru_forward` of arguments checked already (as :func:`fastbptt.kernels._checks.gru_args` returns them,
     lengths an int64 array or None, packed of x's dtype or None): the callers that check their own, cheaper."""
     if inference:
-        hs, _ = _core.gru_forward_inference(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed)
+        hs, _ = _core.gru_forward_inference(
+            x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed, **_wavefront_arguments(wavefront)
+        )
         return hs, None
-    hs, gates, hn = _core.gru_forward(x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed)
+    hs, gates, hn = _core.gru_forward(
+        x, W_x, W_h, b, b_hn, h0, _core_lengths(lengths), packed, **_wavefront_arguments(wavefront)
+    )
     cache = GRUCache(x, W_x, W_h, h0, gates, hn, hs, lengths, packed)
     return cache.hs, cache
 

@@ -80,13 +80,30 @@ def _running(lengths: np.ndarray | None, t: int, B: int) -> np.ndarray:
     return (t < lengths)[:, None]
 
 
+def _no_wavefront(wavefront) -> None:
+    if wavefront is not None:
+        raise ValueError("wavefront: the reference runs one layer at a time; pass None")
+
+
 def rnn_forward(
-    x, W_xh, W_hh, b_h, h0=None, *, activation: str = "tanh", lengths=None, inference: bool = False, packed=None
+    x,
+    W_xh,
+    W_hh,
+    b_h,
+    h0=None,
+    *,
+    activation: str = "tanh",
+    lengths=None,
+    inference: bool = False,
+    packed=None,
+    wavefront=None,
 ) -> tuple[np.ndarray, RNNCache | None]:
     """Reference of :func:`fastbptt.rnn_forward`: ``h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
     A sequence past its length keeps its state and outputs zeros. ``packed`` is taken for the fast path's signature
-    and not used (the reference packs nothing); so in every forward here."""
+    and not used (the reference packs nothing); so in every forward here. ``wavefront`` (the stack driver's) is
+    refused: the reference runs a layer at a time."""
+    _no_wavefront(wavefront)
     x, W_xh, W_hh, b_h, h0, activation = _checks.rnn_args(x, W_xh, W_hh, b_h, h0, activation)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
@@ -156,9 +173,11 @@ def lstm_forward(
     inference=False,
     packed=None,
     W_hr=None,
+    wavefront=None,
 ) -> tuple[np.ndarray, np.ndarray, LSTMCache | CheckpointedLSTMCache | None]:
     """Reference of :func:`fastbptt.lstm_forward` (with ``checkpoint``, the same segments and cache; with ``W_hr``,
     ``h_t = (o_t * tanh C_t) W_hr``)."""
+    _no_wavefront(wavefront)
     x, W_x, W_h, b, h0, c0, forget_gate, W_hr = _checks.lstm_args(x, W_x, W_h, b, h0, c0, forget_gate, W_hr)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)
@@ -386,9 +405,10 @@ def layer_norm_lstm_backward(
 
 
 def gru_forward(
-    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None
+    x, W_x, W_h, b, b_hn, h0=None, *, lengths=None, inference: bool = False, packed=None, wavefront=None
 ) -> tuple[np.ndarray, GRUCache | None]:
     """Reference of :func:`fastbptt.gru_forward`."""
+    _no_wavefront(wavefront)
     x, W_x, W_h, b, b_hn, h0 = _checks.gru_args(x, W_x, W_h, b, b_hn, h0)
     T, B, _ = x.shape
     lengths = _checks.lengths_array(lengths, T, B)

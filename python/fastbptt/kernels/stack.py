@@ -10,12 +10,20 @@ arrays, with ``params``, states and gradients in whatever form the caller's cell
 With the compiled core, the two directions of a layer run side by side at two threads, one thread each
 (:func:`fastbptt._core.run_concurrently`): a one-thread time loop never waits for another thread, where one
 direction on two threads waits at every step, and the results are the one-thread bits.
+
+The layers of a one-direction stack run so too, as a wavefront (forward, training or inference): each layer on a
+thread of its own computes step t while the layer above computes step t-1 from the output it has just written,
+handed over step by step (:class:`Wavefront`). A step of a small layer lasts microseconds, and splitting it across
+threads meets them at every step; layers side by side meet only where a step's output is handed up, which the
+layer above, one step behind, rarely waits for. The results are the one-thread bits here too. Layers with a mask
+between them (dropout in training) and bidirectional stacks (the layer above needs the reverse direction's last
+step first) run one after another.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -32,6 +40,14 @@ class StackCache:
     batch: int
     #: ``masks[l]`` multiplied the outputs of layer l before layer l+1 read them (dropout), or None
     masks: list = field(default_factory=list)
+
+
+class Wavefront(NamedTuple):
+    """What one layer's forward call in a wavefront gets (``wavefront=`` of the fast backend's forwards)."""
+
+    hs: np.ndarray  #: the call's output [T, B, features], made by the driver: the input of the layer above
+    input_ready: object  #: ``_core.StepHandoff`` of the steps of x (None for the first layer: x is all there)
+    output_ready: object  #: ``_core.StepHandoff`` of the steps of hs (None for the last layer)
 
 
 def by_direction(run: Callable[[int], object], num_directions: int, concurrent: bool) -> list:
@@ -55,14 +71,27 @@ def forward(
     concurrent: bool,
     masks: list | None = None,
     inference: bool = False,
+    widths: list | None = None,
 ):
     """Runs the stack over time-major ``x [T, B, D]`` from ``states[k]`` (None: zeros) of every cell.
 
     ``masks[l]`` (optional, None for no mask) multiplies layer l's outputs before layer l+1 reads them. With
-    ``inference`` the cells keep nothing for a backward (their caches are None).
+    ``inference`` the cells keep nothing for a backward (their caches are None). ``widths``: each layer's output
+    features, given where ``cell_forward`` takes ``wavefront=`` (``Cell.runs_in_wavefront``): with ``concurrent``,
+    at least two threads, one direction, more than one layer and no masks, the layers then run as a wavefront.
     Returns ``(outputs [T, B, num_directions * H], final states by cell, StackCache)``.
     """
     masks = list(masks) if masks is not None else [None] * num_layers
+    if (
+        widths is not None
+        and concurrent
+        and num_directions == 1
+        and num_layers > 1
+        and all(mask is None for mask in masks)
+        and _core.call_threads() > 1
+    ):
+        outputs, finals, caches = _wavefront_forward(cell_forward, params, x, states, lengths, widths, inference)
+        return outputs, finals, StackCache(caches, lengths, x.shape[1], masks)
     layer_input, caches, finals = x, [], []
     for layer in range(num_layers):
         if layer > 0 and masks[layer - 1] is not None:
@@ -81,6 +110,37 @@ def forward(
             finals.append(final)
         layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
     return layer_input, finals, StackCache(caches, lengths, x.shape[1], masks)
+
+
+def _wavefront_forward(cell_forward, params: list, x: np.ndarray, states: list, lengths, widths: list, inference):
+    """:func:`forward` of a one-direction stack without masks, its layers side by side (see the module's
+    docstring): ``(the last layer's outputs, final states, caches)``. A layer that fails publishes every step, so
+    that the layer above does not wait for ever; the first failure is raised once every layer has ended."""
+    T, B = x.shape[:2]
+    outputs = [np.empty((T, B, width), x.dtype) for width in widths]
+    handoffs = [_core.StepHandoff() for _ in widths[:-1]]
+
+    def run(layer: int):
+        below = handoffs[layer - 1] if layer > 0 else None
+        above = handoffs[layer] if layer < len(handoffs) else None
+        source = outputs[layer - 1] if layer > 0 else x
+        try:
+            hs, final, cache = cell_forward(
+                params[layer],
+                source,
+                states[layer],
+                lengths,
+                inference,
+                wavefront=Wavefront(outputs[layer], below, above),
+            )
+        except BaseException:
+            if above is not None:
+                above.abandon()
+            raise
+        return hs, final, cache
+
+    results = _core.run_concurrently([lambda layer=layer: run(layer) for layer in range(len(widths))])
+    return results[-1][0], [final for _, final, _ in results], [cache for _, _, cache in results]
 
 
 def rebuild(cell_cache_from, params: list, x: np.ndarray, states: list, lengths, saved: list, **options) -> StackCache:

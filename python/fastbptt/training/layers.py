@@ -254,8 +254,16 @@ class Recurrent:
         # arrays' memory is what this forward's arrays can reuse (see set_array_cache_limit).
         self.cache = None
         inference = _checks.flag("inference", inference)
+        widths = [self.output_size] * self.num_layers if self.cell.runs_in_wavefront else None
         outputs, finals, cache = stack.forward(
-            self.cell.forward, self._all_params(), x, states, lengths, inference=inference, **self._stack_options()
+            self.cell.forward,
+            self._all_params(),
+            x,
+            states,
+            lengths,
+            inference=inference,
+            widths=widths,
+            **self._stack_options(),
         )
         self.cache = None if inference else cache
         return self._user_layout(outputs), self._join_state(finals)
