@@ -90,14 +90,17 @@ Array<Scalar> new_array(const std::vector<py::ssize_t>& shape) {
   return Array<Scalar>(shape, static_cast<Scalar*>(lease->data), owner);
 }
 
-/// A forward's hs: the array its caller made (in a wavefront of layers, the next layer's x, which that layer reads
-/// as this call writes it), checked to be writable and of `shape`; or a new one when none was given.
+/// An output the caller made (in a wavefront of layers, a forward's hs or a backward's dx, which the next layer
+/// reads as this call writes it), checked to be writable and of `shape`; or a new one when none was given.
 template <class Scalar>
-Array<Scalar> given_or_new(const std::optional<Array<Scalar>>& given, const std::vector<py::ssize_t>& shape) {
+Array<Scalar> given_or_new(const std::optional<Array<Scalar>>& given, const std::vector<py::ssize_t>& shape,
+                           const char* name) {
   if (!given) return new_array<Scalar>(shape);
   const bool same_shape = given->ndim() == static_cast<py::ssize_t>(shape.size()) &&
                           std::equal(shape.begin(), shape.end(), given->shape());
-  if (!same_shape || !given->writeable()) throw py::value_error("hs_out: expected a writable array of hs's shape");
+  if (!same_shape || !given->writeable()) {
+    throw py::value_error(std::string(name) + ": expected a writable array of the output's shape");
+  }
   return *given;
 }
 
@@ -105,5 +108,9 @@ Array<Scalar> given_or_new(const std::optional<Array<Scalar>>& given, const std:
 /// given_or_new) and the handoffs of x's steps and of hs's (fastbptt.StepHandoff or None).
 #define FASTBPTT_WAVEFRONT_ARGS \
   py::arg("hs_out").noconvert() = py::none(), py::arg("input_ready") = py::none(), py::arg("output_ready") = py::none()
+
+/// A backward binding's: its dx (the dhs of the layer below) and the handoffs of dhs's steps and of dx's.
+#define FASTBPTT_BACKWARD_WAVEFRONT_ARGS \
+  py::arg("dx_out").noconvert() = py::none(), py::arg("input_ready") = py::none(), py::arg("output_ready") = py::none()
 
 }  // namespace fastbptt::bindings

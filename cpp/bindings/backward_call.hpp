@@ -28,11 +28,13 @@ class BackwardCall {
     }
   }
 
-  /// A fresh array of `shape` that `view` (a member of the cell's gradients) points at, when `wanted`.
+  /// A fresh array of `shape` that `view` (a member of the cell's gradients) points at, when `wanted`; the one
+  /// `given` instead when there is one (see given_or_new).
   template <class View>
-  std::optional<Array<Scalar>> output(bool wanted, const std::vector<py::ssize_t>& shape, View& view) {
+  std::optional<Array<Scalar>> output(bool wanted, const std::vector<py::ssize_t>& shape, View& view,
+                                      const std::optional<Array<Scalar>>& given = std::nullopt) {
     if (!wanted) return std::nullopt;
-    Array<Scalar> array = new_array<Scalar>(shape);
+    Array<Scalar> array = given_or_new<Scalar>(given, shape, "dx_out");
     point(view, array);
     return array;
   }

@@ -46,7 +46,7 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
                       StepHandoff* output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   const Shape& s = a.s;
-  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, s.H}, "hs_out");
   auto hn = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, gru::gate_count * s.H});
   gru::Cache<Scalar> cache;
@@ -69,7 +69,7 @@ py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x
                                 const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
                                 StepHandoff* output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
-  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   gru::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
@@ -87,7 +87,8 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
-                       bool need_dz) {
+                       bool need_dz, const std::optional<Array<Scalar>>& dx_out, const StepHandoff* input_ready,
+                       StepHandoff* output_ready) {
   const GruArguments<Scalar> a(x, W_x, W_h, h0);
   const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;
@@ -100,7 +101,7 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto lengths_v = as_lengths(lengths);
   BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads, need_dz ? GH + s.H : 0);
   gru::Gradients<Scalar> g;
-  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
+  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx, dx_out);
   const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
   const auto dW_x = call.output(need_weight_grads, {s.D, GH}, g.dW_x);
   const auto dW_h = call.output(need_weight_grads, {s.H, GH}, g.dW_h);
@@ -108,7 +109,8 @@ py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
   const auto db_hn = call.output(need_weight_grads, {s.H}, g.db_hn);
   {
     py::gil_scoped_release release;
-    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options, kept_or_none(packed));
+    gru::backward<Scalar>(s, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options, kept_or_none(packed),
+                          Handoffs{input_ready, output_ready});
   }
   return call.result({array_or_none(dx), array_or_none(dh0), array_or_none(dW_x), array_or_none(dW_h),
                       array_or_none(db), array_or_none(db_hn)});
@@ -143,6 +145,7 @@ void define(py::module_& m) {
         py::arg("hn").noconvert(), py::arg("hs").noconvert(), py::arg("dhs").noconvert(),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
         py::arg("need_weight_grads") = true, py::arg("packed") = py::none(), py::arg("need_dz") = false,
+        FASTBPTT_BACKWARD_WAVEFRONT_ARGS,
         "(dx, dh0, dW_x, dW_h, db, db_hn[, dh_norms [T+1,B]][, dz [T,B,4H]: dz_r, dz_z, d(hn), dz_n]) = BPTT of the "
         "GRU; see fastbptt.gru_backward. dx is None without need_dx, and dW_x, dW_h, db, db_hn are None without "
         "need_weight_grads (not computed).");

@@ -66,7 +66,7 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
                        const StepHandoff* input_ready, StepHandoff* output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
   const Shape& s = a.s;
-  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, a.P});
+  auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, a.P}, "hs_out");
   auto cs = new_array<Scalar>({s.T, s.B, s.H});
   auto gates = new_array<Scalar>({s.T, s.B, lstm::gate_count(forget_gate) * s.H});
   lstm::Cache<Scalar> cache;
@@ -89,7 +89,7 @@ py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_
                                  const OptionalArray<Scalar>& W_hr, const OptionalArray<Scalar>& hs_out,
                                  const StepHandoff* input_ready, StepHandoff* output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
-  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.P});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.P}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.P});
   auto c_T = new_array<Scalar>({a.s.B, a.s.H});
   lstm::Outputs<Scalar> outputs;
@@ -119,7 +119,8 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, WeightGradientArrays<Scalar>& weights,
                         const LengthsArray& lengths, const BackwardOptions<Scalar>& options,
-                        const Packed<Scalar>* packed = nullptr, const OptionalArray<Scalar>& W_hr = std::nullopt) {
+                        const Packed<Scalar>* packed = nullptr, const OptionalArray<Scalar>& W_hr = std::nullopt,
+                        const OptionalArray<Scalar>& dx_out = std::nullopt, const Handoffs& handoffs = Handoffs()) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
   lstm::Cache<const Scalar> cache;
@@ -142,7 +143,7 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   }
   std::optional<Array<Scalar>> dx;
   if (options.need_dx) {
-    dx = new_array<Scalar>({s.T, s.B, s.D});
+    dx = given_or_new<Scalar>(dx_out, {s.T, s.B, s.D}, "dx_out");
     gradients.dx = as_mutable_matrix(*dx);
   }
   auto dh0 = new_array<Scalar>({s.B, a.P});
@@ -152,7 +153,7 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
   {
     py::gil_scoped_release release;
     lstm::backward<Scalar>(s, forget_gate, a.inputs, a.weights, cache, upstream, gradients, lengths_v, options,
-                           kept_or_none(packed));
+                           kept_or_none(packed), handoffs);
   }
   return py::make_tuple(array_or_none(dx), dh0, dc0);
 }
@@ -163,7 +164,8 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
                         bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
-                        const OptionalArray<Scalar>& W_hr, bool need_dz) {
+                        const OptionalArray<Scalar>& W_hr, bool need_dz, const OptionalArray<Scalar>& dx_out,
+                        const StepHandoff* input_ready, StepHandoff* output_ready) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
   const Index GH = lstm::gate_count(forget_gate) * s.H;
@@ -176,7 +178,8 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
     if (W_hr) weights.dW_hr = new_array<Scalar>({s.H, a.P});
   }
   const py::tuple d = backward_into<Scalar>(x, W_x, W_h, h0, c0, gates, hs, cs, dhs, dc_T, forget_gate, weights,
-                                            lengths, call.options, packed, W_hr);
+                                            lengths, call.options, packed, W_hr, dx_out,
+                                            Handoffs{input_ready, output_ready});
   if (!W_hr) {
     return call.result({d[0], d[1], d[2], array_or_none(weights.dW_x), array_or_none(weights.dW_h),
                         array_or_none(weights.db)});
@@ -235,7 +238,7 @@ void define(py::module_& m) {
         py::arg("dhs").noconvert(), py::arg("dc_T").noconvert(), py::arg("forget_gate"),
         py::arg("lengths").noconvert(), py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true,
         py::arg("need_weight_grads") = true, py::arg("packed") = py::none(),
-        py::arg("W_hr").noconvert() = py::none(), py::arg("need_dz") = false,
+        py::arg("W_hr").noconvert() = py::none(), py::arg("need_dz") = false, FASTBPTT_BACKWARD_WAVEFRONT_ARGS,
         "(dx, dh0, dc0, dW_x, dW_h, db[, dW_hr][, dh_norms [T+1,B]][, dz [T,B,GH(+P)]]) = BPTT of the LSTM; see "
         "fastbptt.lstm_backward. dW_hr with a projection W_hr; dx is None without need_dx, and the weights' "
         "gradients are None without need_weight_grads (not computed).");

@@ -48,7 +48,7 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
                           const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
                           StepHandoff* output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
-  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   rnn::Cache<Scalar> cache;
   cache.hs = as_mutable_matrix(hs);
   {
@@ -67,7 +67,7 @@ py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x
                                 const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
                                 StepHandoff* output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
-  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H});
+  auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
   rnn::Outputs<Scalar> outputs;
   outputs.hs = as_mutable_matrix(hs);
@@ -84,7 +84,9 @@ template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
                        const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms,
-                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed, bool need_dz) {
+                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed, bool need_dz,
+                       const std::optional<Array<Scalar>>& dx_out, const StepHandoff* input_ready,
+                       StepHandoff* output_ready) {
   const RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
   const Shape& s = a.s;
   rnn::Cache<const Scalar> cache;
@@ -94,7 +96,7 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   const auto lengths_v = as_lengths(lengths);
   BackwardCall<Scalar> call(s, hidden_grad_norms, need_dx, need_weight_grads, need_dz ? s.H : 0);
   rnn::Gradients<Scalar> g;
-  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx);
+  const auto dx = call.output(need_dx, {s.T, s.B, s.D}, g.dx, dx_out);
   const auto dh0 = call.output(true, {s.B, s.H}, g.dh0);
   const auto dW_xh = call.output(need_weight_grads, {s.D, s.H}, g.dW_xh);
   const auto dW_hh = call.output(need_weight_grads, {s.H, s.H}, g.dW_hh);
@@ -102,7 +104,7 @@ py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const 
   {
     py::gil_scoped_release release;
     rnn::backward<Scalar>(s, a.phi, a.inputs, a.weights, cache, upstream, g, lengths_v, call.options,
-                          kept_or_none(packed));
+                          kept_or_none(packed), Handoffs{input_ready, output_ready});
   }
   return call.result(
       {array_or_none(dx), array_or_none(dh0), array_or_none(dW_xh), array_or_none(dW_hh), array_or_none(db_h)});
@@ -135,7 +137,7 @@ void define(py::module_& m) {
         py::arg("W_hh").noconvert(), py::arg("h0").noconvert(), py::arg("hs").noconvert(),
         py::arg("dhs").noconvert(), py::arg("activation"), py::arg("lengths").noconvert(),
         py::arg("hidden_grad_norms") = false, py::arg("need_dx") = true, py::arg("need_weight_grads") = true,
-        py::arg("packed") = py::none(), py::arg("need_dz") = false,
+        py::arg("packed") = py::none(), py::arg("need_dz") = false, FASTBPTT_BACKWARD_WAVEFRONT_ARGS,
         "(dx, dh0, dW_xh, dW_hh, db_h[, dh_norms [T+1,B]][, dz [T,B,H]]) = BPTT of the RNN; see fastbptt.rnn_backward. "
         "dx is None without need_dx, and dW_xh, dW_hh, db_h are None without need_weight_grads (not computed).");
 }

@@ -241,7 +241,7 @@ void forward_inference(const Shape& s, const Inputs<Scalar>& in, const Weights<S
 template <class Scalar>
 void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w, const Cache<const Scalar>& cache,
               const Upstream<Scalar>& up, const Gradients<Scalar>& grad, ConstLengthsRef lengths,
-              const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
+              const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept, const Handoffs& handoffs) {
   check_inputs(s, in, w);
   check_cache(s, cache);
   const Index H = s.H, B = s.B, GH = gate_count * H;
@@ -262,7 +262,7 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
       kept, 2, GH, H, 1, GH, own,
       [&] { return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed); });
   detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                     grad.dh0.map(), options, cell);
+                                     grad.dh0.map(), options, cell, handoffs);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \
@@ -273,7 +273,8 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
                                           const Handoffs&);                                                      \
   template void backward<Scalar>(const Shape&, const Inputs<Scalar>&, const Weights<Scalar>&,                    \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&,         \
+                                 const Handoffs&);                                                               \
   template Packed<Scalar> pack<Scalar>(const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)

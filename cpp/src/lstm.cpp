@@ -311,7 +311,8 @@ void forward_inference(const Shape& s, bool forget_gate, const Inputs<Scalar>& i
 template <class Scalar>
 void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const Weights<Scalar>& w,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
-              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept,
+              const Handoffs& handoffs) {
   const Sizes z = check_inputs(s, forget_gate, in, w);
   check_cache(s, z, cache);
   const Index H = s.H, B = s.B;
@@ -337,7 +338,7 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
   const GateColumns col(forget_gate, H);
   const auto run = [&](auto& cell) {
     detail::backward_time_loop<Scalar>(z.state, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                       grad.dh0.map(), options, cell);
+                                       grad.dh0.map(), options, cell, handoffs);
   };
   if (z.projection) {
     const detail::PackedWeights<Scalar>& W_hr_transposed =
@@ -368,7 +369,8 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
                                           const Handoffs&);                                                      \
   template void backward<Scalar>(const Shape&, bool, const Inputs<Scalar>&, const Weights<Scalar>&,              \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&,         \
+                                 const Handoffs&);                                                               \
   template Packed<Scalar> pack<Scalar>(bool, const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)

@@ -141,7 +141,8 @@ void forward_inference(const Shape& s, Activation activation, const Inputs<Scala
 template <class Scalar>
 void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, const Weights<Scalar>& w,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& up, const Gradients<Scalar>& grad,
-              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept) {
+              ConstLengthsRef lengths, const BackwardOptions<Scalar>& options, const Packed<Scalar>& kept,
+              const Handoffs& handoffs) {
   check_inputs(s, in, w);
   const Index N = s.T * s.B;
   detail::check_shape("hs", cache.hs, N, s.H);
@@ -160,7 +161,7 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
     BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),
                                              grad.dW_xh.map(), grad.dW_hh.map(), grad.db_h.map(), s};
     detail::backward_time_loop<Scalar>(s, active, W_hh_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                       grad.dh0.map(), options, cell);
+                                       grad.dh0.map(), options, cell, handoffs);
   });
 }
 
@@ -172,7 +173,8 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
                                           const Packed<Scalar>&, const Handoffs&);                               \
   template void backward<Scalar>(const Shape&, Activation, const Inputs<Scalar>&, const Weights<Scalar>&,        \
                                  const Cache<const Scalar>&, const Upstream<Scalar>&, const Gradients<Scalar>&,  \
-                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&);        \
+                                 ConstLengthsRef, const BackwardOptions<Scalar>&, const Packed<Scalar>&,         \
+                                 const Handoffs&);                                                               \
   template Packed<Scalar> pack<Scalar>(const Weights<Scalar>&);
 FASTBPTT_INSTANTIATE(float)
 FASTBPTT_INSTANTIATE(double)

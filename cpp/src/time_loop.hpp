@@ -181,10 +181,13 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 ///                                 dL/dh_t taken back through the projection, for the member's units and the rows
 ///                                 running at step t
 /// The options say which of write_dx and add_weight_gradients run (need_dx, need_weight_gradients).
+/// With handoffs (a wavefront of layers, backwards: steps counted from the last), a step waits for the rows of
+/// dhs it reads (the layer above writes them as its dx), and dx's steps are published a block at a time.
 template <class Scalar, class Cell>
 void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWeights<Scalar>& W_h_transposed,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
-                        MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell) {
+                        MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell,
+                        const Handoffs& handoffs = Handoffs()) {
   const Index B = s.B, dz_columns = cell.dz_columns();
   check_dz(s, options, dz_columns);
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
@@ -196,6 +199,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
   // dL/dh_t of step t lies in dh_steps[t % 2]: a step reads one while the team writes dL/dh_{t-1} into the other.
   // A sequence that has not started yet (going backwards) has its upstream gradient there until its last step.
   RowMatrix<Scalar> dh_steps[2] = {RowMatrix<Scalar>(B, s.H), RowMatrix<Scalar>(B, s.H)};
+  if (handoffs.input != nullptr) handoffs.input->wait_for(1);
   dh_steps[(s.T - 1) % 2] = dhs.bottomRows(B);
   for (Index t1 = s.T; t1 > 0;) {
     const Index t0 = block_start(t1, block_steps), rows = (t1 - t0) * B;
@@ -223,6 +227,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         // (dL/dh_0 has no upstream term)
         auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
         if (t > 0) {
+          if (handoffs.input != nullptr) handoffs.input->wait_for(s.T - t + 1);  // the row block of step t-1
           dh_prev.middleCols(state.u0, state_units) =
               dhs.middleRows((t - 1) * B, B).middleCols(state.u0, state_units);
         } else if (Cell::direct_term) {
@@ -249,6 +254,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
       cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
     }
     if (options.need_dx) cell.write_dx(t0, rows, dZ.topRows(rows));
+    if (handoffs.output != nullptr) handoffs.output->publish(s.T - t0);
     if (!options.dz.empty()) options.dz.map().middleRows(t0 * B, rows) = dZ.topRows(rows);
     t1 = t0;
   }

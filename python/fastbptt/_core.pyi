@@ -80,6 +80,9 @@ def rnn_backward(
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
     need_dz: bool = False,
+    dx_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_forward(
     x: npt.NDArray[np.floating],
@@ -130,6 +133,9 @@ def lstm_backward(
     packed: _Packed | None = None,
     W_hr: npt.NDArray[np.floating] | None = None,
     need_dz: bool = False,
+    dx_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def lstm_backward_into(
     x: npt.NDArray[np.floating],
@@ -228,6 +234,9 @@ def gru_backward(
     need_weight_grads: bool = True,
     packed: _Packed | None = None,
     need_dz: bool = False,
+    dx_out: npt.NDArray[np.floating] | None = None,
+    input_ready: StepHandoff | None = None,
+    output_ready: StepHandoff | None = None,
 ) -> tuple[npt.NDArray[np.floating] | None, ...]: ...
 def softmax_cross_entropy(
     hs: npt.NDArray[np.floating],

@@ -204,11 +204,12 @@ class StepHandoff {
   std::atomic<Index> steps_{0};
 };
 
-/// The handoffs of one forward call in a wavefront; none (the default): the call reads all of x from the start and
-/// publishes nothing.
+/// The handoffs of one call in a wavefront; none (the default): the call reads all of its input from the start and
+/// publishes nothing. A forward's input is x, its output hs, steps counted from the first; a backward's input is
+/// dhs (the layer above's dx), its output dx, steps counted from the last.
 struct Handoffs {
-  const StepHandoff* input = nullptr;  ///< the steps of x, written by another call (the layer below) as this one runs
-  StepHandoff* output = nullptr;       ///< the steps of hs, published as this call writes them (for the layer above)
+  const StepHandoff* input = nullptr;  ///< the steps of the input, written by another call as this one runs
+  StepHandoff* output = nullptr;       ///< the steps of the output, published as this call writes them
 };
 
 /// Element-wise nonlinearity phi of the plain RNN.

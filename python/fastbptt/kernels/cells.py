@@ -207,9 +207,19 @@ class Cell:
         :meth:`forward`), or None where the backend packs nothing (the reference)."""
         return None
 
-    def backward(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool = True, need_weight_grads: bool = True):
+    def backward(
+        self,
+        p: dict,
+        cache,
+        dhs: np.ndarray,
+        dstate,
+        need_dx: bool = True,
+        need_weight_grads: bool = True,
+        wavefront=None,
+    ):
         """``(dx, dstate0, parameter gradients by base name)`` for ``forward``'s cache; dx is None without
-        ``need_dx`` and the gradients None without ``need_weight_grads``."""
+        ``need_dx`` and the gradients None without ``need_weight_grads``. ``wavefront``: as for :meth:`forward`
+        (``dstate``'s h part then None)."""
         raise NotImplementedError
 
     def state_at(self, cache, step: int):
@@ -458,9 +468,11 @@ class RNNCell(Cell):
     def weight_gradients(self, p, x, h_prev, dz):
         return {"W_xh": _transposed_product(x, dz), "W_hh": _transposed_product(h_prev, dz), "b_h": dz.sum(axis=0)}
 
-    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
+    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True, wavefront=None):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
-        grads = self.kernels.rnn_backward(cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        grads = self.kernels.rnn_backward(
+            cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads, wavefront=wavefront
+        )
         return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
     def state_at(self, cache, step):
@@ -651,10 +663,12 @@ class LSTMCell(Cell):
             return super().weight_gradients(p, x, h_prev, dz)
         return {"W_x": _transposed_product(x, dz), "W_h": _transposed_product(h_prev, dz), "b": dz.sum(axis=0)}
 
-    def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True):
+    def backward(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True, wavefront=None):
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
-        grads = self.kernels.lstm_backward(cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        grads = self.kernels.lstm_backward(
+            cache, dhs, dc_T, need_dx=need_dx, need_weight_grads=need_weight_grads, wavefront=wavefront
+        )
         return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
     def state_at(self, cache, step):
@@ -804,9 +818,11 @@ class GRUCell(Cell):
             "b_hn": dz[:, 2 * H : 3 * H].sum(axis=0),
         }
 
-    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True):
+    def backward(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True, wavefront=None):
         dhs = with_final_state_gradient(dhs, dh_T, cache.hs, cache.lengths)
-        grads = self.kernels.gru_backward(cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads)
+        grads = self.kernels.gru_backward(
+            cache, dhs, need_dx=need_dx, need_weight_grads=need_weight_grads, wavefront=wavefront
+        )
         return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
 
     def state_at(self, cache, step):

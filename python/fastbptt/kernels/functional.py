@@ -42,7 +42,14 @@ def _wavefront_arguments(wavefront) -> dict:
     """The core's keyword arguments of a forward call in a wavefront of layers (none without one)."""
     if wavefront is None:
         return {}
-    return {"hs_out": wavefront.hs, "input_ready": wavefront.input_ready, "output_ready": wavefront.output_ready}
+    return {"hs_out": wavefront.output, "input_ready": wavefront.input_ready, "output_ready": wavefront.output_ready}
+
+
+def _backward_wavefront_arguments(wavefront) -> dict:
+    """The core's keyword arguments of a backward call in a wavefront of layers (none without one)."""
+    if wavefront is None:
+        return {}
+    return {"dx_out": wavefront.output, "input_ready": wavefront.input_ready, "output_ready": wavefront.output_ready}
 
 
 def rnn_forward(
@@ -128,7 +135,9 @@ def rnn_forward_checked(x, W_xh, W_hh, b_h, h0, activation, lengths, inference, 
     return cache.hs, cache
 
 
-def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> RNNGrads:
+def rnn_backward(
+    cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True, wavefront=None
+) -> RNNGrads:
     """Backpropagation through time for :func:`rnn_forward`.
 
     Parameters
@@ -148,11 +157,15 @@ def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grad
         ``dx [T,B,D], dh0 [B,H], dW_xh [D,H], dW_hh [H,H], db_h [H]``.
     """
     c = _checks.cache_of(RNNCache, cache)
+    given = dhs
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    return rnn_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
+    wavefront = _checks.checked_wavefront(wavefront, given, dhs)
+    return rnn_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads), wavefront)
 
 
-def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> RNNGrads:
+def rnn_backward_checked(
+    c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, wavefront=None
+) -> RNNGrads:
     """:func:`rnn_backward` of arguments checked already (a cache of :func:`rnn_forward`, dhs C-contiguous of its
     dtype and shape)."""
     grads = _core.rnn_backward(
@@ -168,6 +181,7 @@ def rnn_backward_checked(c: RNNCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
+        **_backward_wavefront_arguments(wavefront),
     )
     return RNNGrads(*grads)
 
@@ -276,7 +290,13 @@ def _lstm_core_forward(x, W_x, W_h, b, h0, c0, forget_gate):
 
 
 def lstm_backward(
-    cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+    cache: LSTMCache | CheckpointedLSTMCache,
+    dhs,
+    dc_T=None,
+    *,
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+    wavefront=None,
 ) -> LSTMGrads:
     """Backpropagation through time for :func:`lstm_forward`.
 
@@ -299,17 +319,22 @@ def lstm_backward(
     """
     c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
     dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])  # [T, B, P]: W_h is [P, G*H]
+    given = dhs
     dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
+    wavefront = _checks.checked_wavefront(wavefront, given, dhs)
     if dc_T is None:
         dc_T = np.zeros_like(c.c0)
     dc_T = _checks.upstream("dc_T", dc_T, dtype, c.c0.shape, "[B, H]")
     needs = _needs(need_dx, need_weight_grads)
     if isinstance(c, CheckpointedLSTMCache):
+        _checks.checkpoint_alone(wavefront=wavefront)
         return LSTMGrads(*_checkpoint.lstm_backward(_lstm_core_forward, _core.lstm_backward_into, c, dhs, dc_T, *needs))
-    return lstm_backward_checked(c, dhs, dc_T, *needs)
+    return lstm_backward_checked(c, dhs, dc_T, *needs, wavefront)
 
 
-def lstm_backward_checked(c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool):
+def lstm_backward_checked(
+    c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_dx: bool, need_weight_grads: bool, wavefront=None
+):
     """:func:`lstm_backward` of arguments checked already (a cache of :func:`lstm_forward` without checkpoints;
     dhs and dc_T C-contiguous of its dtype and shapes)."""
     grads = _core.lstm_backward(
@@ -330,6 +355,7 @@ def lstm_backward_checked(c: LSTMCache, dhs: np.ndarray, dc_T: np.ndarray, need_
         need_weight_grads,
         c.packed,
         c.W_hr,
+        **_backward_wavefront_arguments(wavefront),
     )
     return (LSTMGrads if c.W_hr is None else ProjectedLSTMGrads)(*grads)
 
@@ -396,7 +422,9 @@ def gru_forward_checked(x, W_x, W_h, b, b_hn, h0, lengths, inference, packed, wa
     return cache.hs, cache
 
 
-def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> GRUGrads:
+def gru_backward(
+    cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True, wavefront=None
+) -> GRUGrads:
     """Backpropagation through time for :func:`gru_forward`.
 
     Parameters
@@ -414,11 +442,15 @@ def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grad
         ``dx [T,B,D], dh0 [B,H], dW_x [D,3H], dW_h [H,3H], db [3H], db_hn [H]``.
     """
     c = _checks.cache_of(GRUCache, cache)
+    given = dhs
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
-    return gru_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads))
+    wavefront = _checks.checked_wavefront(wavefront, given, dhs)
+    return gru_backward_checked(c, dhs, *_needs(need_dx, need_weight_grads), wavefront)
 
 
-def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool) -> GRUGrads:
+def gru_backward_checked(
+    c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weight_grads: bool, wavefront=None
+) -> GRUGrads:
     """:func:`gru_backward` of arguments checked already (a cache of :func:`gru_forward`, dhs C-contiguous of its
     dtype and shape)."""
     grads = _core.gru_backward(
@@ -435,6 +467,7 @@ def gru_backward_checked(c: GRUCache, dhs: np.ndarray, need_dx: bool, need_weigh
         need_dx,
         need_weight_grads,
         c.packed,
+        **_backward_wavefront_arguments(wavefront),
     )
     return GRUGrads(*grads)
 

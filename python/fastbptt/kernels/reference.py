@@ -121,11 +121,14 @@ def rnn_forward(
     return cache.hs, cache
 
 
-def rnn_backward(cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> RNNGrads:
+def rnn_backward(
+    cache: RNNCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True, wavefront=None
+) -> RNNGrads:
     """Reference of :func:`fastbptt.rnn_backward`, accumulating each step's contribution as the chain rule gives it:
 
     ``dz_t = (dL/dh_t) * phi'(z_t)``, ``dL/dh_{t-1} += dz_t W_hhᵀ``, ``dW_xh += x_tᵀ dz_t``, ``dW_hh += h_{t-1}ᵀ dz_t``.
     """
+    _no_wavefront(wavefront)
     c = _checks.cache_of(RNNCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
     T = c.x.shape[0]
@@ -240,7 +243,13 @@ def _segment_backward_into(
 
 
 def lstm_backward(
-    cache: LSTMCache | CheckpointedLSTMCache, dhs, dc_T=None, *, need_dx: bool = True, need_weight_grads: bool = True
+    cache: LSTMCache | CheckpointedLSTMCache,
+    dhs,
+    dc_T=None,
+    *,
+    need_dx: bool = True,
+    need_weight_grads: bool = True,
+    wavefront=None,
 ) -> LSTMGrads:
     """Reference of :func:`fastbptt.lstm_backward`.
 
@@ -249,6 +258,7 @@ def lstm_backward(
     ``dz_g = dc * i * (1-g²)``, ``dz_f = dc * C_{t-1} * f(1-f)``; then ``dL/dC_{t-1} = dc * f`` (``dc`` without
     forget gate) and ``dL/dh_{t-1} = dz W_hᵀ``.
     """
+    _no_wavefront(wavefront)
     c = _checks.cache_of((LSTMCache, CheckpointedLSTMCache), cache)
     dtype, shape = c.x.dtype, (*c.x.shape[:2], c.W_h.shape[0])  # [T, B, P]: W_h is [P, G*H]
     dhs = _checks.upstream("dhs", dhs, dtype, shape, "[T, B, H]")
@@ -438,13 +448,16 @@ def gru_forward(
     return cache.hs, cache
 
 
-def gru_backward(cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True) -> GRUGrads:
+def gru_backward(
+    cache: GRUCache, dhs, *, need_dx: bool = True, need_weight_grads: bool = True, wavefront=None
+) -> GRUGrads:
     """Reference of :func:`fastbptt.gru_backward`.
 
     With ``dh = dL/dh_t``: ``dz_n = dh (1-z)(1-n²)``, ``dz_z = dh (h_{t-1} - n) z(1-z)``,
     ``dz_r = dz_n hn r(1-r)`` and ``d(hn) = dz_n r``; the input side gets ``[dz_r, dz_z, dz_n]``, the recurrent side
     ``[dz_r, dz_z, d(hn)]``, and ``dL/dh_{t-1} = dh z + [dz_r, dz_z, d(hn)] W_hᵀ``.
     """
+    _no_wavefront(wavefront)
     c = _checks.cache_of(GRUCache, cache)
     dhs = _checks.upstream("dhs", dhs, c.hs.dtype, c.hs.shape, "[T, B, H]")
     T, B, _ = c.x.shape
