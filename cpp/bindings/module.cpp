@@ -78,8 +78,9 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
         py::arg("b").noconvert(), "aᵀ b of C-contiguous a [N, K] and b [N, M] of one dtype, on the call's threads.");
   py::class_<fastbptt::StepHandoff>(
       m, "StepHandoff",
-      "Steps handed from one forward call to another running at the same time (a wavefront of stacked layers): "
-      "given as output_ready= to the call that writes a layer's hs and as input_ready= to the call that reads it.")
+      "Steps handed from one call to another running at the same time (a wavefront of stacked layers): given as "
+      "output_ready= to the call that writes an output (a forward's hs, a backward's dx) and as input_ready= to "
+      "the call that reads it.")
       .def(py::init<>())
       .def("published", &fastbptt::StepHandoff::published, "The steps published so far.")
       .def("abandon", &fastbptt::StepHandoff::abandon,

@@ -109,15 +109,14 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// gradients    out  dx, dh0, dW_x, dW_h, db, db_hn (see Gradients)
 /// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions)
 /// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
-/// handoffs in optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs it reads,
-/// written as this call runs by the layer above (as its dx), and dx's steps (counted from the last) are published
-/// a block at a time; the same bits
+/// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
+///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
+///                   from the last) are published a block at a time; the same bits
 template <class Scalar>
 void backward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
               ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
-              const Packed<Scalar>& packed = Packed<Scalar>(),
-              const Handoffs& handoffs = Handoffs());
+              const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): W_x for the input projection,
 /// W_h for a step's product, both in gate blocks, and W_hᵀ for BPTT's. Reads W_x and W_h (not the biases).

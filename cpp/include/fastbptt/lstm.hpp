@@ -126,15 +126,14 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 ///                   the whole sequence
 /// Allocates scratch of one block of steps ([block*B, G*H (+ P)] and [block*B, P]) and a few [B, H] matrices per
 /// call, none inside the time loop; memory beyond the outputs does not grow with T.
-/// handoffs in optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs it reads,
-/// written as this call runs by the layer above (as its dx), and dx's steps (counted from the last) are published
-/// a block at a time; the same bits
+/// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
+///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
+///                   from the last) are published a block at a time; the same bits
 template <class Scalar>
 void backward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
               ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
-              const Packed<Scalar>& packed = Packed<Scalar>(),
-              const Handoffs& handoffs = Handoffs());
+              const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): [W_x; W_h] for a step's
 /// product and W_hᵀ for BPTT's, and W_hr and W_hrᵀ with a projection. Reads W_x, W_h, W_hr (b is not packed).

@@ -98,15 +98,14 @@ void forward_inference(const Shape& shape, Activation activation, const Inputs<S
 /// gradients    out  dx, dh0, dW_xh, dW_hh, db_h (see Gradients)
 /// options      in   accumulate, dh_norms, need_dx, need_weight_gradients (see BackwardOptions and lstm::backward)
 /// Allocates scratch of one block of steps per call, none inside the time loop.
-/// handoffs in optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs it reads,
-/// written as this call runs by the layer above (as its dx), and dx's steps (counted from the last) are published
-/// a block at a time; the same bits
+/// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
+///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
+///                   from the last) are published a block at a time; the same bits
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
               ConstLengthsRef lengths = IndexVector(), const BackwardOptions<Scalar>& options = {},
-              const Packed<Scalar>& packed = Packed<Scalar>(),
-              const Handoffs& handoffs = Handoffs());
+              const Packed<Scalar>& packed = Packed<Scalar>(), const Handoffs& handoffs = Handoffs());
 
 /// The weights packed for `forward`, `forward_inference` and `backward` (see Packed): [W_xh; W_hh] for a step's
 /// product and W_hhᵀ for BPTT's. Reads W_xh and W_hh (b_h is not packed).
