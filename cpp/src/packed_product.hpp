@@ -114,12 +114,14 @@ class PackedWeights {
   /// Runs on call_threads() threads when the product is large enough to repay starting them; the threads split C
   /// into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const LeftOperand<Scalar>& a, StridedRows<Scalar> C, Store store) const {
-    const Index panel_pairs = (panels_ + 1) / 2;  // the last "pair" is a single panel when panels_ is odd
-    const Index tasks = (a.rows + row_block - 1) / row_block * panel_pairs;
+    // tasks of a row block times one tile of panels (the last one narrower when tile_panels does not divide)
+    const Index panel_tiles = (panels_ + tile_panels - 1) / tile_panels;
+    const Index tasks = (a.rows + row_block - 1) / row_block * panel_tiles;
     const Rows layout = rows_of(a, C);
     const auto task = [&](Index i) {
-      const Index r0 = i / panel_pairs * row_block, r1 = std::min(a.rows, r0 + row_block), p = i % panel_pairs * 2;
-      sweep_panels(layout, r0, r1, p, std::min(panels_, p + 2), store);
+      const Index r0 = i / panel_tiles * row_block, r1 = std::min(a.rows, r0 + row_block);
+      const Index p = i % panel_tiles * tile_panels;
+      sweep_panels(layout, r0, r1, p, std::min(panels_, p + tile_panels), store);
     };
 #if defined(_OPENMP)
     const int threads = call_threads();
@@ -146,6 +148,11 @@ class PackedWeights {
 
  private:
   static constexpr Index row_block = 64;  // A's rows of one block stay in cache while every panel passes over them
+  // The register tile: up to tile_rows x tile_panels accumulators. A core with two FMA units of four cycles'
+  // latency needs eight independent chains in flight to stay busy, and more to ride out a late load; the tile also
+  // holds a packet of each panel and a broadcast of A, 16 registers in all, which AVX2 and SSE2 have. The tile does
+  // not change the bits: each element is its own chain, in k order.
+  static constexpr int tile_rows = 4, tile_panels = 3;
 
   PackedWeights(Index K, Index N, Index groups)
       : K_(K),
@@ -185,37 +192,45 @@ class PackedWeights {
     return Rows{a.first.data, a.first.stride, C.data, C.stride, a.row_index, a.second.data, a.second.stride};
   }
 
-  /// Rows r0 .. r1-1 times panels p0 .. p1-1, two panels at a time.
+  /// Rows r0 .. r1-1 times panels p0 .. p1-1, in tiles of as equal a width as tile_panels allows (4 panels go as
+  /// 2 + 2, not 3 + 1: a narrow tile has too few chains to keep the FMA units busy).
   void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, Store store) const {
     const bool accumulate = store == Store::add;
-    for (Index p = p0; p < p1; p += 2) {
-      if (p + 2 <= p1) {
-        sweep_rows<2>(rows, r0, r1, p, accumulate);
-      } else {
-        sweep_rows<1>(rows, r0, r1, p, accumulate);
-      }
+    const Index tiles = (p1 - p0 + tile_panels - 1) / tile_panels;
+    for (Index i = 0, p = p0; i < tiles; ++i) {
+      const Index width = (p1 - p0) / tiles + (i < (p1 - p0) % tiles);
+      with_count<tile_panels>(width, [&](auto panels) {
+        sweep_rows<decltype(panels)::value>(rows, r0, r1, p, accumulate);
+      });
+      p += width;
     }
   }
 
   template <int Panels>
   void sweep_rows(const Rows& rows, Index r0, Index r1, Index p, bool accumulate) const {
-    for (Index r = r0; r < r1; r += 4) {
-      const Scalar* a[4];
-      const Scalar* a2[4];
-      Scalar* c[4];
-      const Index n = std::min<Index>(4, r1 - r);
+    for (Index r = r0; r < r1; r += tile_rows) {
+      const Scalar* a[tile_rows];
+      const Scalar* a2[tile_rows];
+      Scalar* c[tile_rows];
+      const Index n = std::min<Index>(tile_rows, r1 - r);
       for (Index i = 0; i < n; ++i) {
         a[i] = rows.A + rows.at(r + i) * rows.lda;
         a2[i] = rows.A2 + rows.at(r + i) * rows.lda2;
         c[i] = rows.C + rows.at(r + i) * rows.ldc;
       }
-      switch (n) {
-        case 4: kernel<4, Panels>(a, a2, c, p, accumulate); break;
-        case 3: kernel<3, Panels>(a, a2, c, p, accumulate); break;
-        case 2: kernel<2, Panels>(a, a2, c, p, accumulate); break;
-        default: kernel<1, Panels>(a, a2, c, p, accumulate); break;
-      }
+      with_count<tile_rows>(n, [&](auto count) {
+        kernel<decltype(count)::value, Panels>(a, a2, c, p, accumulate);
+      });
     }
+  }
+
+  /// f(std::integral_constant<int, n>{}) for 1 <= n <= Max: a count known at run time as a template argument.
+  template <int Max, class F>
+  static EIGEN_ALWAYS_INLINE void with_count(Index n, F&& f) {
+    if constexpr (Max > 1) {
+      if (n < Max) return with_count<Max - 1>(n, f);
+    }
+    f(std::integral_constant<int, Max>{});
   }
 
   /// Rows x (Panels * lanes) block of C from Rows rows of A (the first split_ values of a row from a_rows, the rest
