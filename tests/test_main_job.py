@@ -73,6 +73,20 @@ def test_bench_of_the_step_cells_smoke():
         assert all(row["fastbptt_ms"] > 0 and row["floor_ms"] > 0 for row in steps)
 
 
+def test_bench_against_torch_nn_smoke(monkeypatch):
+    """The --torch comparison runs (one cell and shape here) and reports its row with the autograd floor."""
+    pytest.importorskip("torch")
+    from fastbptt.cli import bench
+
+    monkeypatch.setattr(bench, "TORCH_CELLS", ("lstm",))
+    monkeypatch.setattr(bench, "TORCH_SHAPES", ("S",))
+    out = io.StringIO()
+    row, *error_inputs = bench.run_torch_comparison([1], repeats=1, out=out)
+    assert row["dropin_train_ms"] > 0 and row["floor_train_ms"] > 0 and row["kernels_train_ms"] > 0
+    assert row["overhead_beyond_floor_percent"] < row["overhead_percent"]
+    assert "| lstm | 1 | S |" in out.getvalue()
+
+
 def test_bench_header_names_the_cpus_vector_extension():
     from fastbptt.cli.bench import cpu_description
 

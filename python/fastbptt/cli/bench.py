@@ -364,6 +364,8 @@ TORCH_COLUMNS = [
     ("no_grad torch/fb", "no_grad_ratio", 2),
     ("kernels train ms", "kernels_train_ms", 2),
     ("module overhead %", "overhead_percent", 0),
+    ("autograd floor ms", "floor_train_ms", 2),
+    ("overhead beyond floor %", "overhead_beyond_floor_percent", 0),
 ]
 
 
@@ -515,9 +517,18 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
                 for name in TORCH_SHAPES:
                     p = problem(cell, SHAPES[name], np.float32)
                     dropin, theirs = module_classes(torch, fbt, cell)
+                    dropin_train, dropin_module, x = torch_runner(torch, dropin, cell, p)
+                    empty = empty_sequence_module(torch, dropin_module)
+
+                    def floor_train(empty=empty, x=x):
+                        for tensor in (x, *empty.parameters()):
+                            tensor.grad = None
+                        empty(x)[0].sum().backward()
+
                     runs = {
                         "torch_train": torch_runner(torch, theirs, cell, p)[0],
-                        "dropin_train": torch_runner(torch, dropin, cell, p)[0],
+                        "dropin_train": dropin_train,
+                        "floor_train": floor_train,
                         "torch_no_grad": torch_runner(torch, theirs, cell, p, backward=False, no_grad=True)[0],
                         "dropin_no_grad": torch_runner(torch, dropin, cell, p, backward=False, no_grad=True)[0],
                         "kernels_train": numpy_runner(fast, cell, p),
@@ -528,6 +539,8 @@ def run_torch_comparison(threads_list, repeats: int, out=sys.stdout) -> list:
                     row["train_ratio"] = row["torch_train_ms"] / row["dropin_train_ms"]
                     row["no_grad_ratio"] = row["torch_no_grad_ms"] / row["dropin_no_grad_ms"]
                     row["overhead_percent"] = 100 * (row["dropin_train_ms"] / row["kernels_train_ms"] - 1)
+                    beyond = row["dropin_train_ms"] - row["floor_train_ms"]
+                    row["overhead_beyond_floor_percent"] = 100 * (beyond / row["kernels_train_ms"] - 1)
                     rows.append(row)
                     values = [cell, str(threads), name, *measured(row, TORCH_COLUMNS)]
                     print_row(values, out)
@@ -564,6 +577,36 @@ def step_loop_runner(torch, cell_module, B: int, H: int):
         loss.backward()
 
     return run
+
+
+def empty_sequence_module(torch, module):
+    """A module that computes nothing in place of ``module``: one torch.autograd.Function over the input and
+    ``module``'s parameters whose forward returns fresh tensors of the outputs' shapes and whose backward returns
+    zeros. A training step through it (forward, ``output.sum().backward()``) costs what any module written as a
+    Python autograd.Function pays besides its arithmetic: the floor of fastbptt.torch's overhead over its kernels."""
+
+    class EmptySequence(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *parameters):
+            ctx.save_for_backward(x, *parameters)
+            output = x.new_empty((*x.shape[:2], module.num_directions * module.hidden_size))
+            final = x.new_empty((module.num_layers * module.num_directions, x.shape[1], module.hidden_size))
+            return output, final, torch.empty_like(final)
+
+        @staticmethod
+        def backward(ctx, d_output, *d_finals):
+            return tuple(torch.zeros_like(saved) for saved in ctx.saved_tensors)
+
+    class Empty(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module  # its parameters: the same count of gradients to accumulate
+
+        def forward(self, x):
+            output, *finals = EmptySequence.apply(x, *self.inner.parameters())
+            return output, tuple(finals)
+
+    return Empty()
 
 
 def empty_step_cell(torch, state_parts: int):
