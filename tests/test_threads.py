@@ -52,6 +52,18 @@ def test_bit_identical_run_to_run_and_close_across_counts(rng, restore_threads, 
 needs_openmp = pytest.mark.skipif("OpenMP" not in fb.build_info()["threading"], reason="this build has no OpenMP")
 
 
+@pytest.fixture
+def task_thread_counts(monkeypatch):
+    """The threads (call_threads()) each task of _core.run_concurrently got, in the order the tasks started."""
+    counts, real = [], _core.run_concurrently
+
+    def spy(tasks):
+        return real([lambda task=task: (counts.append(_core.call_threads()), task())[1] for task in tasks])
+
+    monkeypatch.setattr(_core, "run_concurrently", spy)
+    return counts
+
+
 @needs_openmp
 def test_tasks_run_side_by_side_on_one_thread_each(restore_threads):
     fb.set_num_threads(2)
@@ -62,14 +74,23 @@ def test_tasks_run_side_by_side_on_one_thread_each(restore_threads):
     assert _core.run_concurrently([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]  # in order
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_tasks_run_one_after_the_other_on_the_whole_team_unless_threads_match(threads, restore_threads):
-    """One thread: nothing to share. More threads than tasks: each task gets the whole team rather than a thread."""
-    if threads > 1 and "OpenMP" not in fb.build_info()["threading"]:
-        pytest.skip("this build has no OpenMP")
-    fb.set_num_threads(threads)
-    assert _core.run_concurrently([_core.call_threads, _core.call_threads]) == [threads, threads]
+def test_tasks_run_one_after_the_other_at_one_thread(restore_threads):
+    fb.set_num_threads(1)
+    assert _core.run_concurrently([_core.call_threads, _core.call_threads]) == [1, 1]
     assert _core.run_concurrently([threading.get_ident] * 2) == [threading.get_ident()] * 2
+
+
+@needs_openmp
+@pytest.mark.parametrize("threads", [3, 4])
+def test_tasks_share_the_threads_when_there_are_more_than_tasks(threads, restore_threads):
+    """Each task runs on a thread of its own, its calls on a team of its share of the threads (the first one more)."""
+    fb.set_num_threads(threads)
+    assert _core.run_concurrently([_core.call_threads, _core.call_threads]) == [threads - threads // 2, threads // 2]
+    assert len(set(_core.run_concurrently([threading.get_ident] * 2))) == 2
+    assert _core.call_threads() == threads  # the shares end with the tasks
+    # a share of two is a team of two nested in the tasks' team: two tasks inside a task run on two threads
+    inner = _core.run_concurrently([lambda: _core.run_concurrently([threading.get_ident] * 2)] * 2)
+    assert len(set(inner[0])) == 2
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -96,27 +117,14 @@ def test_the_first_failing_task_raises_after_every_task_ended(threads, restore_t
 
 @needs_openmp
 @pytest.mark.parametrize("cell", [fb.RNN, fb.LSTM, fb.GRU])
-def test_bidirectional_layer_runs_its_directions_side_by_side(cell, rng, restore_threads, monkeypatch):
+def test_bidirectional_layer_runs_its_directions_side_by_side(cell, rng, restore_threads, task_thread_counts):
     """At 2 threads each layer's two directions run as two tasks of one thread each, forward and backward, with the
     bits of one thread, the same run to run; the reference backend computes the directions one after the other."""
     T, B, D, H = 12, 64, 96, 160  # a step large enough that one direction alone would use both threads
     x = rng.standard_normal((T, B, D)).astype(np.float32)
     lengths = rng.integers(1, T + 1, B)
     doutputs = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
-    thread_counts = []
-
-    def spy(tasks):
-        def counted(task):
-            def call():
-                thread_counts.append(_core.call_threads())
-                return task()
-
-            return call
-
-        return real([counted(task) for task in tasks])
-
-    real = _core.run_concurrently
-    monkeypatch.setattr(_core, "run_concurrently", spy)
+    thread_counts = task_thread_counts
 
     def run():
         layer = cell(D, H, num_layers=2, bidirectional=True, seed=5, dtype=np.float32)
@@ -144,7 +152,7 @@ def test_bidirectional_layer_runs_its_directions_side_by_side(cell, rng, restore
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", [fb.RNN, fb.LSTM, fb.GRU])
 def test_stacked_layers_run_as_a_wavefront_with_the_bits_of_one_thread(
-    cell, dtype, inference, rng, restore_threads, monkeypatch
+    cell, dtype, inference, rng, restore_threads, task_thread_counts
 ):
     """At 2 threads the layers of a one-direction stack run side by side, one thread each: forward, each step handed
     to the layer above as it is written (three layers: the third waits on the second, which waits on the first),
@@ -153,13 +161,7 @@ def test_stacked_layers_run_as_a_wavefront_with_the_bits_of_one_thread(
     x = rng.standard_normal((T, B, D)).astype(dtype)
     lengths = np.array([23, 4, 17, 1, 22])
     doutputs = rng.standard_normal((T, B, H)).astype(dtype)
-    thread_counts = []
-    real = _core.run_concurrently
-
-    def spy(tasks):
-        return real([lambda task=task: (thread_counts.append(_core.call_threads()), task())[1] for task in tasks])
-
-    monkeypatch.setattr(_core, "run_concurrently", spy)
+    thread_counts = task_thread_counts
 
     def run():
         layer = cell(D, H, num_layers=layers, seed=5, dtype=dtype)
@@ -178,6 +180,38 @@ def test_stacked_layers_run_as_a_wavefront_with_the_bits_of_one_thread(
     assert thread_counts == [1] * layers * (1 if inference else 2)
     assert len(side_by_side) == len(single)
     for got, expected in zip(side_by_side, single):
+        assert got.tobytes() == expected.tobytes()
+
+
+@needs_openmp
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["wavefront", "directions"])
+@pytest.mark.parametrize("cell", [fb.RNN, fb.LSTM, fb.GRU])
+def test_with_more_threads_than_tasks_each_splits_its_units_with_the_bits_of_one_thread(
+    cell, bidirectional, rng, restore_threads, task_thread_counts
+):
+    """At 4 threads the two layers of a one-direction stack (a wavefront) or the two directions of a bidirectional
+    layer run side by side on two threads each, whose time loops split the units (nested teams): forward and
+    backward have the one-thread bits."""
+    T, B, D, H = 9, 32, 64, 128  # steps large enough for a team of two (run_team's minimum work)
+    directions = 2 if bidirectional else 1
+    x = rng.standard_normal((T, B, D)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    doutputs = rng.standard_normal((T, B, directions * H)).astype(np.float32)
+    thread_counts = task_thread_counts
+
+    def run():
+        layer = cell(D, H, num_layers=2, bidirectional=bidirectional, seed=5, dtype=np.float32)
+        outputs, final = layer.forward(x, lengths=lengths)
+        dx, _ = layer.backward(doutputs)
+        return [outputs, dx, *(final if isinstance(final, tuple) else [final]), *layer.grads.values()]
+
+    fb.set_num_threads(1)
+    single = run()
+    fb.set_num_threads(4)
+    thread_counts.clear()
+    nested = run()
+    assert thread_counts and all(count == 2 for count in thread_counts)
+    for got, expected in zip(nested, single):
         assert got.tobytes() == expected.tobytes()
 
 

@@ -2,8 +2,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <exception>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "fastbptt/threads.hpp"
 
@@ -12,12 +17,13 @@ namespace py = pybind11;
 namespace fastbptt::bindings {
 namespace {
 
-/// Calls every task and returns their results in order. With as many threads as tasks (or more tasks than
-/// threads), each thread of one OpenMP team takes whole tasks, and the core's calls inside a task run on their
-/// thread alone (call_threads() == 1): two calls of one thread each, side by side, keep both cores busy where one
-/// call of two threads would wait at every step. With more threads than tasks, the tasks run one after the other on
-/// the whole team instead, so that no core idles. A task holds the GIL except inside the core's calls, which
-/// release it. The first task (in order) that raised has its exception raised here, after every task has ended.
+/// Calls every task and returns their results in order. With two threads or more, each thread of one OpenMP team
+/// takes whole tasks: with no more threads than tasks, the core's calls inside a task run on their thread alone
+/// (call_threads() == 1), so that two calls of one thread each keep both cores busy where one call of two threads
+/// would wait at every step; with more threads than tasks, each task gets a share of them (the first ones one
+/// more) for its calls' teams, nested in this one (TaskThreads). A task holds the GIL except inside the core's
+/// calls, which release it. The first task (in order) that raised has its exception raised here, after every task
+/// has ended.
 py::list run_concurrently(const std::vector<py::function>& tasks) {
   const int count = static_cast<int>(tasks.size());
   std::vector<py::object> results(tasks.size());
@@ -30,17 +36,23 @@ py::list run_concurrently(const std::vector<py::function>& tasks) {
     }
   };
   const int threads = call_threads();
-  if (count < 2 || threads < 2 || threads > count) {
+  if (count < 2 || threads < 2) {
     for (int i = 0; i < count; ++i) run(i);
   } else {
     py::gil_scoped_release release;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static, 1) num_threads(threads)
+    const int levels = omp_get_max_active_levels();  // nested teams need one active level more than this one
+    if (threads > count) omp_set_max_active_levels(std::max(levels, omp_get_active_level() + 2));
+#pragma omp parallel for schedule(static, 1) num_threads(std::min(threads, count))
 #endif
     for (int i = 0; i < count; ++i) {
+      const TaskThreads share(threads > count ? threads / count + (i < threads % count) : 1);
       py::gil_scoped_acquire acquire;
       run(i);
     }
+#if defined(_OPENMP)
+    omp_set_max_active_levels(levels);
+#endif
   }
   for (const auto& error : errors) {
     if (error) std::rethrow_exception(error);
@@ -54,8 +66,8 @@ py::list run_concurrently(const std::vector<py::function>& tasks) {
 
 void bind_tasks(py::module_& m) {
   m.def("run_concurrently", &run_concurrently, py::arg("tasks"),
-        "Calls every zero-argument callable, side by side when the core has 2..len(tasks) threads, each on one "
-        "thread; returns their results in order.");
+        "Calls every zero-argument callable, side by side when the core has 2 threads or more, each on one "
+        "thread or, with more threads than tasks, on a share of them; returns their results in order.");
 }
 
 }  // namespace fastbptt::bindings

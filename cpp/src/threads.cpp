@@ -32,13 +32,24 @@ void reset_num_threads() {
 
 int get_num_threads() { return Eigen::nbThreads(); }
 
+namespace {
+thread_local int task_threads = 1;  // see TaskThreads
+}  // namespace
+
 int call_threads() {
 #if defined(_OPENMP)
-  // The test Eigen's products make (omp_get_num_threads() > 1): the kernels' own teams and Eigen's must agree, or
-  // a call inside a team would run its products on one thread and its time loop on a nested team.
-  if (omp_get_num_threads() > 1) return 1;
+  // The test Eigen's products make (omp_get_num_threads() > 1): inside a team a call runs on its thread alone,
+  // unless it is a task given a share of the threads (TaskThreads).
+  if (omp_get_num_threads() > 1) return task_threads;
 #endif
   return Eigen::nbThreads();
 }
+
+TaskThreads::TaskThreads(int n) : saved_(task_threads) {
+  if (n < 1) throw std::invalid_argument("n: the number of threads must be >= 1, got " + std::to_string(n));
+  task_threads = n;
+}
+
+TaskThreads::~TaskThreads() { task_threads = saved_; }
 
 }  // namespace fastbptt

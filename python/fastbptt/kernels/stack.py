@@ -9,7 +9,9 @@ arrays, with ``params``, states and gradients in whatever form the caller's cell
 
 With the compiled core, the two directions of a layer run side by side at two threads, one thread each
 (:func:`fastbptt._core.run_concurrently`): a one-thread time loop never waits for another thread, where one
-direction on two threads waits at every step, and the results are the one-thread bits.
+direction on two threads waits at every step, and the results are the one-thread bits. With more threads than
+tasks, each task's time loops split its units on a team of its share of the threads (the bits stay those of one
+thread).
 
 The layers of a one-direction stack run so too, as a wavefront: forward (training or inference) each layer on a
 thread of its own computes step t while the layer above computes step t-1 from the output it has just written,
