@@ -81,7 +81,7 @@ def test_bench_against_torch_nn_smoke(monkeypatch):
     monkeypatch.setattr(bench, "TORCH_CELLS", ("lstm",))
     monkeypatch.setattr(bench, "TORCH_SHAPES", ("S",))
     out = io.StringIO()
-    row, *error_inputs = bench.run_torch_comparison([1], repeats=1, out=out)
+    row, *_ = bench.run_torch_comparison([1], repeats=1, out=out)
     assert row["dropin_train_ms"] > 0 and row["floor_train_ms"] > 0 and row["kernels_train_ms"] > 0
     assert row["overhead_beyond_floor_percent"] < row["overhead_percent"]
     assert "| lstm | 1 | S |" in out.getvalue()

@@ -582,8 +582,9 @@ def step_loop_runner(torch, cell_module, B: int, H: int):
 def empty_sequence_module(torch, module):
     """A module that computes nothing in place of ``module``: one torch.autograd.Function over the input and
     ``module``'s parameters whose forward returns fresh tensors of the outputs' shapes and whose backward returns
-    zeros. A training step through it (forward, ``output.sum().backward()``) costs what any module written as a
-    Python autograd.Function pays besides its arithmetic: the floor of fastbptt.torch's overhead over its kernels."""
+    fresh ones of the gradients' (left unwritten: writing them is the kernels' work). A training step through it
+    (forward, ``output.sum().backward()``) costs what any module written as a Python autograd.Function pays besides
+    its arithmetic: the floor of fastbptt.torch's overhead over its kernels."""
 
     class EmptySequence(torch.autograd.Function):
         @staticmethod
@@ -595,7 +596,7 @@ def empty_sequence_module(torch, module):
 
         @staticmethod
         def backward(ctx, d_output, *d_finals):
-            return tuple(torch.zeros_like(saved) for saved in ctx.saved_tensors)
+            return tuple(torch.empty_like(saved) for saved in ctx.saved_tensors)
 
     class Empty(torch.nn.Module):
         def __init__(self):
