@@ -65,6 +65,30 @@ def task_thread_counts(monkeypatch):
 
 
 @needs_openmp
+@pytest.mark.parametrize("projection", [False, True], ids=["plain", "projection"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_training_forward_has_the_one_thread_bits_at_two_threads(rng, restore_threads, dtype, projection):
+    """At two threads the LSTM's training forward splits each step's units across the team: the outputs and every
+    cached gate keep the one-thread bits (the time loops' results do not depend on the thread count)."""
+    T, B, D, H, P = 7, 32, 48, 64, 40
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    W_x = (rng.standard_normal((D, 4 * H)) * 0.2).astype(dtype)
+    W_h = (rng.standard_normal((P if projection else H, 4 * H)) * 0.2).astype(dtype)
+    b = rng.standard_normal(4 * H).astype(dtype)
+    W_hr = (rng.standard_normal((H, P)) * 0.2).astype(dtype) if projection else None
+
+    def run():
+        hs, c_T, cache = fb.lstm_forward(x, W_x, W_h, b, W_hr=W_hr)
+        return [hs, c_T, cache.gates, cache.cs]
+
+    fb.set_num_threads(1)
+    single = run()
+    fb.set_num_threads(2)
+    for got, expected in zip(run(), single):
+        assert got.tobytes() == expected.tobytes()
+
+
+@needs_openmp
 def test_tasks_run_side_by_side_on_one_thread_each(restore_threads):
     fb.set_num_threads(2)
     assert _core.call_threads() == 2
