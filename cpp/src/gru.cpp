@@ -99,8 +99,8 @@ struct ForwardCell {
 template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = true;
-  detail::MatrixMap<const Scalar> x, W_x, h0, gates, hn, hs;
-  detail::MatrixMap<Scalar> dx, dW_x, dW_h;
+  detail::MatrixMap<const Scalar> x, h0, gates, hn, hs;
+  detail::MatrixMap<Scalar> dW_x, dW_h;
   detail::VectorMap<Scalar> db, db_hn;
   const Shape& s;
   RowMatrix<Scalar> direct;  // [B, H] dh z of the step
@@ -159,11 +159,10 @@ struct BackwardCell {
     detail::add_column_sums<Scalar>(dz_block.middleCols(2 * H, H), db_hn);
   }
 
-  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
-    const Index H = s.H;
-    auto dx_block = dx.middleRows(t0 * s.B, rows);
-    dx_block.noalias() = dz_block.leftCols(2 * H) * W_x.leftCols(2 * H).transpose();
-    dx_block.noalias() += dz_block.rightCols(H) * W_x.rightCols(H).transpose();
+  /// [dz_r, dz_z] and dz_n, which multiply W_xᵀ packed in two parts, its first 2H rows and its last H.
+  detail::LeftOperand<Scalar> input_gradient_rows(detail::LeftOperand<Scalar> dz) const {
+    dz.second = {dz.first.data + 3 * s.H, dz.first.stride};
+    return dz;
   }
 };
 
@@ -184,6 +183,14 @@ struct StepWeights {
         })) {}
 };
 
+/// W_xᵀ [3H, D] for dx, in two parts that dZ's rows multiply apart: the rows of r and z, then those of n.
+template <class Scalar>
+detail::PackedWeights<Scalar> input_weights_transposed(const Weights<Scalar>& w) {
+  const RowMatrix<Scalar> W_x_transposed = w.W_x.map().transpose();
+  const Index H = W_x_transposed.rows() / gate_count;
+  return detail::PackedWeights<Scalar>(W_x_transposed.topRows(2 * H), W_x_transposed.bottomRows(H), 1);
+}
+
 }  // namespace
 
 template <class Scalar>
@@ -195,6 +202,7 @@ Packed<Scalar> pack(const Weights<Scalar>& w) {
   parts->emplace_back(w.W_x.map(), detail::Orientation::as_given, gate_count);
   parts->emplace_back(w.W_h.map(), detail::Orientation::as_given, gate_count);
   parts->emplace_back(w.W_h.map(), detail::Orientation::transposed);
+  parts->push_back(input_weights_transposed(w));
   return Packed<Scalar>(std::move(parts));
 }
 
@@ -253,16 +261,17 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
     detail::check_shape("db_hn", grad.db_hn, 1, H);
   }
   const detail::ActiveRows active(s, lengths);
-  BackwardCell<Scalar> cell{in.x.map(),      w.W_x.map(),      in.h0.map(),    cache.gates.map(),
-                            cache.hn.map(),  cache.hs.map(),   grad.dx.map(),  grad.dW_x.map(),
-                            grad.dW_h.map(), grad.db.map(),    grad.db_hn.map(), s,
-                            RowMatrix<Scalar>(B, H)};
-  std::optional<detail::PackedWeights<Scalar>> own;
+  BackwardCell<Scalar> cell{in.x.map(),      in.h0.map(),     cache.gates.map(), cache.hn.map(),
+                            cache.hs.map(),  grad.dW_x.map(), grad.dW_h.map(),   grad.db.map(),
+                            grad.db_hn.map(), s,              RowMatrix<Scalar>(B, H)};
+  std::optional<detail::PackedWeights<Scalar>> own_W_h, own_W_x;
   const detail::PackedWeights<Scalar>& W_h_transposed = detail::kept_or_packed(
-      kept, 2, GH, H, 1, GH, own,
+      kept, 2, GH, H, 1, GH, own_W_h,
       [&] { return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed); });
+  const auto input = detail::input_gradient(options, grad.dx.map(), kept, 3, GH, s.D, 2 * H, own_W_x,
+                                            [&] { return input_weights_transposed(w); });
   detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                     grad.dh0.map(), options, cell, handoffs);
+                                     grad.dh0.map(), input, options, cell, handoffs);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                             \

@@ -169,9 +169,9 @@ template <class Scalar>
 struct BackwardCell {
   static constexpr bool direct_term = false;
   static constexpr bool whole_rows = true;
-  detail::MatrixMap<const Scalar> x, W_x, c0, gates, x_hat, h_hat, cs, c_hat, inv_std;
+  detail::MatrixMap<const Scalar> x, c0, gates, x_hat, h_hat, cs, c_hat, inv_std;
   detail::VectorMap<const Scalar> gamma_ih, gamma_hh, gamma_c, beta_c;
-  detail::MatrixMap<Scalar> dc, dx, dW_x, dW_h;
+  detail::MatrixMap<Scalar> dc, dW_x, dW_h;
   detail::VectorMap<Scalar> db, dgamma_ih, dgamma_hh, dgamma_c, dbeta_c;
   const Shape& s;
   bool weight_gradients;
@@ -251,8 +251,10 @@ struct BackwardCell {
     dW_h.noalias() += h_prev.transpose() * dz_block.leftCols(GH);
   }
 
-  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
-    dx.middleRows(t0 * s.B, rows).noalias() = dz_block.rightCols(gate_count * s.H) * W_x.transpose();
+  /// The input products' gradient, the second half of a row of dZ.
+  detail::LeftOperand<Scalar> input_gradient_rows(detail::LeftOperand<Scalar> dz) const {
+    dz.first.data += gate_count * s.H;
+    return dz;
   }
 };
 
@@ -338,15 +340,20 @@ void backward(const Shape& s, const Inputs<Scalar>& in, const Weights<Scalar>& w
   const detail::ActiveRows active(s, lengths);
   grad.dc0.map() = up.dc_T.map();  // carries dL/dC_t backwards, as in lstm::backward
   const detail::PackedWeights<Scalar> W_h_transposed(w.W_h.map(), detail::Orientation::transposed);
-  BackwardCell<Scalar> cell{in.x.map(),          w.W_x.map(),         in.c0.map(),          cache.gates.map(),
-                            cache.x_hat.map(),   cache.h_hat.map(),   cache.cs.map(),       cache.c_hat.map(),
-                            cache.inv_std.map(), w.gamma_ih.map(),    w.gamma_hh.map(),     w.gamma_c.map(),
-                            w.beta_c.map(),      grad.dc0.map(),      grad.dx.map(),        grad.dW_x.map(),
-                            grad.dW_h.map(),     grad.db.map(),       grad.dgamma_ih.map(), grad.dgamma_hh.map(),
-                            grad.dgamma_c.map(), grad.dbeta_c.map(),  s,
-                            options.need_weight_gradients,               RowVector<Scalar>(GH), RowVector<Scalar>(H)};
+  std::optional<detail::PackedWeights<Scalar>> W_x_transposed;
+  const Packed<Scalar> nothing_kept;
+  const auto input = detail::input_gradient(options, grad.dx.map(), nothing_kept, 0, GH, s.D, GH, W_x_transposed, [&] {
+    return detail::PackedWeights<Scalar>(w.W_x.map(), detail::Orientation::transposed);
+  });
+  BackwardCell<Scalar> cell{in.x.map(),          in.c0.map(),         cache.gates.map(),    cache.x_hat.map(),
+                            cache.h_hat.map(),   cache.cs.map(),      cache.c_hat.map(),    cache.inv_std.map(),
+                            w.gamma_ih.map(),    w.gamma_hh.map(),    w.gamma_c.map(),      w.beta_c.map(),
+                            grad.dc0.map(),      grad.dW_x.map(),     grad.dW_h.map(),      grad.db.map(),
+                            grad.dgamma_ih.map(), grad.dgamma_hh.map(), grad.dgamma_c.map(), grad.dbeta_c.map(),
+                            s,                   options.need_weight_gradients, RowVector<Scalar>(GH),
+                            RowVector<Scalar>(H)};
   detail::backward_time_loop<Scalar>(s, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                     grad.dh0.map(), options, cell);
+                                     grad.dh0.map(), input, options, cell);
 }
 
 #define FASTBPTT_INSTANTIATE(Scalar)                                                                              \

@@ -123,8 +123,8 @@ struct BackwardCell {
   static constexpr bool direct_term = false;
   static constexpr bool projects = projection;
   bool forget_gate;
-  detail::MatrixMap<const Scalar> x, W_x, c0, gates, cs;
-  detail::MatrixMap<Scalar> dc, dx, dW_x, dW_h, dW_hr;
+  detail::MatrixMap<const Scalar> x, c0, gates, cs;
+  detail::MatrixMap<Scalar> dc, dW_x, dW_h, dW_hr;
   detail::VectorMap<Scalar> db;
   const Shape& s;
   const Sizes& z;
@@ -208,13 +208,8 @@ struct BackwardCell {
     }
   }
 
-  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
-    if constexpr (projection) {
-      dx.middleRows(t0 * s.B, rows).noalias() = dz_block.leftCols(z.GH) * W_x.transpose();
-    } else {
-      dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_x.transpose();
-    }
-  }
+  /// The gates' columns, dZ's first (W_xᵀ's depth: a projection's columns after them are not read).
+  detail::LeftOperand<Scalar> input_gradient_rows(const detail::LeftOperand<Scalar>& dz) const { return dz; }
 };
 
 /// The forward time loop of both forwards (see ForwardCell for what `gates` and `cs` hold in each).
@@ -232,7 +227,7 @@ void run_forward(const Shape& s, const Sizes& z, bool forget_gate, const Inputs<
   });
   const GateColumns col(forget_gate, s.H);
   if (z.projection) {
-    const detail::PackedWeights<Scalar>& packed_W_hr = detail::kept_or_packed(kept, 2, s.H, z.P, 1, s.H, own_W_hr, [&] {
+    const detail::PackedWeights<Scalar>& packed_W_hr = detail::kept_or_packed(kept, 3, s.H, z.P, 1, s.H, own_W_hr, [&] {
       return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::as_given);
     });
     RowMatrix<Scalar> outputs(s.B, s.H);
@@ -265,6 +260,7 @@ Packed<Scalar> pack(bool forget_gate, const Weights<Scalar>& w) {
   auto parts = std::make_shared<typename Packed<Scalar>::Parts>();
   parts->emplace_back(w.W_x.map(), w.W_h.map(), G);
   parts->emplace_back(w.W_h.map(), detail::Orientation::transposed);
+  parts->emplace_back(w.W_x.map(), detail::Orientation::transposed);
   if (projection) {
     parts->emplace_back(w.W_hr.map(), detail::Orientation::as_given);
     parts->emplace_back(w.W_hr.map(), detail::Orientation::transposed);
@@ -330,31 +326,34 @@ void backward(const Shape& s, bool forget_gate, const Inputs<Scalar>& in, const 
   // dc0 carries dL/dC_t backwards through the loop and holds dL/dC_0 at its end. A sequence shorter than T
   // keeps dc_T there, untouched, until the loop reaches its last step.
   grad.dc0.map() = up.dc_T.map();
-  std::optional<detail::PackedWeights<Scalar>> own_W_h, own_W_hr;
+  std::optional<detail::PackedWeights<Scalar>> own_W_h, own_W_x, own_W_hr;
   const detail::PackedWeights<Scalar>& W_h_transposed =
       detail::kept_or_packed(kept, 1, z.GH, z.P, 1, z.GH, own_W_h, [&] {
         return detail::PackedWeights<Scalar>(w.W_h.map(), detail::Orientation::transposed);
       });
+  const auto input = detail::input_gradient(options, grad.dx.map(), kept, 2, z.GH, s.D, z.GH, own_W_x, [&] {
+    return detail::PackedWeights<Scalar>(w.W_x.map(), detail::Orientation::transposed);
+  });
   const GateColumns col(forget_gate, H);
   const auto run = [&](auto& cell) {
     detail::backward_time_loop<Scalar>(z.state, active, W_h_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                       grad.dh0.map(), options, cell, handoffs);
+                                       grad.dh0.map(), input, options, cell, handoffs);
   };
   if (z.projection) {
     const detail::PackedWeights<Scalar>& W_hr_transposed =
-        detail::kept_or_packed(kept, 3, z.P, H, 1, z.P, own_W_hr, [&] {
+        detail::kept_or_packed(kept, 4, z.P, H, 1, z.P, own_W_hr, [&] {
           return detail::PackedWeights<Scalar>(w.W_hr.map(), detail::Orientation::transposed);
         });
-    BackwardCell<Scalar, true> cell{forget_gate,     in.x.map(),     w.W_x.map(),      in.c0.map(),
-                                    cache.gates.map(), cache.cs.map(), grad.dc0.map(),  grad.dx.map(),
-                                    grad.dW_x.map(), grad.dW_h.map(), grad.dW_hr.map(), grad.db.map(),
+    BackwardCell<Scalar, true> cell{forget_gate,     in.x.map(),       in.c0.map(),      cache.gates.map(),
+                                    cache.cs.map(),  grad.dc0.map(),   grad.dW_x.map(),  grad.dW_h.map(),
+                                    grad.dW_hr.map(), grad.db.map(),
                                     s,               z,              col,              &W_hr_transposed,
                                     active,          RowMatrix<Scalar>(B, H), RowMatrix<Scalar>()};
     run(cell);
   } else {
-    BackwardCell<Scalar, false> cell{forget_gate,     in.x.map(),     w.W_x.map(),      in.c0.map(),
-                                     cache.gates.map(), cache.cs.map(), grad.dc0.map(),  grad.dx.map(),
-                                     grad.dW_x.map(), grad.dW_h.map(), grad.dW_hr.map(), grad.db.map(),
+    BackwardCell<Scalar, false> cell{forget_gate,     in.x.map(),       in.c0.map(),      cache.gates.map(),
+                                     cache.cs.map(),  grad.dc0.map(),   grad.dW_x.map(),  grad.dW_h.map(),
+                                     grad.dW_hr.map(), grad.db.map(),
                                      s,               z,              col,              nullptr,
                                      active,          RowMatrix<Scalar>(), RowMatrix<Scalar>()};
     run(cell);

@@ -52,8 +52,8 @@ struct ForwardCell {
 template <class Scalar, class Phi>
 struct BackwardCell {
   static constexpr bool direct_term = false;
-  detail::MatrixMap<const Scalar> x, W_xh, hs;
-  detail::MatrixMap<Scalar> dx, dW_xh, dW_hh;
+  detail::MatrixMap<const Scalar> x, hs;
+  detail::MatrixMap<Scalar> dW_xh, dW_hh;
   detail::VectorMap<Scalar> db_h;
   const Shape& s;
 
@@ -81,9 +81,7 @@ struct BackwardCell {
     detail::add_column_sums<Scalar>(dz_block, db_h);
   }
 
-  void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dz_block) {
-    dx.middleRows(t0 * s.B, rows).noalias() = dz_block * W_xh.transpose();
-  }
+  detail::LeftOperand<Scalar> input_gradient_rows(const detail::LeftOperand<Scalar>& dz) const { return dz; }
 };
 
 /// The time loop of both forwards: hs, which the RNN's step writes in place, is all it keeps either way.
@@ -114,6 +112,7 @@ Packed<Scalar> pack(const Weights<Scalar>& w) {
   auto parts = std::make_shared<typename Packed<Scalar>::Parts>();
   parts->emplace_back(w.W_xh.map(), w.W_hh.map(), 1);
   parts->emplace_back(w.W_hh.map(), detail::Orientation::transposed);
+  parts->emplace_back(w.W_xh.map(), detail::Orientation::transposed);
   return Packed<Scalar>(std::move(parts));
 }
 
@@ -153,15 +152,18 @@ void backward(const Shape& s, Activation activation, const Inputs<Scalar>& in, c
     detail::check_shape("db_h", grad.db_h, 1, s.H);
   }
   const detail::ActiveRows active(s, lengths);
-  std::optional<detail::PackedWeights<Scalar>> own;
+  std::optional<detail::PackedWeights<Scalar>> own_W_hh, own_W_xh;
   const detail::PackedWeights<Scalar>& W_hh_transposed = detail::kept_or_packed(
-      kept, 1, s.H, s.H, 1, s.H, own,
+      kept, 1, s.H, s.H, 1, s.H, own_W_hh,
       [&] { return detail::PackedWeights<Scalar>(w.W_hh.map(), detail::Orientation::transposed); });
+  const auto input = detail::input_gradient(options, grad.dx.map(), kept, 2, s.H, s.D, s.H, own_W_xh, [&] {
+    return detail::PackedWeights<Scalar>(w.W_xh.map(), detail::Orientation::transposed);
+  });
   detail::with_activation(activation, [&](auto phi) {
-    BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),      w.W_xh.map(),     cache.hs.map(), grad.dx.map(),
-                                             grad.dW_xh.map(), grad.dW_hh.map(), grad.db_h.map(), s};
+    BackwardCell<Scalar, decltype(phi)> cell{in.x.map(),       cache.hs.map(),   grad.dW_xh.map(),
+                                             grad.dW_hh.map(), grad.db_h.map(), s};
     detail::backward_time_loop<Scalar>(s, active, W_hh_transposed, in.h0.map(), cache.hs.map(), up.dhs.map(),
-                                       grad.dh0.map(), options, cell, handoffs);
+                                       grad.dh0.map(), input, options, cell, handoffs);
   });
 }
 

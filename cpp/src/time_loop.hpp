@@ -152,14 +152,33 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
   run_team(cell.step_weights(), s.B, steps, needs_whole_rows<Cell>::value);
 }
 
+/// Where backward_time_loop writes dx, and the input weights it multiplies (see there).
+template <class Scalar>
+struct InputGradient {
+  const PackedWeights<Scalar>* W_x_transposed = nullptr;  // W_x [D, columns] packed transposed
+  StridedRows<Scalar> dx;                                   // [T*B, D]
+};
+
+/// The InputGradient of a backward call whose dx is [T*B, D] and whose dZ rows multiply W_xᵀ [K, D] with their
+/// first `split` values and, when split < K, the rest from a second part (see LeftOperand): W_xᵀ is part `part` of
+/// `kept` or, when `kept` is empty, what `pack()` makes, held in `own`; nothing when options.need_dx is false.
+template <class Scalar, class DxMap, class Pack>
+InputGradient<Scalar> input_gradient(const BackwardOptions<Scalar>& options, DxMap&& dx, const Packed<Scalar>& kept,
+                                     std::size_t part, Index K, Index D, Index split,
+                                     std::optional<PackedWeights<Scalar>>& own, Pack&& pack) {
+  if (!options.need_dx) return {};
+  return {&kept_or_packed(kept, part, K, D, 1, split, own, pack), strided_rows(dx)};
+}
+
 /// Backpropagation through time over steps T-1 .. 0: dL/dh_t (dhs plus what flows back from step t+1) becomes a
-/// row of dZ, the gradient of the step's pre-activations, and dL/dh_{t-1} = dhs_{t-1} + dZ_t W_hᵀ (+ a direct term
-/// for cells whose state bypasses W_h); each block of steps then adds its whole-sequence products.
+/// row of dZ, the gradient of the step's pre-activations, dL/dh_{t-1} = dhs_{t-1} + dZ_t W_hᵀ (+ a direct term
+/// for cells whose state bypasses W_h) and dx_t = dZ_t W_xᵀ; each block of steps then adds its weight gradients.
 /// W_h_transposed                  in   the recurrent weights W_h [H, recurrent columns] packed transposed; dZ's
 ///                                       first columns multiply W_hᵀ
 /// h0, hs   [B, H], [T*B, H]        in   the states before each step come from them
 /// dhs      [T*B, H]                in   dL/dh_t from above
 /// dh0      [B, H]                  out  dL/dh_0
+/// input                            out  dx [T*B, D], with W_x packed transposed (when options.need_dx)
 /// options                          in   accumulate, dh_norms [T+1, B] (see BackwardOptions)
 /// The cell provides
 ///   Index dz_columns() const                                  columns of a row of dZ
@@ -170,8 +189,9 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 ///   void add_weight_gradients(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ,
 ///                             const Eigen::Ref<const RowMatrix<Scalar>>& h_prev)
 ///                                 the block's share of dW and db; dZ and h_prev hold the rows of steps t0 ..
-///   void write_dx(Index t0, Index rows, const Eigen::Ref<const RowMatrix<Scalar>>& dZ)
-///                                 the block's rows of dx
+///   LeftOperand<Scalar> input_gradient_rows(LeftOperand<Scalar> dz) const
+///                                 the left operand of dx's product from a step's rows of dZ: the columns that
+///                                 multiply W_xᵀ
 ///   static constexpr bool projects                            whether the state is a projection of the units'
 ///                                                             outputs (then the three below)
 ///   const PackedWeights<Scalar>& unit_weights() const         a product whose columns are the units: the team splits
@@ -180,16 +200,23 @@ void forward_time_loop(const Shape& s, const ActiveRows& active, ConstMatrixRef<
 ///   void before_pointwise(Index t, const UnitSlice&, const RowMatrix<Scalar>& dh_t)
 ///                                 dL/dh_t taken back through the projection, for the member's units and the rows
 ///                                 running at step t
-/// The options say which of write_dx and add_weight_gradients run (need_dx, need_weight_gradients).
+/// dx [T*B, D] = dZ's input columns W_xᵀ is computed a step at a time, in the team's step (`input`: W_x packed
+/// transposed and dx, unused unless options.need_dx): a lower layer running beside this one in a wavefront takes
+/// each step of it as soon as it is written, rather than after a block of steps. add_weight_gradients runs when
+/// options.need_weight_gradients.
 /// With handoffs (a wavefront of layers, backwards: steps counted from the last), a step waits for the rows of
-/// dhs it reads (the layer above writes them as its dx), and dx's steps are published a block at a time.
+/// dhs it reads (the layer above writes them as its dx), and dx's steps are published as they are complete.
 template <class Scalar, class Cell>
 void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWeights<Scalar>& W_h_transposed,
                         ConstMatrixRef<Scalar> h0, ConstMatrixRef<Scalar> hs, ConstMatrixRef<Scalar> dhs,
-                        MatrixRef<Scalar> dh0, const BackwardOptions<Scalar>& options, Cell& cell,
-                        const Handoffs& handoffs = Handoffs()) {
+                        MatrixRef<Scalar> dh0, const InputGradient<Scalar>& input,
+                        const BackwardOptions<Scalar>& options, Cell& cell, const Handoffs& handoffs = Handoffs()) {
   const Index B = s.B, dz_columns = cell.dz_columns();
   check_dz(s, options, dz_columns);
+  const bool with_dx = options.need_dx;
+  if (with_dx && !active.all()) {  // the rows of finished sequences, which no step writes
+    for (Index r = 0; r < s.T * B; ++r) std::fill_n(input.dx.data + r * input.dx.stride, s.D, Scalar(0));
+  }
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
   BackwardScratch<Scalar> scratch(block_steps * B, dz_columns, s.H);
   RowMatrix<Scalar>& dZ = scratch.dZ();
@@ -210,6 +237,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
       // the member's share of dL/dh_{t-1}'s columns: its units' unless the state is a projection of them
       const UnitSlice state = projects_state<Cell>::value ? share_of(W_h_transposed, own) : own;
       const Index state_units = state.u1 - state.u0;
+      const PanelRange input_panels = with_dx ? share_of(*input.W_x_transposed, own).panels : PanelRange{};
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
         const Index running = active.count(t);
@@ -219,10 +247,23 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
           const Index r = active.row(k);
           cell.step_pointwise(t, r, own, dh_t.row(r).data(), dz_t.row(r).data());
         }
-        team_barrier(own);  // dL/dh_{t-1} needs every column of dz_t
+        team_barrier(own);  // dL/dh_{t-1} and dx_t need every column of dz_t
         if (own.member == 0) {  // dh_t is complete, and nobody writes it during this step
           record_row_norms<Scalar>(dh_t, active, t, dh_norms ? dh_norms + (t + 1) * B : nullptr);
+          // every member wrote its share of dx_{t+1} before the barrier
+          if (handoffs.output != nullptr) handoffs.output->publish(s.T - t - 1);
         }
+        if (with_dx) {
+          const LeftOperand<Scalar> dz_rows = cell.input_gradient_rows(step_rows<Scalar>(dz_t, t, active));
+          const StridedRows<Scalar> dx_t{input.dx.data + t * B * input.dx.stride, input.dx.stride};
+          if constexpr (needs_whole_rows<Cell>::value) {
+            input.W_x_transposed->multiply(dz_rows, dx_t, Store::overwrite);
+          } else {
+            input.W_x_transposed->multiply_units(dz_rows, input_panels, dx_t, Store::overwrite);
+          }
+        }
+        // a team of one has written all of dx_t; a larger team publishes it at the next step's barrier
+        if (handoffs.output != nullptr && own.members == 1) handoffs.output->publish(s.T - t);
         // dL/dh_{t-1} = dhs_{t-1} (+ the direct term) + dz_t W_hᵀ, for the member's share of the state's columns
         // (dL/dh_0 has no upstream term)
         auto dh_prev = t > 0 ? MatrixRef<Scalar>(dh_steps[(t - 1) % 2]) : dh0;
@@ -249,12 +290,11 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         if constexpr (projects_state<Cell>::value) team_barrier(own);
       }
     }, needs_whole_rows<Cell>::value);
+    if (handoffs.output != nullptr) handoffs.output->publish(s.T - t0);
     if (options.need_weight_gradients) {
       gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
       cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
     }
-    if (options.need_dx) cell.write_dx(t0, rows, dZ.topRows(rows));
-    if (handoffs.output != nullptr) handoffs.output->publish(s.T - t0);
     if (!options.dz.empty()) options.dz.map().middleRows(t0 * B, rows) = dZ.topRows(rows);
     t1 = t0;
   }

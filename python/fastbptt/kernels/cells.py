@@ -261,9 +261,9 @@ class Cell:
 
     def packed_weights(self, D: int, H: int) -> list[tuple[int, int, int]]:
         """(rows, columns, column groups) of each weight matrix the core packs for one forward and one backward:
-        by default [W_x; W_h] stacked for the step product and W_hᵀ for backward."""
+        by default [W_x; W_h] stacked for the step product, W_hᵀ and W_xᵀ for backward."""
         G = len(self.gate_blocks)
-        return [(D + H, G * H, G), (G * H, H, 1)]
+        return [(D + H, G * H, G), (G * H, H, 1), (G * H, D, 1)]
 
     def training_scalars(self, T: int, B: int, D: int, H: int, block_rows: int, checkpoint) -> int:
         """Scalars one forward + backward allocates beyond its inputs, but for the packed weights: what forward
@@ -703,7 +703,7 @@ class LSTMCell(Cell):
     def packed_weights(self, D, H):
         G, P = len(self.gate_blocks), self.output_size(H)
         projection = [(H, P, 1), (P, H, 1)] if self.projects else []  # W_hr and W_hrᵀ
-        return [(D + P, G * H, G), (G * H, P, 1), *projection]
+        return [(D + P, G * H, G), (G * H, P, 1), (G * H, D, 1), *projection]
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         from .checkpoint import segment_steps
@@ -853,7 +853,8 @@ class GRUCell(Cell):
         return 4 * H  # the gate blocks and r's share of n's recurrent product
 
     def packed_weights(self, D, H):
-        return [(D, 3 * H, 3), (H, 3 * H, 3), (3 * H, H, 1)]  # W_x for the input projection, W_h per step, W_hᵀ
+        # W_x for the input projection, W_h per step, W_hᵀ and W_xᵀ for backward
+        return [(D, 3 * H, 3), (H, 3 * H, 3), (3 * H, H, 1), (3 * H, D, 1)]
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         saved = T * B * (3 * H + 2 * H)  # gates, hn, hs
@@ -967,7 +968,7 @@ class LayerNormLSTMCell(Cell):
         return 8 * H  # the gradients of h W_h and of x W_x before their normalisations
 
     def packed_weights(self, D, H):
-        return [(D, 4 * H, 1), (H, 4 * H, 1), (4 * H, H, 1)]  # W_x, W_h per step, W_hᵀ
+        return [(D, 4 * H, 1), (H, 4 * H, 1), (4 * H, H, 1), (4 * H, D, 1)]  # W_x, W_h per step, W_hᵀ, W_xᵀ
 
     def training_scalars(self, T, B, D, H, block_rows, checkpoint):
         saved = T * B * (3 * 4 * H + 3 * H + 3)  # gates, x_hat, h_hat, cs, c_hat, hs, inv_std
