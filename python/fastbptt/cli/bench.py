@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -68,32 +69,40 @@ def median_ms(run, repeats: int) -> tuple[float, list[float]]:
 
 
 SETTLE_S = 0.02  # longer than the idle spinning of OpenMP and OpenBLAS worker threads after a call (a few ms)
+# A timed sample lasts at least this long: a shorter call is timed as the mean of as many calls in a row, since a
+# single call of a millisecond or less is at the mercy of one interrupt or one descheduling of a shared machine.
+SAMPLE_S = 0.02
 
 
-def settle(run, last_ms: float | None) -> None:
+def settle(run, last_ms: float | None) -> int:
     """Brings a library to the state of a training loop before it is timed: untimed calls for SETTLE_S (at least
     one), so that its own threads are awake and the previous library's idle threads, which spin for a while after
     their last call, no longer compete for the cores. For calls over 200 ms that spinning is lost in the noise, and
-    an untimed call would double the run: there it is a pause."""
+    an untimed call would double the run: there it is a pause. Returns the calls a sample of SAMPLE_S takes."""
     if last_ms is not None and last_ms > 200:
         time.sleep(SETTLE_S)
-        return
+        return 1
     start = time.perf_counter()
     run()
-    while time.perf_counter() - start < SETTLE_S:
+    calls = 1
+    while (elapsed := time.perf_counter() - start) < SETTLE_S:
         run()
+        calls += 1
+    return max(1, math.ceil(SAMPLE_S * calls / elapsed))
 
 
 def medians_interleaved(runs: dict, repeats: int) -> dict:
-    """(median ms, all times) of each run, the runs timed in turn within every round, so that a change in the
-    machine's load during the measurement falls on all of them alike: their ratios are what this is for."""
+    """(median ms per call, all samples) of each run, the runs timed in turn within every round, so that a change
+    in the machine's load during the measurement falls on all of them alike: their ratios are what this is for.
+    A sample is the mean of the calls in a row that last SAMPLE_S (one call for longer ones)."""
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            settle(run, times[name][-1] if times[name] else None)
+            calls = settle(run, times[name][-1] if times[name] else None)
             start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
+            for _ in range(calls):
+                run()
+            times[name].append(1e3 * (time.perf_counter() - start) / calls)
     return {name: (statistics.median(samples), samples) for name, samples in times.items()}
 
 
