@@ -200,10 +200,10 @@ InputGradient<Scalar> input_gradient(const BackwardOptions<Scalar>& options, DxM
 ///   void before_pointwise(Index t, const UnitSlice&, const RowMatrix<Scalar>& dh_t)
 ///                                 dL/dh_t taken back through the projection, for the member's units and the rows
 ///                                 running at step t
-/// dx [T*B, D] = dZ's input columns W_xᵀ is computed a step at a time, in the team's step (`input`: W_x packed
-/// transposed and dx, unused unless options.need_dx): a lower layer running beside this one in a wavefront takes
-/// each step of it as soon as it is written, rather than after a block of steps. add_weight_gradients runs when
-/// options.need_weight_gradients.
+/// dx [T*B, D] = dZ's input columns W_xᵀ (`input`: W_x packed transposed and dx, unused unless options.need_dx)
+/// is computed after each block of steps, or with handoffs a step at a time in the team's step, so that a lower
+/// layer running beside this one in a wavefront takes each step of it as soon as it is written; the same bits
+/// either way. add_weight_gradients runs when options.need_weight_gradients.
 /// With handoffs (a wavefront of layers, backwards: steps counted from the last), a step waits for the rows of
 /// dhs it reads (the layer above writes them as its dx), and dx's steps are published as they are complete.
 template <class Scalar, class Cell>
@@ -214,7 +214,10 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
   const Index B = s.B, dz_columns = cell.dz_columns();
   check_dz(s, options, dz_columns);
   const bool with_dx = options.need_dx;
-  if (with_dx && !active.all()) {  // the rows of finished sequences, which no step writes
+  // dx a step at a time when a layer below waits for it (a wavefront), else a block at a time (one product over
+  // more rows, W_xᵀ read once a block): the packed product gives a row the same bits either way
+  const bool dx_per_step = with_dx && handoffs.output != nullptr;
+  if (dx_per_step && !active.all()) {  // the rows of finished sequences, which no step writes
     for (Index r = 0; r < s.T * B; ++r) std::fill_n(input.dx.data + r * input.dx.stride, s.D, Scalar(0));
   }
   const Index block_steps = std::min(s.T, backward_block_steps(B, dz_columns));
@@ -237,7 +240,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
       // the member's share of dL/dh_{t-1}'s columns: its units' unless the state is a projection of them
       const UnitSlice state = projects_state<Cell>::value ? share_of(W_h_transposed, own) : own;
       const Index state_units = state.u1 - state.u0;
-      const PanelRange input_panels = with_dx ? share_of(*input.W_x_transposed, own).panels : PanelRange{};
+      const PanelRange input_panels = dx_per_step ? share_of(*input.W_x_transposed, own).panels : PanelRange{};
       for (Index t = t1 - 1; t >= t0; --t) {
         auto dz_t = dZ.middleRows((t - t0) * B, B);
         const Index running = active.count(t);
@@ -253,7 +256,7 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
           // every member wrote its share of dx_{t+1} before the barrier
           if (handoffs.output != nullptr) handoffs.output->publish(s.T - t - 1);
         }
-        if (with_dx) {
+        if (dx_per_step) {
           const LeftOperand<Scalar> dz_rows = cell.input_gradient_rows(step_rows<Scalar>(dz_t, t, active));
           const StridedRows<Scalar> dx_t{input.dx.data + t * B * input.dx.stride, input.dx.stride};
           if constexpr (needs_whole_rows<Cell>::value) {
@@ -290,6 +293,12 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
         if constexpr (projects_state<Cell>::value) team_barrier(own);
       }
     }, needs_whole_rows<Cell>::value);
+    if (with_dx && !dx_per_step) {
+      const LeftOperand<Scalar> block{StridedRows<const Scalar>{dZ.data(), dZ.outerStride()}, {}, rows};
+      const LeftOperand<Scalar> dz_rows = cell.input_gradient_rows(block);
+      input.W_x_transposed->multiply(dz_rows, {input.dx.data + t0 * B * input.dx.stride, input.dx.stride},
+                                     Store::overwrite);
+    }
     if (handoffs.output != nullptr) handoffs.output->publish(s.T - t0);
     if (options.need_weight_gradients) {
       gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);

@@ -101,9 +101,9 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// Backpropagation through time for `forward`. Per step, from t = T down to 1, with dh = dL/dh_t:
 ///   dn = dh (1 - z);  dz_n = dn (1 - n²);  dz_z = dh (h_{t-1} - n) z (1 - z);  dz_r = dz_n hn r (1 - r);
 ///   d(hn) = dz_n r;  dL/dh_{t-1} = dh z + [dz_r, dz_z, d(hn)] W_hᵀ
-///   dx_t = [dz_r, dz_z, dz_n] W_xᵀ
 /// and the whole-sequence products dW_x = Xᵀ [dz_r, dz_z, dz_n], dW_h = H_prevᵀ [dz_r, dz_z, d(hn)],
-/// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), a block of backward_block_steps(B, 4H) steps at a time.
+/// db = colsum [dz_r, dz_z, dz_n], db_hn = colsum d(hn), dx = [dz_r, dz_z, dz_n] W_xᵀ, a block of
+/// backward_block_steps(B, 4H) steps at a time.
 /// shape, inputs, weights (W_x, W_h), cache, lengths, packed   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_x, dW_h, db, db_hn (see Gradients)
@@ -111,7 +111,7 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// Allocates scratch of one block of steps and a [B, H] matrix per call, none inside the time loop.
 /// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
 ///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
-///                   from the last) are published as they are written; the same bits
+///                   from the last) are published as they are written (dx then a step at a time); the same bits
 template <class Scalar>
 void backward(const Shape& shape, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,

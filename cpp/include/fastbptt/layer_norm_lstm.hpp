@@ -102,8 +102,7 @@ void forward_inference(const Shape& shape, const Inputs<Scalar>& inputs, const W
 /// = s (d - mean(d) - v̂ mean(d v̂)) the gradient through a normalisation of inverse deviation s:
 ///   dy = dh o (1 - tanh²y), y = Ĉ gamma_c + beta_c;  dC_t += LN'(dy gamma_c, Ĉ, s_c);  dz as the LSTM's;
 ///   dL/d(h_{t-1} W_h) = LN'(dz gamma_hh, ĥ, s_h);  dL/d(x_t W_x) = LN'(dz gamma_ih, x̂, s_x)
-/// and from those dx a step at a time, dW_x and dW_h a block of steps at a time; the vectors' gradients are summed
-/// row by row.
+/// and dW_x, dW_h, dx from those a block of steps at a time; the vectors' gradients are summed row by row.
 /// inputs, weights (W_x, W_h and the gammas), cache, lengths   as given to / written by `forward`
 /// upstream, gradients, options   as for lstm::backward (no checkpointed segments)
 template <class Scalar>

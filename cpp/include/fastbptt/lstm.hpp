@@ -113,9 +113,9 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 /// Per step, from t = T down to 1 (dh_t includes dz_{t+1} W_hᵀ, dC_t includes dC_{t+1} * f_{t+1}):
 ///   dC_t += dh_t * o_t * (1 - tanh²C_t);  dz_o = dh_t * tanh C_t * o(1-o);  dz_i = dC_t * g * i(1-i);
 ///   dz_g = dC_t * i * (1-g²);  dz_f = dC_t * C_{t-1} * f(1-f)
-/// (with a projection the gates see dL/dm_t = dh_t W_hrᵀ in place of dh_t, m_t = o_t * tanh C_t);  dx_t = dz_t W_xᵀ
-/// and the whole-sequence products dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ) (and dW_hr = Mᵀ dH), computed
-/// a block of backward_block_steps(B, G*H (+ P with a projection)) steps at a time.
+/// (with a projection the gates see dL/dm_t = dh_t W_hrᵀ in place of dh_t, m_t = o_t * tanh C_t)
+/// and the whole-sequence products dW_x = Xᵀ dZ, dW_h = H_prevᵀ dZ, db = colsum(dZ), dx = dZ W_xᵀ (and
+/// dW_hr = Mᵀ dH), computed a block of backward_block_steps(B, G*H (+ P with a projection)) steps at a time.
 /// shape, forget_gate, inputs, weights (W_x, W_h, W_hr), cache, lengths, packed   in   as given to / written by
 ///                                                                                 `forward`
 /// upstream     in   dhs, dc_T (see Upstream)
@@ -128,7 +128,7 @@ void forward_inference(const Shape& shape, bool forget_gate, const Inputs<Scalar
 /// call, none inside the time loop; memory beyond the outputs does not grow with T.
 /// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
 ///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
-///                   from the last) are published as they are written; the same bits
+///                   from the last) are published as they are written (dx then a step at a time); the same bits
 template <class Scalar>
 void backward(const Shape& shape, bool forget_gate, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,

@@ -91,8 +91,8 @@ void forward_inference(const Shape& shape, Activation activation, const Inputs<S
 
 /// Backpropagation through time for `forward`, given dL/dh_t for every step.
 ///   dz_t = (dhs_t + dz_{t+1} W_hhᵀ) * phi'(z_t);  dh0 = dz_1 W_hhᵀ
-///   dx_t = dz_t W_xhᵀ (a step at a time);  dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ)  (a block of
-///   backward_block_steps() steps at a time)
+///   dx = dZ W_xhᵀ,  dW_xh = Xᵀ dZ,  dW_hh = H_prevᵀ dZ,  db_h = colsum(dZ)   (a block of backward_block_steps()
+///   steps at a time)
 /// shape, activation, inputs, weights (W_xh, W_hh), cache, lengths, packed   in   as given to / written by `forward`
 /// upstream     in   dhs (see Upstream)
 /// gradients    out  dx, dh0, dW_xh, dW_hh, db_h (see Gradients)
@@ -100,7 +100,7 @@ void forward_inference(const Shape& shape, Activation activation, const Inputs<S
 /// Allocates scratch of one block of steps per call, none inside the time loop.
 /// handoffs     in   optional: a wavefront of layers, backwards (see Handoffs): a step waits for the rows of dhs
 ///                   it reads, which the layer above writes as its dx as this call runs, and dx's steps (counted
-///                   from the last) are published as they are written; the same bits
+///                   from the last) are published as they are written (dx then a step at a time); the same bits
 template <class Scalar>
 void backward(const Shape& shape, Activation activation, const Inputs<Scalar>& inputs, const Weights<Scalar>& weights,
               const Cache<const Scalar>& cache, const Upstream<Scalar>& upstream, const Gradients<Scalar>& gradients,
