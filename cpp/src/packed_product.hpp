@@ -194,7 +194,7 @@ class PackedWeights {
 
   /// Rows r0 .. r1-1 times panels p0 .. p1-1, in tiles of as equal a width as tile_panels allows (4 panels go as
   /// 2 + 2, not 3 + 1: a narrow tile has too few chains to keep the FMA units busy). Never inlined: inlined into a
-  /// time loop (which link-time optimisation may choose), its tiles ran up to a third slower.
+  /// time loop (link-time optimisation's choice), its tiles ran slower.
   EIGEN_DONT_INLINE void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, Store store) const {
     const bool accumulate = store == Store::add;
     const Index tiles = (p1 - p0 + tile_panels - 1) / tile_panels;
