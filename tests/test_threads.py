@@ -180,7 +180,7 @@ def test_stacked_layers_run_as_a_wavefront_with_the_bits_of_one_thread(
 ):
     """At 2 threads the layers of a one-direction stack run side by side, one thread each: forward, each step handed
     to the layer above as it is written (three layers: the third waits on the second, which waits on the first),
-    and backward, each block of dx handed to the layer below; everything has the one-thread bits."""
+    and backward, each step of dx handed to the layer below; everything has the one-thread bits."""
     T, B, D, H, layers = 23, 5, 7, 9, 3
     x = rng.standard_normal((T, B, D)).astype(dtype)
     lengths = np.array([23, 4, 17, 1, 22])
