@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from . import _core
-from .kernels import cells, stack, threads
+from .kernels import _checks, cells, stack, threads
 from .kernels.stepper import Stepper
 
 __all__ = [
@@ -102,6 +102,11 @@ def _cell_of(name: str, **options) -> cells.Cell:
 
 
 _CELLS: dict = {}
+
+
+def _array_of(tensor: torch.Tensor, name: str, dtype: np.dtype) -> np.ndarray:
+    """``tensor`` as a C-contiguous array of ``dtype`` (a view where it is one), TypeError naming it otherwise."""
+    return _checks.float_array(name, _as_numpy(tensor, name), dtype, like="the input")
 
 
 def _to_torch(array: np.ndarray | None) -> torch.Tensor | None:
@@ -166,14 +171,15 @@ class _Stack:
             return None
         return [self.cell.output_size(self.hidden_size)] * self.num_layers
 
-    def params(self, flat_params) -> list:
-        """Each cell's kernel parameters from its torch tensors (views where the layout allows)."""
+    def params(self, flat_params, dtype) -> list:
+        """Each cell's kernel parameters from its torch tensors, C-contiguous of ``dtype`` (the input's) as the
+        cells' checked kernels take them; TypeError naming a parameter of another dtype."""
         names = self.cell.torch_parameters
         params = []
         for k in range(self.cells):
             tensors = flat_params[len(names) * k : len(names) * (k + 1)]
-            arrays = {name: None if t is None else _as_numpy(t, "parameter") for name, t in zip(names, tensors)}
-            params.append(self.cell.from_torch(arrays))
+            arrays = {name: None if t is None else _array_of(t, name, dtype) for name, t in zip(names, tensors)}
+            params.append({key: np.ascontiguousarray(a) for key, a in self.cell.from_torch(arrays).items()})
         return params
 
     def cell_states(self, parts) -> list:
@@ -182,20 +188,22 @@ class _Stack:
             return [None if parts[0] is None else parts[0][k] for k in range(self.cells)]
         return [tuple(None if part is None else part[k] for part in parts) for k in range(self.cells)]
 
-    def state_arrays(self, states) -> list:
-        return [None if state is None else _as_numpy(state, name) for state, name in zip(states, ("h_0", "c_0"))]
+    def state_arrays(self, states, dtype) -> list:
+        """The initial states as C-contiguous arrays of ``dtype`` (None for zeros); torch.nn's checks have
+        checked their shapes."""
+        return [None if state is None else _array_of(state, name, dtype) for state, name in zip(states, ("h0", "c0"))]
 
 
 def _run_forward(run: _Stack, x, states, flat_params, inference: bool):
     """The stack's forward on the tensors' memory: (output tensor, final-state tensors, kernel params, cache)."""
     xn = _as_numpy(x, "input")  # first: a wrong dtype is named as the input's
-    params = run.params(flat_params)
+    params = run.params(flat_params, xn.dtype)
     with threads.defaulting_to(torch.get_num_threads()):
         outputs, finals, cache = stack.forward(
-            run.cell.forward,
+            run.cell.forward_checked,
             params,
             xn,
-            run.cell_states(run.state_arrays(states)),
+            run.cell_states(run.state_arrays(states, xn.dtype)),
             run.lengths,
             masks=run.masks,
             inference=inference,
@@ -212,13 +220,14 @@ def _run_backward(run: _Stack, params, cache, d_output, d_finals, need_dx: bool,
     if d_output is None:
         hs = cache.cells[0].hs
         d_outputs = np.zeros((*hs.shape[:2], run.num_directions * hs.shape[2]), hs.dtype)
-    else:  # the cells copy it where they add a final-state gradient
-        d_outputs = _as_numpy(d_output, "grad of output")
-    d_parts = [None if d is None else _as_numpy(d, "grad of final state") for d in d_finals]
+    else:  # C-contiguous (a sum's gradient is a broadcast view); the cells copy it where they add a final state's
+        d_outputs = np.ascontiguousarray(_as_numpy(d_output, "grad of output"))
+    # autograd gives each gradient its output's dtype and shape; the cells' checked kernels take them C-contiguous
+    d_parts = [None if d is None else np.ascontiguousarray(_as_numpy(d, "grad of final state")) for d in d_finals]
     per_cell = len(run.cell.torch_parameters)
     with threads.defaulting_to(torch.get_num_threads()):
         dx, dstates0, grads = stack.backward(
-            run.cell.backward,
+            run.cell.backward_checked,
             params,
             cache,
             d_outputs,
@@ -370,14 +379,15 @@ def _stack_backward(
     lengths_array = None if lengths is None else lengths.numpy()
     run = _Stack(spec, num_layers, directions, has_bias, lengths_array, [m.numpy() for m in masks] or None)
     full = _weights_with_biases(spec, weights, has_bias)
-    params = run.params(full)
+    dtype = _as_numpy(x, "input").dtype
+    params = run.params(full, dtype)
     per_cell = len(spec.saved_shapes(1, 1, 1, 1))
     saved_arrays = [a.numpy() for a in saved]
     cache = stack.rebuild(
         spec.cache_from,
         params,
         _as_numpy(x, "input"),
-        run.cell_states(run.state_arrays(_states_or_none(states, spec.state_parts))),
+        run.cell_states(run.state_arrays(_states_or_none(states, spec.state_parts), dtype)),
         lengths_array,
         [saved_arrays[per_cell * k : per_cell * (k + 1)] for k in range(run.cells)],
         num_layers=num_layers,
@@ -1029,7 +1039,7 @@ class _FastCell:
             stepper = kept.stepper
             with threads.defaulting_to(torch.get_num_threads()):
                 _, final, _ = cell.forward_checked(
-                    stepper.params, x.numpy(force=True)[None], _cell_state(states), True, stepper.packed
+                    stepper.params, x.numpy(force=True)[None], _cell_state(states), None, True, stepper.packed
                 )
             finals = [torch.from_numpy(f) for f in ((final,) if parts == 1 else final)]
         if not batched:

@@ -46,14 +46,8 @@ def with_final_state_gradient(dhs: np.ndarray, dh_T, hs: np.ndarray, lengths: np
     """``dhs`` with ``dh_T`` added at each sequence's last step (h there is both an output and the final state)."""
     if dh_T is None:
         return dhs
-    checked = _checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]")
-    dhs = checked.copy() if np.may_share_memory(checked, dhs) else checked  # the caller's array stays as it was
-    dh_T = _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]")
-    if lengths is None:
-        dhs[-1] += dh_T
-    else:
-        dhs[lengths - 1, np.arange(hs.shape[1])] += dh_T
-    return dhs
+    dhs = _checks.upstream("dhs", dhs, hs.dtype, hs.shape, "[T, B, H]")
+    return _plus_final(dhs, _checks.upstream("dh_T", dh_T, hs.dtype, hs.shape[1:], "[B, H]"), lengths)
 
 
 class StepKernels(NamedTuple):
@@ -178,16 +172,24 @@ class Cell:
         runs and publish those of its output (the fast backend's RNN, LSTM and GRU)."""
         return False
 
-    def forward_checked(self, p: dict, x: np.ndarray, state, inference: bool, packed):
-        """:meth:`forward` (all T steps, no lengths) of arguments the caller has checked: ``p``'s arrays and ``x``
-        C-contiguous of one float dtype, the state's arrays too (a part None for zeros), ``packed`` :meth:`pack`'s
-        for ``p``. The fast backend skips the kernels' own checks, which cost more than a step of a small cell."""
-        return self.forward(p, x, state, None, inference, packed)
+    def forward_checked(
+        self, p: dict, x: np.ndarray, state, lengths, inference: bool = False, packed=None, wavefront=None
+    ):
+        """:meth:`forward` of arguments the caller has checked: ``p``'s arrays and ``x`` C-contiguous of one float
+        dtype and of the cell's shapes, the state's arrays too (a part None for zeros), ``lengths`` None or an
+        int64 array [B] of lengths in 1..T, ``packed`` :meth:`pack`'s for ``p``. The fast backend skips the
+        kernels' own checks, which cost more than a step of a small cell (the step cells, a generated token) and
+        add up to a good part of a short sequence's call (fastbptt.torch's modules). The final state may be a
+        view of ``hs`` (read-only: backward reads it)."""
+        return self.forward(p, x, state, lengths, inference, **_given(packed=packed, wavefront=wavefront))
 
-    def backward_checked(self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool, need_weight_grads: bool):
+    def backward_checked(
+        self, p: dict, cache, dhs: np.ndarray, dstate, need_dx: bool = True, need_weight_grads: bool = True,
+        wavefront=None,
+    ):  # fmt: skip
         """:meth:`backward` of arguments the caller has checked (``dhs`` and ``dstate``'s arrays C-contiguous of
         the cache's dtype and shapes), for a cache of :meth:`forward_checked`."""
-        return self.backward(p, cache, dhs, dstate, need_dx, need_weight_grads)
+        return self.backward(p, cache, dhs, dstate, need_dx, need_weight_grads, **_given(wavefront=wavefront))
 
     def step_kernels(self, p: dict, packed) -> StepKernels:
         """One step's forward and backward bound to ``p`` and ``packed`` (:meth:`pack`'s), for a caller that runs
@@ -319,14 +321,27 @@ def _zero_state(x: np.ndarray, W_h: np.ndarray) -> np.ndarray:
     return np.zeros((x.shape[1], W_h.shape[0]), x.dtype)
 
 
-def _plus_final(dhs: np.ndarray, dh_T) -> np.ndarray:
-    """``dhs`` (checked, all T steps run) with the final state's gradient ``dh_T`` (or None) added at the last step,
-    in a new array when there is one to add."""
+def _plus_final(dhs: np.ndarray, dh_T, lengths: np.ndarray | None) -> np.ndarray:
+    """``dhs`` (checked) with the final state's gradient ``dh_T`` (or None) added at each sequence's last step, in
+    a new array when there is one to add."""
     if dh_T is None:
         return dhs
     dhs = dhs.copy()
-    dhs[-1] += dh_T
+    if lengths is None:
+        dhs[-1] += dh_T
+    else:
+        dhs[lengths - 1, np.arange(dhs.shape[1])] += dh_T
     return dhs
+
+
+def _final_state(hs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Each sequence's state at its own last step: a view of ``hs`` without lengths."""
+    return hs[-1] if lengths is None else final_states(hs, lengths)
+
+
+def _given(**keywords) -> dict:
+    """The keywords that are not None: a cell's method takes ``packed=`` and ``wavefront=`` only where it has them."""
+    return {name: value for name, value in keywords.items() if value is not None}
 
 
 def _state_or_zeros(state, x: np.ndarray, hs: np.ndarray) -> np.ndarray:
@@ -427,19 +442,20 @@ class RNNCell(Cell):
     def pack(self, p):
         return _core_pack(self, "rnn_pack", p["W_xh"], p["W_hh"])
 
-    def forward_checked(self, p, x, h0, inference, packed):
+    def forward_checked(self, p, x, h0, lengths, inference=False, packed=None, wavefront=None):
         if self.backend != "fast":
-            return super().forward_checked(p, x, h0, inference, packed)
+            return super().forward_checked(p, x, h0, lengths, inference, packed, wavefront)
         h0 = _zero_state(x, p["W_hh"]) if h0 is None else h0
         hs, cache = self.kernels.rnn_forward_checked(
-            x, p["W_xh"], p["W_hh"], p["b_h"], h0, self.options["activation"], None, inference, packed
+            x, p["W_xh"], p["W_hh"], p["b_h"], h0, self.options["activation"], lengths, inference, packed, wavefront
         )
-        return hs, hs[-1], cache
+        return hs, _final_state(hs, lengths), cache
 
-    def backward_checked(self, p, cache, dhs, dh_T, need_dx, need_weight_grads):
+    def backward_checked(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True, wavefront=None):
         if self.backend != "fast":
-            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads)
-        grads = self.kernels.rnn_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
+            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads, wavefront)
+        dhs = _plus_final(dhs, dh_T, cache.lengths)
+        grads = self.kernels.rnn_backward_checked(cache, dhs, need_dx, need_weight_grads, wavefront)
         return grads.dx, grads.dh0, _named(("W_xh", "W_hh", "b_h"), grads[2:], need_weight_grads)
 
     def step_kernels(self, p, packed):
@@ -596,25 +612,27 @@ class LSTMCell(Cell):
     def pack(self, p):
         return _core_pack(self, "lstm_pack", p["W_x"], p["W_h"], self.options["forget_gate"], p.get("W_hr"))
 
-    def forward_checked(self, p, x, state, inference, packed):
+    def forward_checked(self, p, x, state, lengths, inference=False, packed=None, wavefront=None):
         if self.backend != "fast":
-            return super().forward_checked(p, x, state, inference, packed)
+            return super().forward_checked(p, x, state, lengths, inference, packed, wavefront)
         h0, c0 = (None, None) if state is None else state
         if h0 is None or c0 is None:
             P, H = self.state_sizes(p["W_h"].shape[1] // len(self.gate_blocks))
             h0 = np.zeros((x.shape[1], P), x.dtype) if h0 is None else h0
             c0 = np.zeros((x.shape[1], H), x.dtype) if c0 is None else c0
         hs, c_T, cache = self.kernels.lstm_forward_checked(
-            x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], None, inference, packed, p.get("W_hr")
-        )
-        return hs, (hs[-1], c_T), cache
+            x, p["W_x"], p["W_h"], p["b"], h0, c0, self.options["forget_gate"], lengths, inference, packed,
+            p.get("W_hr"), wavefront,
+        )  # fmt: skip
+        return hs, (_final_state(hs, lengths), c_T), cache
 
-    def backward_checked(self, p, cache, dhs, dstate, need_dx, need_weight_grads):
+    def backward_checked(self, p, cache, dhs, dstate, need_dx=True, need_weight_grads=True, wavefront=None):
         if self.backend != "fast":
-            return super().backward_checked(p, cache, dhs, dstate, need_dx, need_weight_grads)
+            return super().backward_checked(p, cache, dhs, dstate, need_dx, need_weight_grads, wavefront)
         dh_T, dc_T = (None, None) if dstate is None else dstate
         dc_T = np.zeros_like(cache.c0) if dc_T is None else dc_T
-        grads = self.kernels.lstm_backward_checked(cache, _plus_final(dhs, dh_T), dc_T, need_dx, need_weight_grads)
+        dhs = _plus_final(dhs, dh_T, cache.lengths)
+        grads = self.kernels.lstm_backward_checked(cache, dhs, dc_T, need_dx, need_weight_grads, wavefront)
         return grads.dx, (grads.dh0, grads.dc0), _named(self.parameter_names, grads[3:], need_weight_grads)
 
     def step_kernels(self, p, packed):
@@ -770,19 +788,20 @@ class GRUCell(Cell):
     def pack(self, p):
         return _core_pack(self, "gru_pack", p["W_x"], p["W_h"])
 
-    def forward_checked(self, p, x, h0, inference, packed):
+    def forward_checked(self, p, x, h0, lengths, inference=False, packed=None, wavefront=None):
         if self.backend != "fast":
-            return super().forward_checked(p, x, h0, inference, packed)
+            return super().forward_checked(p, x, h0, lengths, inference, packed, wavefront)
         h0 = _zero_state(x, p["W_h"]) if h0 is None else h0
         hs, cache = self.kernels.gru_forward_checked(
-            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, None, inference, packed
+            x, p["W_x"], p["W_h"], p["b"], p["b_hn"], h0, lengths, inference, packed, wavefront
         )
-        return hs, hs[-1], cache
+        return hs, _final_state(hs, lengths), cache
 
-    def backward_checked(self, p, cache, dhs, dh_T, need_dx, need_weight_grads):
+    def backward_checked(self, p, cache, dhs, dh_T, need_dx=True, need_weight_grads=True, wavefront=None):
         if self.backend != "fast":
-            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads)
-        grads = self.kernels.gru_backward_checked(cache, _plus_final(dhs, dh_T), need_dx, need_weight_grads)
+            return super().backward_checked(p, cache, dhs, dh_T, need_dx, need_weight_grads, wavefront)
+        dhs = _plus_final(dhs, dh_T, cache.lengths)
+        grads = self.kernels.gru_backward_checked(cache, dhs, need_dx, need_weight_grads, wavefront)
         return grads.dx, grads.dh0, _named(("W_x", "W_h", "b", "b_hn"), grads[2:], need_weight_grads)
 
     def step_kernels(self, p, packed):

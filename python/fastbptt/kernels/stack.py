@@ -237,8 +237,8 @@ def backward(
         def run(direction, layer=layer, d_outputs=d_outputs):
             k = layer * num_directions + direction
             dhs = d_outputs[:, :, direction * H : (direction + 1) * H]
-            if direction:
-                dhs = reverse_sequences(dhs, cache.lengths)
+            # C-contiguous, as a cell's backward_checked takes it (the reversed copy is)
+            dhs = reverse_sequences(dhs, cache.lengths) if direction else np.ascontiguousarray(dhs)
             dx, dstates0[k], grads[k] = cell_backward(
                 params[k], cache.cells[k], dhs, dfinals[k], need_dx or layer > 0, need_weight_grads[k]
             )

@@ -106,7 +106,7 @@ class Stepper:
         x = x[None] if one_step else x
         state = self._checked_state("state", state, x.shape[1])
         hs, final, cache = self.cell.forward_checked(
-            self.params, x, state, _checks.flag("inference", inference), self.packed
+            self.params, x, state, None, _checks.flag("inference", inference), self.packed
         )
         return (hs[0] if one_step else hs), final, cache
 

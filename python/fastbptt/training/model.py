@@ -215,7 +215,7 @@ class SequenceModel:
             else:
                 x = embedding[token : token + 1]
             # The model's own arrays, of the layer's dtype and shapes: the stepper's cell runs them unchecked.
-            hs, state, _ = stepper.cell.forward_checked(stepper.params, x[None], state, True, stepper.packed)
+            hs, state, _ = stepper.cell.forward_checked(stepper.params, x[None], state, None, True, stepper.packed)
             last = self._probabilities(hs[0])[0]
         return generated
 
