@@ -158,6 +158,24 @@ def test_model_fast_matches_reference_backend(rng, cell):
     np.testing.assert_array_equal(fast.sample(8, prime=3, seed=4), slow.sample(8, prime=3, seed=4))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_sample_draws_from_the_softmax_at_its_temperature(cell, batch_first):
+    """Each token as rng.choice draws it from softmax(logits / temperature), the logits of the model's forward over
+    the prime and the tokens drawn so far (predict of the whole sequence, no Stepper)."""
+    model = fb.SequenceModel(7, 9, cell=cell, embedding_dim=4, seed=5, batch_first=batch_first)
+    temperature, prime = 0.7, [1, 2, 3]
+    rng, tokens = np.random.default_rng(11), list(prime)
+    for _ in range(12):
+        sequence = np.array(tokens)[None, :] if batch_first else np.array(tokens)[:, None]
+        probs = model.predict(sequence)[0]
+        last = (probs[0, -1] if batch_first else probs[-1, 0]).astype(np.float64)
+        weights = np.exp((np.log(last) - np.log(last).max()) / temperature)
+        tokens.append(int(rng.choice(7, p=weights / weights.sum())))
+    drawn = model.sample(12, prime=prime, temperature=temperature, seed=11)
+    np.testing.assert_array_equal(drawn, tokens[len(prime) :])
+
+
 def test_model_save_load(tmp_path):
     model = fb.SequenceModel(6, 5, embedding_dim=3, seed=1)
     model.save(tmp_path / "model.npz")

@@ -649,8 +649,10 @@ def empty_step_cell(torch, state_parts: int):
 
 
 def sample_per_token_call(model, length: int, prime, seed) -> np.ndarray:
-    """What ``SequenceModel.sample`` did before it kept a Stepper: the same draws, each token run through
-    ``model.predict`` (the layer's sequence kernels, the weights packed at every call)."""
+    """What ``SequenceModel.sample`` did before it kept a Stepper: each token run through ``model.predict`` (the
+    layer's sequence kernels, the weights packed at every call) and drawn with ``rng.choice`` from the softmax it
+    returns. The draws are sample's: the same distribution, computed from the logits there (it draws the same
+    tokens unless a uniform number falls within rounding of a class's bound)."""
     rng = np.random.default_rng(seed)
     probs, state = model.predict(np.asarray(prime)[:, None])
     last, generated = probs[-1, 0], np.empty(length, dtype=np.int64)

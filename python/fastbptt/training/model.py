@@ -174,11 +174,15 @@ class SequenceModel:
 
     def _probabilities(self, hs: np.ndarray) -> np.ndarray:
         """The softmax of the output layer over the last axis of ``hs [..., H]``."""
-        logits = hs @ self.params["W_yh"] + self.params["b_y"]
+        logits = self._logits(hs)
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=-1, keepdims=True)
         return probs
+
+    def _logits(self, hs: np.ndarray) -> np.ndarray:
+        """The output layer's logits over the last axis of ``hs [..., H]``."""
+        return hs @ self.params["W_yh"] + self.params["b_y"]
 
     def sample(self, length: int, *, prime, temperature: float = 1.0, seed=None, state=None) -> np.ndarray:
         """Generates ``length`` tokens one step at a time, each drawn from the model's softmax at
@@ -197,17 +201,15 @@ class SequenceModel:
         prime = np.atleast_1d(np.asarray(prime))
         if prime.ndim != 1 or prime.size == 0:
             raise ValueError(f"prime: expected one token id or a non-empty 1-D sequence, got shape {prime.shape}")
-        primer = prime[:, None] if not self.batch_first else prime[None, :]
-        probs, state = self.predict(primer, state)
-        last = probs[-1, 0] if not self.batch_first else probs[0, -1]
+        _, x = self._embed(prime[:, None] if not self.batch_first else prime[None, :])
+        hs, state = self.rnn.forward(x, state, inference=True)  # time-major, as _embed makes x
+        logits = self._logits(hs[-1, 0])
         stepper = self.rnn.stepper()  # the model's one layer: its state is the cell's
         embedding = self.params.get("embedding")
         one_hot = np.zeros((1, self.vocab_size), dtype=self.dtype)
         generated = np.empty(length, dtype=np.int64)
         for k in range(length):
-            logits = np.log(np.maximum(last.astype(np.float64), 1e-300)) / temperature
-            p = np.exp(logits - logits.max())
-            token = generated[k] = _draw(rng, p / p.sum())
+            token = generated[k] = _draw(rng, _softmax_weights(logits, temperature))
             if embedding is None:
                 one_hot.fill(0)
                 one_hot[0, token] = 1
@@ -216,7 +218,7 @@ class SequenceModel:
                 x = embedding[token : token + 1]
             # The model's own arrays, of the layer's dtype and shapes: the stepper's cell runs them unchecked.
             hs, state, _ = stepper.cell.forward_checked(stepper.params, x[None], state, None, True, stepper.packed)
-            last = self._probabilities(hs[0])[0]
+            logits = self._logits(hs[0, 0])
         return generated
 
     def _config(self) -> dict:
@@ -241,9 +243,20 @@ class SequenceModel:
             self.params[name][...] = value
 
 
-def _draw(rng: np.random.Generator, p: np.ndarray) -> int:
-    """One class drawn with probabilities ``p``: what ``rng.choice(len(p), p=p)`` draws (its algorithm, one uniform
-    number taken from ``rng`` the same way), without the checks of its arguments that cost more than the draw."""
-    cdf = np.cumsum(p)
+def _softmax_weights(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``exp((logits - max) / temperature)`` in float64: the softmax at ``temperature`` up to its sum, which
+    :func:`_draw` divides by (one pass fewer than normalising here)."""
+    scaled = logits.astype(np.float64)
+    scaled -= scaled.max()
+    if temperature != 1.0:
+        scaled /= temperature
+    return np.exp(scaled, out=scaled)
+
+
+def _draw(rng: np.random.Generator, weights: np.ndarray) -> int:
+    """One class drawn with probabilities ``weights / weights.sum()``: what ``rng.choice(len(p), p=p)`` draws for
+    those probabilities (its algorithm, one uniform number taken from ``rng`` the same way), without the checks of
+    its arguments that cost more than the draw."""
+    cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     return int(cdf.searchsorted(rng.random(), side="right"))
