@@ -94,7 +94,7 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
 
 def _cell_of(name: str, **options) -> cells.Cell:
     """The registered cell ``name`` with ``options`` on the compiled core, made once per (name, options)."""
-    key = (name, cells.cell_class(name), tuple(sorted(options.items())))
+    key = (name, cells.cell_class(name), *options.items())  # each caller passes its options in one order
     cell = _CELLS.get(key)
     if cell is None:
         cell = _CELLS[key] = key[1]("fast", **options)
@@ -102,6 +102,7 @@ def _cell_of(name: str, **options) -> cells.Cell:
 
 
 _CELLS: dict = {}
+_WEIGHT_NAMES: dict = {}  # (torch parameter names, layers, directions) -> a stack's parameter names, in order
 
 
 def _array_of(tensor: torch.Tensor, name: str, dtype: np.dtype) -> np.ndarray:
@@ -485,12 +486,21 @@ class _FastRecurrent:
     def _weights(self, cell: cells.Cell) -> list:
         """Every cell's torch parameters in the stack's order, None for a bias left out. Read by name at each call,
         as torch.nn's forward refreshes its list of weights: a parametrized weight is computed here."""
-        return [
-            getattr(self, name + _suffix(layer, direction), None)
-            for layer in range(self.num_layers)
-            for direction in range(self.num_directions)
-            for name in cell.torch_parameters
-        ]
+        own = self._parameters
+        return [own[name] if name in own else getattr(self, name, None) for name in self._weight_names(cell)]
+
+    def _weight_names(self, cell: cells.Cell) -> tuple:
+        """The names of :meth:`_weights`, made once per cell and stack shape."""
+        key = (cell.torch_parameters, self.num_layers, self.num_directions)
+        names = _WEIGHT_NAMES.get(key)
+        if names is None:
+            names = _WEIGHT_NAMES[key] = tuple(
+                name + _suffix(layer, direction)
+                for layer in range(self.num_layers)
+                for direction in range(self.num_directions)
+                for name in cell.torch_parameters
+            )
+        return names
 
     def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
         """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG:
