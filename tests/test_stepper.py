@@ -57,6 +57,31 @@ def test_steps_one_at_a_time_give_the_bits_of_one_sequence_call(rng, name, optio
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "options"), CELLS, ids=IDS)
+def test_a_sequence_has_the_same_bits_in_a_batch_of_any_size(rng, name, options, dtype):
+    """Every element of the step products is its own chain of FMAs in k order, whatever rows a call covers (the
+    register tile is wider for one to three rows): a sequence alone (B = 1, as a generator runs it) or with two or
+    three others gives the outputs, dx and initial-state gradients it has in a batch of seven."""
+    T, B, D, H = 6, 7, 5, 11
+    spec, params, x, state = problem(rng, name, options, T, B, D, H, dtype)
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)
+
+    def run(rows):
+        part = tuple(s[rows] for s in state) if spec.state_parts == 2 else state[rows]
+        hs, final, cache = spec.forward(params, np.ascontiguousarray(x[:, rows]), part, None)
+        dx, dstate0, _ = spec.backward(params, cache, np.ascontiguousarray(dhs[:, rows]), None)
+        return hs, final_parts(final), dx, final_parts(dstate0)
+
+    whole = run(slice(0, B))
+    for rows in (slice(0, 1), slice(3, 4), slice(6, 7), slice(1, 3), slice(4, 7)):
+        hs, final, dx, dstate0 = run(rows)
+        assert np.array_equal(hs, whole[0][:, rows]) and np.array_equal(dx, whole[2][:, rows])
+        for mine, expected in zip((*final, *dstate0), (*whole[1], *whole[3])):
+            assert np.array_equal(mine, expected[rows])
+    assert_nontrivial(whole[0], min_active=0.3)  # relu zeroes about half
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "options"), CELLS, ids=IDS)
 def test_backward_step_by_step_matches_the_reference_sequence_backward(rng, name, options, dtype):
     T, B, D, H = 6, 2, 4, 7
     spec, params, x, state = problem(rng, name, options, T, B, D, H, dtype)

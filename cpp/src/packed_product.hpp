@@ -193,18 +193,51 @@ class PackedWeights {
   }
 
   /// Rows r0 .. r1-1 times panels p0 .. p1-1, in tiles of as equal a width as tile_panels allows (4 panels go as
-  /// 2 + 2, not 3 + 1: a narrow tile has too few chains to keep the FMA units busy). Never inlined: inlined into a
-  /// time loop (link-time optimisation's choice), its tiles ran slower.
+  /// 2 + 2, not 3 + 1: a narrow tile has too few chains to keep the FMA units busy). Fewer than tile_rows rows in
+  /// all (a batch of one to three, the last rows of a call) go in tiles as wide as the register tile allows for
+  /// them, so that one row still has twelve chains in flight, not three. Never inlined: inlined into a time loop
+  /// (link-time optimisation's choice), its tiles ran slower.
   EIGEN_DONT_INLINE void sweep_panels(const Rows& rows, Index r0, Index r1, Index p0, Index p1, Store store) const {
     const bool accumulate = store == Store::add;
-    const Index tiles = (p1 - p0 + tile_panels - 1) / tile_panels;
+    if (r1 <= r0) return;
+    if (r1 - r0 < tile_rows) {
+      with_count<tile_rows - 1>(r1 - r0, [&](auto count) {
+        sweep_few_rows<decltype(count)::value>(rows, r0, p0, p1, accumulate);
+      });
+      return;
+    }
+    for_tiles<tile_panels>(p0, p1, [&](Index p, auto panels) {
+      sweep_rows<decltype(panels)::value>(rows, r0, r1, p, accumulate);
+    });
+  }
+
+  /// f(p, std::integral_constant<int, width>{}) for tiles of panels p0 .. p1-1, each as wide as MaxPanels allows
+  /// and as equal in width as they can be.
+  template <int MaxPanels, class F>
+  static EIGEN_ALWAYS_INLINE void for_tiles(Index p0, Index p1, F&& f) {
+    const Index tiles = (p1 - p0 + MaxPanels - 1) / MaxPanels;
     for (Index i = 0, p = p0; i < tiles; ++i) {
       const Index width = (p1 - p0) / tiles + (i < (p1 - p0) % tiles);
-      with_count<tile_panels>(width, [&](auto panels) {
-        sweep_rows<decltype(panels)::value>(rows, r0, r1, p, accumulate);
-      });
+      with_count<MaxPanels>(width, [&](auto panels) { f(p, panels); });
       p += width;
     }
+  }
+
+  /// The Count rows from r0 (fewer than tile_rows) times panels p0 .. p1-1, in tiles of Count rows by up to
+  /// tile_rows * tile_panels / Count panels: the register tile's accumulators, spent on fewer rows.
+  template <int Count>
+  void sweep_few_rows(const Rows& rows, Index r0, Index p0, Index p1, bool accumulate) const {
+    const Scalar* a[Count];
+    const Scalar* a2[Count];
+    Scalar* c[Count];
+    for (int i = 0; i < Count; ++i) {
+      a[i] = rows.A + rows.at(r0 + i) * rows.lda;
+      a2[i] = rows.A2 + rows.at(r0 + i) * rows.lda2;
+      c[i] = rows.C + rows.at(r0 + i) * rows.ldc;
+    }
+    for_tiles<tile_rows * tile_panels / Count>(p0, p1, [&](Index p, auto panels) {
+      kernel<Count, decltype(panels)::value>(a, a2, c, p, accumulate);
+    });
   }
 
   template <int Panels>
