@@ -187,6 +187,14 @@ class PackedWeights {
     const Scalar* A2;  // the rows' second part, for stacked weights
     Index lda2;
     Index at(Index r) const { return index ? index[r] : r; }
+    /// Where rows r .. r+n-1 start in A (both parts) and in C.
+    void starts(Index r, Index n, const Scalar** a, const Scalar** a2, Scalar** c) const {
+      for (Index i = 0; i < n; ++i) {
+        a[i] = A + at(r + i) * lda;
+        a2[i] = A2 + at(r + i) * lda2;
+        c[i] = C + at(r + i) * ldc;
+      }
+    }
   };
   static Rows rows_of(const LeftOperand<Scalar>& a, StridedRows<Scalar> C) {
     return Rows{a.first.data, a.first.stride, C.data, C.stride, a.row_index, a.second.data, a.second.stride};
@@ -230,11 +238,7 @@ class PackedWeights {
     const Scalar* a[Count];
     const Scalar* a2[Count];
     Scalar* c[Count];
-    for (int i = 0; i < Count; ++i) {
-      a[i] = rows.A + rows.at(r0 + i) * rows.lda;
-      a2[i] = rows.A2 + rows.at(r0 + i) * rows.lda2;
-      c[i] = rows.C + rows.at(r0 + i) * rows.ldc;
-    }
+    rows.starts(r0, Count, a, a2, c);
     for_tiles<tile_rows * tile_panels / Count>(p0, p1, [&](Index p, auto panels) {
       kernel<Count, decltype(panels)::value>(a, a2, c, p, accumulate);
     });
@@ -247,11 +251,7 @@ class PackedWeights {
       const Scalar* a2[tile_rows];
       Scalar* c[tile_rows];
       const Index n = std::min<Index>(tile_rows, r1 - r);
-      for (Index i = 0; i < n; ++i) {
-        a[i] = rows.A + rows.at(r + i) * rows.lda;
-        a2[i] = rows.A2 + rows.at(r + i) * rows.lda2;
-        c[i] = rows.C + rows.at(r + i) * rows.ldc;
-      }
+      rows.starts(r, n, a, a2, c);
       with_count<tile_rows>(n, [&](auto count) {
         kernel<decltype(count)::value, Panels>(a, a2, c, p, accumulate);
       });
