@@ -178,6 +178,26 @@ def test_packed_weights_keep_the_bits_of_the_kernels(rng, dtype):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_core_kernels_take_packed_weights_of_their_dtype_or_none(rng, dtype):
+    """The kernels bound per dtype take their packed weights and handoffs as an instance or None (accepted without
+    a second pass over the overloads); anything else, the other dtype's packing included, is a TypeError."""
+    spec, params, x, (h0, c0) = problem(rng, "lstm", {}, 3, 2, 4, 5, dtype)
+    arguments = (x, params["W_x"], params["W_h"], params["b"], h0, c0, True, np.zeros(0, np.int64))
+    unpacked = _core.lstm_forward(*arguments)
+    for packed in (spec.pack(params), None):
+        outputs = _core.lstm_forward(*arguments, packed, None, None, None, None)
+        for got, expected in zip(outputs, unpacked):
+            np.testing.assert_array_equal(got, expected)
+    other_dtype = np.float32 if dtype == np.float64 else np.float64
+    other = spec.pack({k: v.astype(other_dtype) for k, v in params.items()})
+    for wrong in (other, "packed", np.zeros(3, dtype)):
+        with pytest.raises(TypeError, match="incompatible function arguments"):
+            _core.lstm_forward(*arguments, wrong)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        _core.lstm_forward(*arguments, None, None, None, spec.pack(params))  # a packing where a handoff goes
+
+
 def test_packed_weights_of_another_cell_size_or_dtype_are_refused(rng):
     spec, params, x, state = problem(rng, "lstm", {}, 2, 2, 3, 4, np.float64)
     other = cells.cell_class("lstm")("fast").init_parameters(rng, 3, 5, "uniform")

@@ -63,6 +63,16 @@ py::object array_or_none(const std::optional<Array<Scalar>>& array) {
   return array ? py::object(*array) : py::object(py::none());
 }
 
+/// An argument that is an instance of a bound class or None, converting to a pointer (null for None). pybind11
+/// accepts None for a plain pointer argument only in its second pass over a function's overloads, the one with
+/// conversions, so a call of a kernel bound per dtype with one such None (a wavefront's handoff, left out) loaded
+/// every argument again after trying each overload; this caster takes None in the first pass.
+template <class T>
+struct OrNone {
+  T* pointer = nullptr;
+  operator T*() const { return pointer; }  // NOLINT(google-explicit-constructor): stands in for the pointer
+};
+
 /// Per-sequence lengths as int64; an empty array means every sequence runs all T steps.
 using LengthsArray = py::array_t<Index, py::array::c_style>;
 
@@ -73,7 +83,7 @@ inline Eigen::Map<const IndexVector> as_lengths(const LengthsArray& lengths) {
 
 /// The packed weights a call was given (None in Python: an empty Packed, the call packs its own).
 template <class Scalar>
-const Packed<Scalar>& kept_or_none(const Packed<Scalar>* packed) {
+const Packed<Scalar>& kept_or_none(OrNone<const Packed<Scalar>> packed) {
   static const Packed<Scalar> none;
   return packed != nullptr ? *packed : none;
 }
@@ -85,3 +95,23 @@ inline Shape sequence_shape(const py::array& x, Index hidden) {
 }
 
 }  // namespace fastbptt::bindings
+
+namespace pybind11::detail {
+
+template <class T>
+struct type_caster<fastbptt::bindings::OrNone<T>> {
+  PYBIND11_TYPE_CASTER(fastbptt::bindings::OrNone<T>, make_caster<T>::name | const_name("None"));
+
+  bool load(handle source, bool) {
+    if (source.is_none()) {
+      value.pointer = nullptr;
+      return true;
+    }
+    make_caster<std::remove_const_t<T>> instance;
+    if (!instance.load(source, false)) return false;  // only an instance of the class itself
+    value.pointer = &cast_op<std::remove_const_t<T>&>(instance);  // lives in the argument, which outlives the call
+    return true;
+  }
+};
+
+}  // namespace pybind11::detail

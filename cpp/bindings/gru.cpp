@@ -41,9 +41,9 @@ struct GruForwardArguments : GruArguments<Scalar> {
 template <class Scalar>
 py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                       const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                      const LengthsArray& lengths, const Packed<Scalar>* packed,
-                      const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
-                      StepHandoff* output_ready) {
+                      const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
+                      const std::optional<Array<Scalar>>& hs_out, OrNone<const StepHandoff> input_ready,
+                      OrNone<StepHandoff> output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   const Shape& s = a.s;
   auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, s.H}, "hs_out");
@@ -65,9 +65,9 @@ py::tuple gru_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Ar
 template <class Scalar>
 py::tuple gru_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                 const Array<Scalar>& b, const Array<Scalar>& b_hn, const Array<Scalar>& h0,
-                                const LengthsArray& lengths, const Packed<Scalar>* packed,
-                                const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
-                                StepHandoff* output_ready) {
+                                const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
+                                const std::optional<Array<Scalar>>& hs_out, OrNone<const StepHandoff> input_ready,
+                                OrNone<StepHandoff> output_ready) {
   const GruForwardArguments<Scalar> a(x, W_x, W_h, b, b_hn, h0, lengths);
   auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
@@ -86,9 +86,9 @@ template <class Scalar>
 py::tuple gru_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& h0, const Array<Scalar>& gates, const Array<Scalar>& hn,
                        const Array<Scalar>& hs, const Array<Scalar>& dhs, const LengthsArray& lengths,
-                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
-                       bool need_dz, const std::optional<Array<Scalar>>& dx_out, const StepHandoff* input_ready,
-                       StepHandoff* output_ready) {
+                       bool hidden_grad_norms, bool need_dx, bool need_weight_grads,
+                       OrNone<const Packed<Scalar>> packed, bool need_dz, const std::optional<Array<Scalar>>& dx_out,
+                       OrNone<const StepHandoff> input_ready, OrNone<StepHandoff> output_ready) {
   const GruArguments<Scalar> a(x, W_x, W_h, h0);
   const Shape& s = a.s;
   const Index GH = gru::gate_count * s.H;

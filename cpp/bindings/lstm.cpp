@@ -61,9 +61,9 @@ struct LstmForwardArguments : LstmArguments<Scalar> {
 template <class Scalar>
 py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                        const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0, bool forget_gate,
-                       const LengthsArray& lengths, const Packed<Scalar>* packed,
+                       const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
                        const OptionalArray<Scalar>& W_hr, const OptionalArray<Scalar>& hs_out,
-                       const StepHandoff* input_ready, StepHandoff* output_ready) {
+                       OrNone<const StepHandoff> input_ready, OrNone<StepHandoff> output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
   const Shape& s = a.s;
   auto hs = given_or_new<Scalar>(hs_out, {s.T, s.B, a.P}, "hs_out");
@@ -85,9 +85,9 @@ py::tuple lstm_forward(const Array<Scalar>& x, const Array<Scalar>& W_x, const A
 template <class Scalar>
 py::tuple lstm_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_x, const Array<Scalar>& W_h,
                                  const Array<Scalar>& b, const Array<Scalar>& h0, const Array<Scalar>& c0,
-                                 bool forget_gate, const LengthsArray& lengths, const Packed<Scalar>* packed,
+                                 bool forget_gate, const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
                                  const OptionalArray<Scalar>& W_hr, const OptionalArray<Scalar>& hs_out,
-                                 const StepHandoff* input_ready, StepHandoff* output_ready) {
+                                 OrNone<const StepHandoff> input_ready, OrNone<StepHandoff> output_ready) {
   const LstmForwardArguments<Scalar> a(x, W_x, W_h, b, h0, c0, lengths, W_hr);
   auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.P}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.P});
@@ -119,7 +119,7 @@ py::tuple backward_into(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, WeightGradientArrays<Scalar>& weights,
                         const LengthsArray& lengths, const BackwardOptions<Scalar>& options,
-                        const Packed<Scalar>* packed = nullptr, const OptionalArray<Scalar>& W_hr = std::nullopt,
+                        OrNone<const Packed<Scalar>> packed = {}, const OptionalArray<Scalar>& W_hr = std::nullopt,
                         const OptionalArray<Scalar>& dx_out = std::nullopt, const Handoffs& handoffs = Handoffs()) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
@@ -163,9 +163,10 @@ py::tuple lstm_backward(const Array<Scalar>& x, const Array<Scalar>& W_x, const 
                         const Array<Scalar>& h0, const Array<Scalar>& c0, const Array<Scalar>& gates,
                         const Array<Scalar>& hs, const Array<Scalar>& cs, const Array<Scalar>& dhs,
                         const Array<Scalar>& dc_T, bool forget_gate, const LengthsArray& lengths,
-                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed,
-                        const OptionalArray<Scalar>& W_hr, bool need_dz, const OptionalArray<Scalar>& dx_out,
-                        const StepHandoff* input_ready, StepHandoff* output_ready) {
+                        bool hidden_grad_norms, bool need_dx, bool need_weight_grads,
+                        OrNone<const Packed<Scalar>> packed, const OptionalArray<Scalar>& W_hr, bool need_dz,
+                        const OptionalArray<Scalar>& dx_out,
+                        OrNone<const StepHandoff> input_ready, OrNone<StepHandoff> output_ready) {
   const LstmArguments<Scalar> a(x, W_x, W_h, h0, c0, W_hr);
   const Shape& s = a.s;
   const Index GH = lstm::gate_count(forget_gate) * s.H;

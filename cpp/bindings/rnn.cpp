@@ -44,9 +44,9 @@ struct RnnForwardArguments : RnnArguments<Scalar> {
 template <class Scalar>
 Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                           const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                          const LengthsArray& lengths, const Packed<Scalar>* packed,
-                          const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
-                          StepHandoff* output_ready) {
+                          const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
+                          const std::optional<Array<Scalar>>& hs_out, OrNone<const StepHandoff> input_ready,
+                          OrNone<StepHandoff> output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
   auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   rnn::Cache<Scalar> cache;
@@ -63,9 +63,9 @@ Array<Scalar> rnn_forward(const Array<Scalar>& x, const Array<Scalar>& W_xh, con
 template <class Scalar>
 py::tuple rnn_forward_inference(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                                 const Array<Scalar>& b_h, const Array<Scalar>& h0, const std::string& activation,
-                                const LengthsArray& lengths, const Packed<Scalar>* packed,
-                                const std::optional<Array<Scalar>>& hs_out, const StepHandoff* input_ready,
-                                StepHandoff* output_ready) {
+                                const LengthsArray& lengths, OrNone<const Packed<Scalar>> packed,
+                                const std::optional<Array<Scalar>>& hs_out, OrNone<const StepHandoff> input_ready,
+                                OrNone<StepHandoff> output_ready) {
   const RnnForwardArguments<Scalar> a(x, W_xh, W_hh, b_h, h0, activation, lengths);
   auto hs = given_or_new<Scalar>(hs_out, {a.s.T, a.s.B, a.s.H}, "hs_out");
   auto h_T = new_array<Scalar>({a.s.B, a.s.H});
@@ -84,9 +84,9 @@ template <class Scalar>
 py::tuple rnn_backward(const Array<Scalar>& x, const Array<Scalar>& W_xh, const Array<Scalar>& W_hh,
                        const Array<Scalar>& h0, const Array<Scalar>& hs, const Array<Scalar>& dhs,
                        const std::string& activation, const LengthsArray& lengths, bool hidden_grad_norms,
-                       bool need_dx, bool need_weight_grads, const Packed<Scalar>* packed, bool need_dz,
-                       const std::optional<Array<Scalar>>& dx_out, const StepHandoff* input_ready,
-                       StepHandoff* output_ready) {
+                       bool need_dx, bool need_weight_grads, OrNone<const Packed<Scalar>> packed, bool need_dz,
+                       const std::optional<Array<Scalar>>& dx_out, OrNone<const StepHandoff> input_ready,
+                       OrNone<StepHandoff> output_ready) {
   const RnnArguments<Scalar> a(x, W_xh, W_hh, h0, activation);
   const Shape& s = a.s;
   rnn::Cache<const Scalar> cache;
