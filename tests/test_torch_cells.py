@@ -105,6 +105,15 @@ def test_the_weights_are_packed_again_after_every_change(kind):
     close(unroll(ours, xs, None)[0], unroll(theirs, xs.double(), None)[0], torch.float32)
 
 
+def test_a_changed_nonlinearity_is_computed_with_the_weights_kept():
+    ours, theirs = twins("rnn-tanh", 4, 5, torch.float64)
+    xs = torch.randn(3, 2, 4, dtype=torch.float64)
+    close(unroll(ours, xs, None)[0], unroll(theirs, xs, None)[0], torch.float64)
+    for cell in (ours, theirs):
+        cell.nonlinearity = "relu"
+    close(unroll(ours, xs, None)[0], unroll(theirs, xs, None)[0], torch.float64)
+
+
 @pytest.mark.parametrize("kind", list(PAIRS))
 def test_in_place_edits_are_harmless_on_outputs_and_refused_on_inputs(kind):
     ours, theirs = twins(kind, 4, 5, torch.float64)

@@ -786,28 +786,36 @@ def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_fir
 
 
 class _WeightsSeen:
-    """What a cell's Stepper was made from: each weight tensor, its version, and a detached alias of it, which keeps
-    its memory alive, so that no later tensor can take that address while the Stepper is kept."""
+    """What a cell's Stepper was made from: each weight tensor, its version and the address of its memory, and a
+    detached alias of it, which keeps that memory alive, so that no later tensor can take the address while the
+    Stepper is kept."""
+
+    __slots__ = ("weights", "versions", "addresses", "aliases")
 
     def __init__(self, weights: list):
-        self.entries = [(w, None if w is None else w._version, None if w is None else w.detach()) for w in weights]
+        self.weights, self.versions = tuple(weights), _versions(weights)
+        self.aliases = [None if w is None else w.detach() for w in weights]
+        self.addresses = [None if w is None else w.data_ptr() for w in weights]
 
     def same(self, weights: list) -> bool:
-        if len(weights) != len(self.entries):
+        if len(weights) != len(self.weights):
             return False
-        for w, (seen, version, alias) in zip(weights, self.entries):
-            if w is not seen:
-                return False
-            if w is not None and (w._version != version or w.data_ptr() != alias.data_ptr()):
+        for w, seen, version, address in zip(weights, self.weights, self.versions, self.addresses):
+            if w is not seen or (w is not None and (w._version != version or w.data_ptr() != address)):
                 return False
         return True
 
 
+def _versions(tensors) -> list:
+    return [None if t is None else t._version for t in tensors]
+
+
 class _KeptStep:
     """What a cell module keeps while its weights are unchanged: the Stepper (the weights copied and packed), its
-    step kernels, the sizes of the state's parts and, where torch's engine allows, the deferred weight gradients."""
+    step kernels, the sizes of the state's parts and, where torch's engine allows, the deferred weight gradients.
+    Its forward and backward run one step of the autograd Functions below."""
 
-    __slots__ = ("seen", "stepper", "kernels", "sizes", "has_bias", "deferred")
+    __slots__ = ("seen", "stepper", "kernels", "sizes", "has_bias", "deferred", "dtype", "cell")
 
     def __init__(self, cell: cells.Cell, weights: list, has_bias: bool):
         arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
@@ -815,13 +823,33 @@ class _KeptStep:
         self.kernels = cell.step_kernels(self.stepper.params, self.stepper.packed)
         self.sizes, self.has_bias = cell.state_sizes(self.stepper.hidden_size), has_bias  # of the state's parts
         self.deferred = _DeferredWeightGradients(self, weights) if _ENGINE_QUERIES else None
+        self.dtype, self.cell = weights[0].dtype, cell
+
+    def forward(self, ctx, x, states) -> tuple:
+        """A step's forward (the module checked the tensors and made them contiguous); its final state as tensors
+        of their own memory: copies, since backward reads the kernels' arrays."""
+        batch, dtype = x.shape[0], self.stepper.dtype
+        arrays = [np.zeros((batch, n), dtype) if s is None else s.numpy(force=True) for s, n in zip(states, self.sizes)]
+        with threads.defaulting_to(torch.get_num_threads()):
+            finals, ctx.record = self.kernels.forward(x.numpy(force=True)[None], *arrays)
+        ctx.kept = self
+        ctx.set_materialize_grads(False)
+        return tuple([torch.from_numpy(part.copy()) for part in finals])
+
+    def backward(self, ctx, d_finals, need_dx: bool) -> tuple:
+        """(dx [B, D] or None, the gradients of the step's first state, the step's rows for the weight gradients).
+        Autograd gives the output gradients the outputs' dtype and device; an expanded one (of a sum) is made
+        contiguous."""
+        d_arrays = [None if d is None else d.contiguous().numpy(force=True) for d in d_finals]
+        with threads.defaulting_to(torch.get_num_threads()):
+            dx, d_states, rows = self.kernels.backward(ctx.record, d_arrays, need_dx)
+        return (None if dx is None else dx[0]), d_states, rows
 
     def weight_gradients(self, rows: tuple) -> list:
         """The weights' gradients (torch.nn's layout) from rows (x, h_prev, dz) of one or many steps."""
-        cell = self.stepper.cell
         with threads.defaulting_to(torch.get_num_threads()):
-            grads = cell.weight_gradients(self.stepper.params, *rows)
-        return cell.to_torch_grads(grads, self.has_bias)
+            grads = self.cell.weight_gradients(self.stepper.params, *rows)
+        return self.cell.to_torch_grads(grads, self.has_bias)
 
 
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _KeptStep
@@ -884,7 +912,7 @@ class _WeightsNode(torch.autograd.Function):
         return (None, *(_to_torch(grad) for grad in ctx.deferred.take()))
 
 
-def _cell_state(states: list):
+def _cell_state(states):
     """A cell's state as the checked kernels take it from its (checked, contiguous) tensors: h [B, H], a pair
     (h, C) (a part None for zeros), or None for zeros."""
     arrays = [None if s is None else s.numpy(force=True) for s in states]
@@ -893,26 +921,17 @@ def _cell_state(states: list):
     return None if arrays[0] is None and arrays[1] is None else tuple(arrays)
 
 
-def _step_forward(ctx, kept: _KeptStep, x, states) -> tuple:
-    """A step's forward with the kept step kernels (the module checked the tensors and made them contiguous); its
-    final state as tensors of their own memory: copies, since backward reads the kernels' arrays."""
-    batch, dtype = x.shape[0], kept.stepper.dtype
-    arrays = [np.zeros((batch, n), dtype) if s is None else s.numpy(force=True) for s, n in zip(states, kept.sizes)]
-    with threads.defaulting_to(torch.get_num_threads()):
-        finals, ctx.record = kept.kernels.forward(x.numpy(force=True)[None], *arrays)
-    ctx.kept = kept
-    ctx.set_materialize_grads(False)
-    return tuple([torch.from_numpy(part.copy()) for part in finals])
-
-
-def _step_backward(ctx, d_finals, need_dx: bool) -> tuple:
-    """(dx [B, D] or None, the gradients of the step's first state, the step's rows for the weight gradients).
-    Autograd gives the output gradients the outputs' dtype and device; an expanded one (of a sum) is made
-    contiguous."""
-    d_arrays = [None if d is None else d.contiguous().numpy(force=True) for d in d_finals]
-    with threads.defaulting_to(torch.get_num_threads()):
-        dx, d_states, rows = ctx.kept.kernels.backward(ctx.record, d_arrays, need_dx)
-    return (None if dx is None else dx[0]), d_states, rows
+def _check_weight_versions(kept: _KeptStep, weights: list, versions: list) -> None:
+    """torch's "modified by an inplace operation" RuntimeError when a weight was edited in place since the step's
+    forward, as torch.nn's cells raise it."""
+    if _versions(weights) == versions:
+        return
+    for name, weight, version in zip(kept.cell.torch_parameters, weights, versions):
+        if weight is not None and weight._version != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: {name} is at version {weight._version}; expected version {version} instead"
+            )
 
 
 class _DeferredStepFunction(torch.autograd.Function):
@@ -923,11 +942,11 @@ class _DeferredStepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kept: _KeptStep, x, *tensors):
-        states, token = tensors[:-1], tensors[-1]
-        ctx.token_node = token.grad_fn
-        ctx.versions = [None if w is None else w._version for w in kept.deferred.weights]
+        states = tensors[:-1]
+        ctx.token_node = tensors[-1].grad_fn
+        ctx.versions = _versions(kept.deferred.weights)
         ctx.save_for_backward(x, *[t for t in states if t is not None])
-        return _step_forward(ctx, kept, x, states)
+        return kept.forward(ctx, x, states)
 
     @staticmethod
     @_first_order
@@ -935,15 +954,9 @@ class _DeferredStepFunction(torch.autograd.Function):
         _check_saved_inputs(ctx)
         kept = ctx.kept
         deferred = kept.deferred
-        if [None if w is None else w._version for w in deferred.weights] != ctx.versions:
-            for name, weight, version in zip(kept.stepper.cell.torch_parameters, deferred.weights, ctx.versions):
-                if weight is not None and weight._version != version:
-                    raise RuntimeError(
-                        "one of the variables needed for gradient computation has been modified by an inplace "
-                        f"operation: {name} is at version {weight._version}; expected version {version} instead"
-                    )
+        _check_weight_versions(kept, deferred.weights, ctx.versions)
         needs = ctx.needs_input_grad[1:]  # x, the states, the token
-        dx, d_states, rows = _step_backward(ctx, d_finals, needs[0])
+        dx, d_states, rows = kept.backward(ctx, d_finals, needs[0])
         records = needs[-1] and torch._C._will_engine_execute_node(ctx.token_node)
         if records:
             deferred.record(rows)
@@ -960,10 +973,9 @@ class _CellStepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kept: _KeptStep, x, *tensors):
-        parts = len(kept.sizes)
-        states = tensors[:parts]
+        states = tensors[: len(kept.sizes)]
         ctx.save_for_backward(x, *[t for t in tensors if t is not None])
-        return _step_forward(ctx, kept, x, states)
+        return kept.forward(ctx, x, states)
 
     @staticmethod
     @_first_order
@@ -972,7 +984,7 @@ class _CellStepFunction(torch.autograd.Function):
         kept = ctx.kept
         parts = len(kept.sizes)
         needs = ctx.needs_input_grad[1:]  # x, the states, the weights
-        dx, d_states, rows = _step_backward(ctx, d_finals, needs[0])
+        dx, d_states, rows = kept.backward(ctx, d_finals, needs[0])
         d_weights = kept.weight_gradients(rows) if any(needs[1 + parts :]) else [None] * (len(needs) - 1 - parts)
         results = (dx, *d_states, *d_weights)
         return (None, *[_to_torch(r) if need else None for r, need in zip(results, needs)])
@@ -981,7 +993,10 @@ class _CellStepFunction(torch.autograd.Function):
 class _FastCell:
     """The forward that fastbptt.torch's RNNCell, LSTMCell and GRUCell put in place of torch.nn's. Where fastbptt
     cannot run a call (under torch.compile, tensors off the CPU or of another dtype than float32/float64, dtypes or
-    shapes that disagree, which torch.nn refuses), the call is torch.nn's own: its result, or its error."""
+    shapes that disagree, which torch.nn refuses), the call is torch.nn's own: its result, or its error. A Python
+    loop calls it at every step: it checks what it must in few operations."""
+
+    _state_parts = 1  # h; the LSTM's (h, C): 2
 
     def _cell(self) -> cells.Cell:
         raise NotImplementedError
@@ -991,74 +1006,77 @@ class _FastCell:
         own = self._parameters
         return [own[name] if name in own else getattr(self, name) for name in _CELL_WEIGHTS]
 
-    def _kept(self, cell: cells.Cell, weights: list, dtype) -> _KeptStep | None:
-        """The _KeptStep of the current weights: the one kept while the weights are unchanged, else a new one
+    def _kept(self, weights: list, dtype) -> _KeptStep | None:
+        """The _KeptStep of the current weights and cell: the one kept while they are unchanged, else a new one
         (kept); None when the weights are not CPU tensors of ``dtype``."""
         kept = _KEPT.get(self)
-        if kept is not None and kept.seen.same(weights) and kept.stepper.dtype == _NUMPY_DTYPES[dtype]:
+        cell = self._cell()
+        if kept is not None and kept.dtype == dtype and kept.cell is cell and kept.seen.same(weights):
             return kept
         if any(w is not None and (not w.is_cpu or w.dtype != dtype) for w in weights):
             return None
         kept = _KEPT[self] = _KeptStep(cell, weights, self.bias)
         return kept
 
-    def _runs_here(self, input, states: list) -> bool:
+    def _runs_here(self, input, states) -> bool:
         """Whether fastbptt can run a call with ``input`` and ``states`` (the weights are checked with the
         Stepper); the shapes are torch.nn's cells'."""
-        if torch.compiler.is_compiling() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+        if not isinstance(input, torch.Tensor) or torch.compiler.is_compiling():
             return False
-        dtype = input.dtype
-        if dtype not in _DTYPES or not input.is_cpu or input.shape[-1] != self.input_size:
+        dtype, shape = input.dtype, input.shape
+        if dtype not in _DTYPES or not input.is_cpu or len(shape) not in (1, 2) or shape[-1] != self.input_size:
             return False
-        expected = (*input.shape[:-1], self.hidden_size)
-        return all(
-            s is None or (isinstance(s, torch.Tensor) and s.is_cpu and s.dtype == dtype and s.shape == expected)
-            for s in states
-        )
+        expected = (*shape[:-1], self.hidden_size)
+        for s in states:
+            if s is not None and not (
+                isinstance(s, torch.Tensor) and s.is_cpu and s.dtype == dtype and s.shape == expected
+            ):
+                return False
+        return True
 
     def forward(self, input, hx=None):
         """h' (RNNCell, GRUCell) or (h', c') (LSTMCell), as torch.nn's cells."""
-        cell = self._cell()
-        parts = cell.state_parts
+        parts = self._state_parts
         if hx is None:
-            states = [None] * parts
+            states = (None,) * parts
         elif parts == 1:
-            states = [hx]
+            states = (hx,)
         elif isinstance(hx, (tuple, list)) and len(hx) == 2:
-            states = list(hx)
+            states = tuple(hx)
         else:
             return super().forward(input, hx)
         if not self._runs_here(input, states):
             return super().forward(input, hx)
         weights = self._weights()
-        kept = self._kept(cell, weights, input.dtype)
+        kept = self._kept(weights, input.dtype)
         if kept is None:
             return super().forward(input, hx)
-        batched = input.dim() == 2
-        x = (input if batched else input.unsqueeze(0)).contiguous()
-        states = [None if s is None else (s if batched else s.unsqueeze(0)).contiguous() for s in states]
-        weights_want_grad = any([w is not None and w.requires_grad for w in weights])
-        wants_grad = torch.is_grad_enabled() and (
-            weights_want_grad or x.requires_grad or any([s is not None and s.requires_grad for s in states])
-        )
-        if wants_grad and kept.deferred is not None and weights_want_grad:
-            finals = _DeferredStepFunction.apply(kept, x, *states, kept.deferred.token_for_grad())
-        elif wants_grad:
-            finals = _CellStepFunction.apply(kept, x, *states, *weights)
-        else:  # nothing kept for a backward
-            stepper = kept.stepper
-            with threads.defaulting_to(torch.get_num_threads()):
-                _, final, _ = cell.forward_checked(
-                    stepper.params, x.numpy(force=True)[None], _cell_state(states), None, True, stepper.packed
-                )
-            finals = [torch.from_numpy(f) for f in ((final,) if parts == 1 else final)]
-        if not batched:
-            finals = [f.squeeze(0) for f in finals]
+        if input.dim() == 2:
+            finals = self._step(kept, input, states, weights)
+        else:  # unbatched: a batch of one
+            states = [None if s is None else s.unsqueeze(0) for s in states]
+            finals = [f.squeeze(0) for f in self._step(kept, input.unsqueeze(0), states, weights)]
         return finals[0] if parts == 1 else tuple(finals)
+
+    def _step(self, kept: _KeptStep, x, states, weights: list):
+        """The step's final state parts for a batched call."""
+        x = x.contiguous()
+        states = [None if s is None else s.contiguous() for s in states]
+        if torch.is_grad_enabled():
+            weights_want_grad = any([w is not None and w.requires_grad for w in weights])
+            if weights_want_grad and kept.deferred is not None:
+                return _DeferredStepFunction.apply(kept, x, *states, kept.deferred.token_for_grad())
+            if weights_want_grad or x.requires_grad or any([s is not None and s.requires_grad for s in states]):
+                return _CellStepFunction.apply(kept, x, *states, *weights)
+        stepper = kept.stepper  # nothing kept for a backward
+        with threads.defaulting_to(torch.get_num_threads()):
+            _, final, _ = kept.cell.forward_checked(
+                stepper.params, x.numpy(force=True)[None], _cell_state(states), None, True, stepper.packed
+            )
+        return [torch.from_numpy(f) for f in ((final,) if len(kept.sizes) == 1 else final)]
 
 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's cells' parameters, in its order
-_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 class RNNCell(_FastCell, nn.RNNCell):
@@ -1072,6 +1090,8 @@ class RNNCell(_FastCell, nn.RNNCell):
 class LSTMCell(_FastCell, nn.LSTMCell):
     """``torch.nn.LSTMCell`` (an instance of it) whose forward and backward run fastbptt, its weights packed once
     while they are unchanged: batched or unbatched input, CPU float32/float64."""
+
+    _state_parts = 2
 
     def _cell(self):
         return _cell_of("lstm")
