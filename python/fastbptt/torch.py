@@ -380,15 +380,15 @@ def _stack_backward(
     lengths_array = None if lengths is None else lengths.numpy()
     run = _Stack(spec, num_layers, directions, has_bias, lengths_array, [m.numpy() for m in masks] or None)
     full = _weights_with_biases(spec, weights, has_bias)
-    dtype = _as_numpy(x, "input").dtype
-    params = run.params(full, dtype)
+    xn = _as_numpy(x, "input")
+    params = run.params(full, xn.dtype)
     per_cell = len(spec.saved_shapes(1, 1, 1, 1))
     saved_arrays = [a.numpy() for a in saved]
     cache = stack.rebuild(
         spec.cache_from,
         params,
-        _as_numpy(x, "input"),
-        run.cell_states(run.state_arrays(_states_or_none(states, spec.state_parts), dtype)),
+        xn,
+        run.cell_states(run.state_arrays(_states_or_none(states, spec.state_parts), xn.dtype)),
         lengths_array,
         [saved_arrays[per_cell * k : per_cell * (k + 1)] for k in range(run.cells)],
         num_layers=num_layers,
@@ -815,7 +815,7 @@ class _KeptStep:
     step kernels, the sizes of the state's parts and, where torch's engine allows, the deferred weight gradients.
     Its forward and backward run one step of the autograd Functions below."""
 
-    __slots__ = ("seen", "stepper", "kernels", "sizes", "has_bias", "deferred", "dtype", "cell")
+    __slots__ = ("seen", "stepper", "kernels", "sizes", "has_bias", "deferred", "dtype")
 
     def __init__(self, cell: cells.Cell, weights: list, has_bias: bool):
         arrays = {name: None if w is None else _as_numpy(w, name) for name, w in zip(cell.torch_parameters, weights)}
@@ -823,7 +823,7 @@ class _KeptStep:
         self.kernels = cell.step_kernels(self.stepper.params, self.stepper.packed)
         self.sizes, self.has_bias = cell.state_sizes(self.stepper.hidden_size), has_bias  # of the state's parts
         self.deferred = _DeferredWeightGradients(self, weights) if _ENGINE_QUERIES else None
-        self.dtype, self.cell = weights[0].dtype, cell
+        self.dtype = weights[0].dtype  # torch's, as the module's checks compare it
 
     def forward(self, ctx, x, states) -> tuple:
         """A step's forward (the module checked the tensors and made them contiguous); its final state as tensors
@@ -847,9 +847,10 @@ class _KeptStep:
 
     def weight_gradients(self, rows: tuple) -> list:
         """The weights' gradients (torch.nn's layout) from rows (x, h_prev, dz) of one or many steps."""
+        cell = self.stepper.cell
         with threads.defaulting_to(torch.get_num_threads()):
-            grads = self.cell.weight_gradients(self.stepper.params, *rows)
-        return self.cell.to_torch_grads(grads, self.has_bias)
+            grads = cell.weight_gradients(self.stepper.params, *rows)
+        return cell.to_torch_grads(grads, self.has_bias)
 
 
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> _KeptStep
@@ -926,7 +927,7 @@ def _check_weight_versions(kept: _KeptStep, weights: list, versions: list) -> No
     forward, as torch.nn's cells raise it."""
     if _versions(weights) == versions:
         return
-    for name, weight, version in zip(kept.cell.torch_parameters, weights, versions):
+    for name, weight, version in zip(kept.stepper.cell.torch_parameters, weights, versions):
         if weight is not None and weight._version != version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace "
@@ -1011,7 +1012,7 @@ class _FastCell:
         (kept); None when the weights are not CPU tensors of ``dtype``."""
         kept = _KEPT.get(self)
         cell = self._cell()
-        if kept is not None and kept.dtype == dtype and kept.cell is cell and kept.seen.same(weights):
+        if kept is not None and kept.dtype == dtype and kept.stepper.cell is cell and kept.seen.same(weights):
             return kept
         if any(w is not None and (not w.is_cpu or w.dtype != dtype) for w in weights):
             return None
@@ -1070,7 +1071,7 @@ class _FastCell:
                 return _CellStepFunction.apply(kept, x, *states, *weights)
         stepper = kept.stepper  # nothing kept for a backward
         with threads.defaulting_to(torch.get_num_threads()):
-            _, final, _ = kept.cell.forward_checked(
+            _, final, _ = stepper.cell.forward_checked(
                 stepper.params, x.numpy(force=True)[None], _cell_state(states), None, True, stepper.packed
             )
         return [torch.from_numpy(f) for f in ((final,) if len(kept.sizes) == 1 else final)]
