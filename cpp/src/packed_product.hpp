@@ -143,8 +143,15 @@ class PackedWeights {
   /// the calling thread.
   void multiply_units(const LeftOperand<Scalar>& a, PanelRange panels, StridedRows<Scalar> C, Store store) const {
     const Rows layout = rows_of(a, C);
+    // Every panel of every group (a team of one): one sweep over all of them, whose tiles may span the groups'
+    // edges. Swept group by group, a gate block of four panels went as two tiles of two, too few chains.
+    const bool every_panel = panels.begin == 0 && panels.end == group_panels_;
     for (Index r0 = 0; r0 < a.rows; r0 += row_block) {
       const Index r1 = std::min(a.rows, r0 + row_block);
+      if (every_panel) {
+        sweep_panels(layout, r0, r1, 0, panels_, store);
+        continue;
+      }
       for (Index g = 0; g * group_panels_ < panels_; ++g) {
         sweep_panels(layout, r0, r1, g * group_panels_ + panels.begin, g * group_panels_ + panels.end, store);
       }
