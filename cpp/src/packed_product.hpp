@@ -75,8 +75,11 @@ class PackedWeights {
   PackedWeights(const Eigen::Ref<const RowMatrix<Scalar>>& W, Orientation orientation, Index groups = 1)
       : PackedWeights(orientation == Orientation::transposed ? W.cols() : W.rows(),
                       orientation == Orientation::transposed ? W.rows() : W.cols(), groups) {
-    const bool transpose = orientation == Orientation::transposed;
-    for (Index k = 0; k < K_; ++k) pack_row(k, [&](Index n) { return transpose ? W(n, k) : W(k, n); });
+    if (orientation == Orientation::transposed) {
+      pack_transposed(W);
+    } else {
+      pack_rows(W, 0);
+    }
     split_ = K_;
   }
 
@@ -85,8 +88,8 @@ class PackedWeights {
                 Index groups)
       : PackedWeights(W_top.rows() + W_bottom.rows(), W_top.cols(), groups) {
     split_ = W_top.rows();
-    for (Index k = 0; k < split_; ++k) pack_row(k, [&](Index n) { return W_top(k, n); });
-    for (Index k = split_; k < K_; ++k) pack_row(k, [&](Index n) { return W_bottom(k - split_, n); });
+    pack_rows(W_top, 0);
+    pack_rows(W_bottom, split_);
   }
 
   /// The scalars that packing a [K, N] matrix in `groups` column groups allocates: every group padded to whole
@@ -119,14 +122,16 @@ class PackedWeights {
   /// Runs on call_threads() threads when the product is large enough to repay starting them; the threads split C
   /// into disjoint blocks, so the result does not depend on the thread count.
   void multiply(const LeftOperand<Scalar>& a, StridedRows<Scalar> C, Store store) const {
-    // tasks of a row block times one tile of panels (the last one narrower when tile_panels does not divide)
+    // tasks of a row block times one tile of panels, the tiles as equal in width as they can be (four panels as
+    // 2 + 2: a last tile of one panel had four chains of FMAs)
     const Index panel_tiles = (panels_ + tile_panels - 1) / tile_panels;
     const Index tasks = (a.rows + row_block - 1) / row_block * panel_tiles;
     const Rows layout = rows_of(a, C);
     const auto task = [&](Index i) {
       const Index r0 = i / panel_tiles * row_block, r1 = std::min(a.rows, r0 + row_block);
-      const Index p = i % panel_tiles * tile_panels;
-      sweep_panels(layout, r0, r1, p, std::min(panels_, p + tile_panels), store);
+      const Index tile = i % panel_tiles, narrow = panels_ / panel_tiles, wide = panels_ % panel_tiles;
+      const Index p = tile * narrow + std::min(tile, wide);
+      sweep_panels(layout, r0, r1, p, p + narrow + (tile < wide), store);
     };
 #if defined(_OPENMP)
     const int threads = call_threads();
@@ -174,12 +179,24 @@ class PackedWeights {
         panels_(groups * group_panels_),
         data_(static_cast<std::size_t>(scalars(K, N, groups)), Scalar(0)) {}
 
-  /// Row k of the packed matrix, W(k, n) = value(n); the padding lanes stay zero.
-  template <class Value>
-  void pack_row(Index k, Value&& value) {
+  /// Rows k0 .. k0 + W.rows() - 1 of the packed matrix from W, panel by panel (each panel's part of a row of W
+  /// is contiguous, and so is the panel); the padding lanes stay zero.
+  void pack_rows(const Eigen::Ref<const RowMatrix<Scalar>>& W, Index k0) {
     for (Index p = 0; p < panels_; ++p) {
-      Scalar* out = panel(p) + k * lanes;
-      for (Index lane = 0; lane < width(p); ++lane) out[lane] = value(column(p) + lane);
+      const Index n0 = column(p), n = width(p);
+      Scalar* out = panel(p) + k0 * lanes;
+      for (Index k = 0; k < W.rows(); ++k) std::copy_n(W.data() + k * W.outerStride() + n0, n, out + k * lanes);
+    }
+  }
+
+  /// The packed matrix from Wᵀ (W [N, K]): lane j of panel p is row column(p) + j of W, read along the row.
+  void pack_transposed(const Eigen::Ref<const RowMatrix<Scalar>>& W) {
+    for (Index p = 0; p < panels_; ++p) {
+      Scalar* out = panel(p);
+      for (Index lane = 0; lane < width(p); ++lane) {
+        const Scalar* row = W.data() + (column(p) + lane) * W.outerStride();
+        for (Index k = 0; k < K_; ++k) out[k * lanes + lane] = row[k];
+      }
     }
   }
 
