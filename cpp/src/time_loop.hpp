@@ -301,8 +301,8 @@ void backward_time_loop(const Shape& s, const ActiveRows& active, const PackedWe
     }
     if (handoffs.output != nullptr) handoffs.output->publish(s.T - t0);
     if (options.need_weight_gradients) {
-      gather_previous_states<Scalar>(h0, hs, B, t0, t1, h_prev);
-      cell.add_weight_gradients(t0, rows, dZ.topRows(rows), h_prev.topRows(rows));
+      const Eigen::Ref<const RowMatrix<Scalar>> before = previous_states_of_block<Scalar>(h0, hs, B, t0, t1, h_prev);
+      cell.add_weight_gradients(t0, rows, dZ.topRows(rows), before);
     }
     if (!options.dz.empty()) options.dz.map().middleRows(t0 * B, rows) = dZ.topRows(rows);
     t1 = t0;
