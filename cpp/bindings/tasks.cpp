@@ -47,7 +47,17 @@ py::list run_concurrently(const std::vector<py::function>& tasks) {
 #endif
     for (int i = 0; i < count; ++i) {
       const TaskThreads share(threads > count ? threads / count + (i < threads % count) : 1);
+      // A thread of the team that never ran Python gets a thread state from pybind11 when it acquires the GIL,
+      // deleted when it releases it: making and deleting it cost more than a small wavefront's whole time loop.
+      // The state made on the thread's first task is kept for the thread's life (the team's threads live as long
+      // as the process), so that its later tasks only take the GIL. The calling thread's own state is left alone.
+      thread_local bool thread_state_kept = false;
+      const bool keep_thread_state = !thread_state_kept && PyGILState_GetThisThreadState() == nullptr;
       py::gil_scoped_acquire acquire;
+      if (keep_thread_state) {
+        acquire.inc_ref();  // never back to zero: pybind11 does not delete the state
+        thread_state_kept = true;
+      }
       run(i);
     }
 #if defined(_OPENMP)
