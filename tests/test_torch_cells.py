@@ -310,3 +310,71 @@ def test_a_gradient_of_a_gradient_is_refused_by_name():
             torch.autograd.grad(output.square().sum(), [x], create_graph=True)
         (first_order,) = torch.autograd.grad(output.square().sum(), [x])
         assert first_order.shape == x.shape
+
+
+@pytest.mark.parametrize("edit", ["data", "numpy"])
+@pytest.mark.parametrize("kind", PAIRS)
+def test_weights_edited_behind_the_version_counter_are_the_ones_computed_with(kind, edit):
+    # p.data.mul_ (manual SGD, weight clipping) and writes through NumPy leave the version as it was: the kept
+    # packed weights must still follow the values, in grad mode and under no_grad.
+    ours, theirs = twins(kind, 3, 4, torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    ours(x)  # the weights are packed
+    for module in (ours, theirs):
+        for name in ("weight_ih", "weight_hh"):
+            weight = getattr(module, name)
+            if edit == "data":
+                weight.data.mul_(-0.5)
+            else:
+                weight.detach().numpy()[:] *= -0.5
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            got, expected = ours(x), theirs(x)
+        got, expected = (got[0], expected[0]) if isinstance(got, tuple) else (got, expected)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_of_a_weight_passed_in_by_functional_call():
+    torch.manual_seed(0)
+    cell = fbt.GRUCell(2, 3, dtype=torch.float64)
+    W = cell.weight_ih.detach().clone().requires_grad_()
+    x = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+
+    def step(x, W):
+        return torch.func.functional_call(cell, {"weight_ih": W}, (x,), strict=False)
+
+    assert torch.autograd.gradcheck(step, (x, W))
+
+
+@pytest.mark.parametrize("kind", PAIRS)
+def test_an_optimizer_step_between_forward_and_backward_is_allowed_where_torch_nn_allows_it(kind):
+    # Neither the input nor the state wants a gradient: backward never multiplies by the weights, and torch.nn's
+    # cells let them change before it; where the state wants one, both raise.
+    grads = {}
+    for module in twins(kind, 3, 4, torch.float64):
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+        x, h = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+        out = module(x, (h, h) if kind == "lstm" else h)
+        out = out[0] if isinstance(out, tuple) else out
+        for p in module.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        for p in module.parameters():
+            p.grad = None
+        out.pow(2).sum().backward()
+        grads[type(module).__module__] = [p.grad for p in module.parameters()]
+        h = h.clone().requires_grad_(True)
+        out = module(x, (h, h) if kind == "lstm" else h)
+        out = out[0] if isinstance(out, tuple) else out
+        optimizer.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.pow(2).sum().backward()
+    assert len(grads) == 2
+
+
+@pytest.mark.parametrize("kind", PAIRS)
+def test_an_empty_batch_gives_torch_nns_empty_result(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float64)
+    got, expected = ours(torch.randn(0, 3, dtype=torch.float64)), theirs(torch.randn(0, 3, dtype=torch.float64))
+    got, expected = (got[0], expected[0]) if isinstance(got, tuple) else (got, expected)
+    assert got.shape == expected.shape == (0, 4)

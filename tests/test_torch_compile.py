@@ -139,3 +139,15 @@ def test_a_language_model_compiles_with_the_default_backend():
     torch.testing.assert_close(compiled, eager)
     for mine, theirs in zip(lstm.parameters(), expected):
         torch.testing.assert_close(mine.grad, theirs)
+
+
+def test_a_module_compiles_when_its_first_call_is_the_compiled_one(monkeypatch):
+    # The cells made so far go: the compiled call is the first to ask for this cell, as in a script that builds a
+    # model, compiles it and trains (torch.compile once failed guarding on the cells' dictionary).
+    monkeypatch.setattr(fbt, "_CELLS", {})
+    recurrent, head = model_of("lstm")
+    x = torch.randn(T, B, D)
+    compiled = loss_and_grads(recurrent, head, x, None, compile_it=True)
+    eager = loss_and_grads(recurrent, head, x, None, compile_it=False)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -578,3 +578,33 @@ def test_a_projected_stacked_bidirectional_lstm_on_packed_sequences_matches_torc
     assert results[0][0].shape[-1] == 6 and results[0][1].shape == (4, 3, 3)
     for actual, expected in zip(*results):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_between_projected_layers_draws_torch_nns_masks(bidirectional):
+    # The masks have the layers' output features: proj_size, not hidden_size.
+    options = {"num_layers": 2, "proj_size": 2, "dropout": 0.5, "bidirectional": bidirectional}
+    ours, theirs = twins("lstm", 3, 8, torch.float64, **options)
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    results = []
+    for module in (ours, theirs):
+        torch.manual_seed(1)
+        output, _ = module(x)
+        output.sum().backward()
+        results.append([output, *(p.grad for p in module.parameters())])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", PAIRS)
+def test_empty_inputs_and_states_of_another_dtype_get_torch_nns_answer(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float32)
+    theirs.float()
+    empty_batch = torch.randn(5, 0, 3)
+    assert ours(empty_batch)[0].shape == theirs(empty_batch)[0].shape == (5, 0, 4)
+    for module in (ours, theirs):
+        with pytest.raises(RuntimeError, match="sequence length"):
+            module(torch.randn(0, 2, 3))
+        h0 = torch.zeros(1, 2, 4, dtype=torch.float64)
+        with pytest.raises(RuntimeError):
+            module(torch.randn(5, 2, 3), (h0, h0) if kind == "lstm" else h0)

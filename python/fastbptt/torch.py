@@ -94,10 +94,12 @@ def _as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
 
 def _cell_of(name: str, **options) -> cells.Cell:
     """The registered cell ``name`` with ``options`` on the compiled core, made once per (name, options)."""
-    key = (name, cells.cell_class(name), *options.items())  # each caller passes its options in one order
+    # Literals only (the class by its id): torch.compile guards on this lookup and cannot guard on a class in a key.
+    cls = cells.cell_class(name)
+    key = (name, id(cls), *options.items())  # each caller passes its options in one order
     cell = _CELLS.get(key)
     if cell is None:
-        cell = _CELLS[key] = key[1]("fast", **options)
+        cell = _CELLS[key] = cls("fast", **options)
     return cell
 
 
@@ -479,9 +481,21 @@ class _FastRecurrent:
         return 2 if self.bidirectional else 1
 
     def forward(self, input, hx=None):
-        """``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell of two state parts, as torch.nn's modules."""
+        """``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell of two state parts, as torch.nn's modules.
+        Where torch.nn's own forward has an answer fastbptt's kernels do not give (no steps or no sequences, initial
+        states of another dtype than the input), the call is torch.nn's: its result or its error."""
+        if isinstance(self, nn.RNNBase) and self._torch_nn_answers(input, hx):
+            return super().forward(input, hx)
         output, finals = self._run(input, hx)
         return output, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    @staticmethod
+    def _torch_nn_answers(input, hx) -> bool:
+        if isinstance(input, torch.Tensor) and input.dim() in (2, 3) and input.numel() == 0:
+            return True
+        states = hx if isinstance(hx, (tuple, list)) else (hx,)
+        dtype = input.data.dtype if isinstance(input, nn.utils.rnn.PackedSequence) else getattr(input, "dtype", None)
+        return any(isinstance(s, torch.Tensor) and s.dtype != dtype for s in states)
 
     def _weights(self, cell: cells.Cell) -> list:
         """Every cell's torch parameters in the stack's order, None for a bias left out. Read by name at each call,
@@ -502,12 +516,12 @@ class _FastRecurrent:
             )
         return names
 
-    def _dropout_masks(self, T: int, B: int, dtype) -> list | None:
+    def _dropout_masks(self, cell: cells.Cell, T: int, B: int, dtype) -> list | None:
         """torch.nn's dropout between layers as masks (kept units scaled by 1 / (1 - p)), drawn from torch's RNG:
         one per layer but the last, or None without dropout."""
         if not (self.dropout and self.training and self.num_layers > 1):
             return None
-        shape, keep = (T, B, self.num_directions * self.hidden_size), 1.0 - self.dropout
+        shape, keep = (T, B, self.num_directions * cell.output_size(self.hidden_size)), 1.0 - self.dropout
         masks = []
         for _ in range(self.num_layers - 1):
             mask = torch.zeros(shape, dtype=dtype) if keep == 0 else torch.empty(shape, dtype=dtype).bernoulli_(keep)
@@ -555,7 +569,7 @@ class _FastRecurrent:
             lengths = None
         weights = self._weights(cell)
         x = x.contiguous()
-        masks = self._dropout_masks(x.shape[0], x.shape[1], x.dtype)
+        masks = self._dropout_masks(cell, x.shape[0], x.shape[1], x.dtype)
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *states, *weights))
         if torch.compiler.is_compiling():  # torch.compile traces the custom operators, not the NumPy inside
             present = [w for w in weights if w is not None]
@@ -786,16 +800,19 @@ def _check_module_arguments(input_size, hidden_size, num_layers, bias, batch_fir
 
 
 class _WeightsSeen:
-    """What a cell's Stepper was made from: each weight tensor, its version and the address of its memory, and a
+    """What a cell's Stepper was made from: each weight tensor, its version and the address of its memory, a
     detached alias of it, which keeps that memory alive, so that no later tensor can take the address while the
-    Stepper is kept."""
+    Stepper is kept, and a copy of its bits. An edit through ``.data`` or through NumPy leaves the version as it
+    was (torch counts only the edits of the tensor and of its views), so the bits are compared at every call too:
+    a kept Stepper never computes with weights the module no longer has."""
 
-    __slots__ = ("weights", "versions", "addresses", "aliases")
+    __slots__ = ("weights", "versions", "addresses", "aliases", "bits")
 
     def __init__(self, weights: list):
         self.weights, self.versions = tuple(weights), _versions(weights)
         self.aliases = [None if w is None else w.detach() for w in weights]
         self.addresses = [None if w is None else w.data_ptr() for w in weights]
+        self.bits = [None if w is None else _bits_of(w).copy() for w in weights]
 
     def same(self, weights: list) -> bool:
         if len(weights) != len(self.weights):
@@ -803,7 +820,13 @@ class _WeightsSeen:
         for w, seen, version, address in zip(weights, self.weights, self.versions, self.addresses):
             if w is not seen or (w is not None and (w._version != version or w.data_ptr() != address)):
                 return False
-        return True
+        return all([bits is None or np.array_equal(_bits_of(w), bits) for w, bits in zip(weights, self.bits)])
+
+
+def _bits_of(weight: torch.Tensor) -> np.ndarray:
+    """A weight's values as integers of their width (bits compare equal where values do not: NaN, -0.0)."""
+    array = np.ascontiguousarray(weight.detach().numpy())
+    return array.view(np.int32 if array.dtype == np.float32 else np.int64)
 
 
 def _versions(tensors) -> list:
@@ -939,7 +962,8 @@ class _DeferredStepFunction(torch.autograd.Function):
     """One step of a cell whose weight gradients are deferred to the end of the backward pass: its inputs are x,
     the states and the weights' token (_WeightsNode); backward hands the step's rows to the token's node when that
     node runs in the pass. The weights' versions at forward are kept: an in-place edit of one of them before
-    backward raises torch's error, as for torch.nn's cells."""
+    backward raises torch's error where backward multiplies by them (for dx and the states' gradients), as for
+    torch.nn's cells."""
 
     @staticmethod
     def forward(ctx, kept: _KeptStep, x, *tensors):
@@ -955,8 +979,9 @@ class _DeferredStepFunction(torch.autograd.Function):
         _check_saved_inputs(ctx)
         kept = ctx.kept
         deferred = kept.deferred
-        _check_weight_versions(kept, deferred.weights, ctx.versions)
         needs = ctx.needs_input_grad[1:]  # x, the states, the token
+        if any(needs[:-1]):  # the weights multiply dZ only for dx and the states' gradients, as in torch.nn's cells
+            _check_weight_versions(kept, deferred.weights, ctx.versions)
         dx, d_states, rows = kept.backward(ctx, d_finals, needs[0])
         records = needs[-1] and torch._C._will_engine_execute_node(ctx.token_node)
         if records:
@@ -1026,6 +1051,8 @@ class _FastCell:
             return False
         dtype, shape = input.dtype, input.shape
         if dtype not in _DTYPES or not input.is_cpu or len(shape) not in (1, 2) or shape[-1] != self.input_size:
+            return False
+        if shape[0] == 0:  # an empty batch: torch.nn's empty result
             return False
         expected = (*shape[:-1], self.hidden_size)
         for s in states:
