@@ -378,3 +378,20 @@ def test_an_empty_batch_gives_torch_nns_empty_result(kind):
     got, expected = ours(torch.randn(0, 3, dtype=torch.float64)), theirs(torch.randn(0, 3, dtype=torch.float64))
     got, expected = (got[0], expected[0]) if isinstance(got, tuple) else (got, expected)
     assert got.shape == expected.shape == (0, 4)
+
+
+@pytest.mark.parametrize("kind", PAIRS)
+def test_torch_func_grad_and_vmap_run_as_torch_nns_cells(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    results = []
+    for module in (ours, theirs):
+        params = {name: p.detach() for name, p in module.named_parameters()}
+
+        def loss(p, module=module):
+            out = torch.func.functional_call(module, p, (x,))
+            return (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+
+        results.append(torch.func.grad(loss)(params))
+    for name in results[1]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-12, atol=1e-12)

@@ -608,3 +608,16 @@ def test_empty_inputs_and_states_of_another_dtype_get_torch_nns_answer(kind):
         h0 = torch.zeros(1, 2, 4, dtype=torch.float64)
         with pytest.raises(RuntimeError):
             module(torch.randn(5, 2, 3), (h0, h0) if kind == "lstm" else h0)
+
+
+@pytest.mark.parametrize("kind", PAIRS)
+def test_torch_func_grad_of_a_functional_call_is_torch_nns(kind):
+    ours, theirs = twins(kind, 3, 4, torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = []
+    for module in (ours, theirs):
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        loss = lambda p, module=module: torch.func.functional_call(module, p, (x,))[0].pow(2).sum()  # noqa: E731
+        grads.append(torch.func.grad(loss)(params))
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-12, atol=1e-12)

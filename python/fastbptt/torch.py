@@ -484,7 +484,10 @@ class _FastRecurrent:
         """``(output, h_n)``, or ``(output, (h_n, c_n))`` for a cell of two state parts, as torch.nn's modules.
         Where torch.nn's own forward has an answer fastbptt's kernels do not give (no steps or no sequences, initial
         states of another dtype than the input), the call is torch.nn's: its result or its error."""
-        if isinstance(self, nn.RNNBase) and self._torch_nn_answers(input, hx):
+        if isinstance(self, nn.RNNBase) and (
+            self._torch_nn_answers(input, hx)
+            or (not torch.compiler.is_compiling() and _under_functorch(input, hx, *self._weights(self._cell())))
+        ):
             return super().forward(input, hx)
         output, finals = self._run(input, hx)
         return output, (finals[0] if len(finals) == 1 else tuple(finals))
@@ -829,6 +832,17 @@ def _bits_of(weight: torch.Tensor) -> np.ndarray:
     return array.view(np.int32 if array.dtype == np.float32 else np.int64)
 
 
+def _under_functorch(*tensors) -> bool:
+    """Whether a tensor (or a state pair) is one of torch.func's transforms' (grad, vmap): their wrappers have no
+    memory NumPy can read, and torch.nn's own forward runs under them."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    for t in tensors:
+        for part in t if isinstance(t, (tuple, list)) else (t,):
+            if isinstance(part, torch.Tensor) and wrapped(part):
+                return True
+    return False
+
+
 def _versions(tensors) -> list:
     return [None if t is None else t._version for t in tensors]
 
@@ -1018,9 +1032,9 @@ class _CellStepFunction(torch.autograd.Function):
 
 class _FastCell:
     """The forward that fastbptt.torch's RNNCell, LSTMCell and GRUCell put in place of torch.nn's. Where fastbptt
-    cannot run a call (under torch.compile, tensors off the CPU or of another dtype than float32/float64, dtypes or
-    shapes that disagree, which torch.nn refuses), the call is torch.nn's own: its result, or its error. A Python
-    loop calls it at every step: it checks what it must in few operations."""
+    cannot run a call (under torch.compile or torch.func's transforms, tensors off the CPU or of another dtype than
+    float32/float64, an empty batch, dtypes or shapes that disagree, which torch.nn refuses), the call is torch.nn's
+    own: its result, or its error. A Python loop calls it at every step: it checks what it must in few operations."""
 
     _state_parts = 1  # h; the LSTM's (h, C): 2
 
@@ -1076,6 +1090,8 @@ class _FastCell:
         if not self._runs_here(input, states):
             return super().forward(input, hx)
         weights = self._weights()
+        if _under_functorch(input, *states, *weights):
+            return super().forward(input, hx)
         kept = self._kept(weights, input.dtype)
         if kept is None:
             return super().forward(input, hx)
