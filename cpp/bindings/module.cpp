@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <string>
 
 #include "arrays.hpp"
@@ -49,6 +50,26 @@ Array<Scalar> transposed_product(const Array<Scalar>& a, const Array<Scalar>& b)
   return product;
 }
 
+/// Whether two C-contiguous buffers hold the same bytes (the same bits: NaN equals NaN, -0.0 differs from 0.0):
+/// fastbptt.torch's step cells check at every call that the weights they packed have not been edited behind
+/// torch's version counter. One pass of memcmp; NumPy's comparison writes an array of booleans first.
+bool same_bytes(const py::buffer& a, const py::buffer& b) {
+  const py::buffer_info x = a.request(), y = b.request();
+  const auto contiguous = [](const py::buffer_info& info) {
+    py::ssize_t stride = info.itemsize;
+    for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+      if (info.shape[d] > 1 && info.strides[d] != stride) return false;
+      stride *= info.shape[d];
+    }
+    return true;
+  };
+  if (!contiguous(x) || !contiguous(y)) throw py::value_error("same_bytes: expected C-contiguous buffers");
+  const py::ssize_t bytes = x.size * x.itemsize;
+  if (bytes != y.size * y.itemsize) return false;
+  py::gil_scoped_release release;
+  return bytes == 0 || std::memcmp(x.ptr, y.ptr, static_cast<std::size_t>(bytes)) == 0;
+}
+
 void bind_rnn(py::module_& m);
 void bind_lstm(py::module_& m);
 void bind_gru(py::module_& m);
@@ -76,6 +97,8 @@ PYBIND11_MODULE(FASTBPTT_MODULE_NAME, m) {
         py::arg("b").noconvert());
   m.def("transposed_product", &fastbptt::bindings::transposed_product<double>, py::arg("a").noconvert(),
         py::arg("b").noconvert(), "aᵀ b of C-contiguous a [N, K] and b [N, M] of one dtype, on the call's threads.");
+  m.def("same_bytes", &fastbptt::bindings::same_bytes, py::arg("a"), py::arg("b"),
+        "Whether two C-contiguous buffers hold the same bytes.");
   py::class_<fastbptt::StepHandoff>(
       m, "StepHandoff",
       "Steps handed from one call to another running at the same time (a wavefront of stacked layers): given as "

@@ -823,13 +823,12 @@ class _WeightsSeen:
         for w, seen, version, address in zip(weights, self.weights, self.versions, self.addresses):
             if w is not seen or (w is not None and (w._version != version or w.data_ptr() != address)):
                 return False
-        return all([bits is None or np.array_equal(_bits_of(w), bits) for w, bits in zip(weights, self.bits)])
+        return all([bits is None or _core.same_bytes(_bits_of(w), bits) for w, bits in zip(weights, self.bits)])
 
 
 def _bits_of(weight: torch.Tensor) -> np.ndarray:
-    """A weight's values as integers of their width (bits compare equal where values do not: NaN, -0.0)."""
-    array = np.ascontiguousarray(weight.detach().numpy())
-    return array.view(np.int32 if array.dtype == np.float32 else np.int64)
+    """A weight's values as a C-contiguous array, whose bytes are its bits."""
+    return np.ascontiguousarray(weight.detach().numpy())
 
 
 def _under_functorch(*tensors) -> bool:
